@@ -1,0 +1,46 @@
+# LLM Gateway. Every target creates .venv from pyproject.toml when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= config/default.yaml
+PROTO_FILES := $(shell find protos -name '*.proto' | sort)
+
+.PHONY: run test lint fmt proto proto-check clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m service --config $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check service clients tests
+	$(BIN)/ruff format --check service clients tests
+	$(BIN)/mypy service clients
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix service clients tests
+	$(BIN)/ruff format service clients tests
+
+# Regenerates generated/ from protos/: Python messages, gRPC stubs and typed .pyi stubs.
+proto: $(STAMP)
+	rm -rf generated/llmgateway
+	$(BIN)/python scripts/gen_proto.py generated
+
+# Fails when generated/ differs from what the protos produce now.
+proto-check: $(STAMP)
+	rm -rf .proto-check && mkdir -p .proto-check
+	$(BIN)/python scripts/gen_proto.py .proto-check
+	diff -r generated/llmgateway .proto-check/llmgateway || { echo 'generated/ is stale: run make proto'; exit 1; }
+	rm -rf .proto-check
+
+clean:
+	rm -rf $(VENV) .proto-check .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

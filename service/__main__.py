@@ -1,0 +1,66 @@
+"""Command line: `python -m service --config FILE` (or `llm-gateway --config FILE`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from service.config import ConfigError, load_config
+from service.logs import setup_logging
+from service.server import serve
+
+log = logging.getLogger("service")
+
+EXIT_CONFIG = 2
+EXIT_LISTEN = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__)
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=("serve", "check-config"),
+        help="serve (default) or check-config: validate the file and exit",
+    )
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("LLM_GATEWAY_CONFIG"),
+        help="YAML configuration file (default: $LLM_GATEWAY_CONFIG)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.config:
+        print("error: --config FILE is required (or set LLM_GATEWAY_CONFIG)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(f"configuration error in {args.config}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        print(f"{args.config}: ok")
+        return 0
+    setup_logging(loaded.config.logging.level or "info")
+    for name in loaded.skipped_providers:
+        log.info(
+            "provider skipped: its API key variable is not set",
+            extra={"fields": {"provider": name}},
+        )
+    try:
+        asyncio.run(serve(loaded.config))
+    except OSError as exc:
+        log.error("cannot start", extra={"fields": {"reason": str(exc)}})
+        return EXIT_LISTEN
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Loads the YAML configuration into the typed GatewayConfig and validates all of it.
+
+Any error names the field path (`providers[1].mock.token_delay`) so that the process
+can exit before serving anything. Secrets are never in the file: providers name an
+environment variable (`api_key_env`), which is checked here too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import descriptor, json_format, message, message_factory
+from llmgateway.config.v1 import config_pb2
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A configuration problem at one field path."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration, with the providers left out for missing keys."""
+
+    config: config_pb2.GatewayConfig
+    skipped_providers: tuple[str, ...]
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Reads, parses and validates a configuration file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror or exc}") from exc
+    return parse_config(text, os.environ if environ is None else environ)
+
+
+def parse_config(text: str, environ: Mapping[str, str]) -> LoadedConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"not valid YAML{where}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("", "the file must hold a mapping with providers and models")
+    config = config_pb2.GatewayConfig()
+    _check_message(data, config.DESCRIPTOR, "")
+    json_format.ParseDict(data, config)
+    _validate(config)
+    return _drop_providers_without_keys(config, environ)
+
+
+# --- structure: every key and value checked with its path --------------------------
+
+
+def _check_message(data: object, desc: descriptor.Descriptor, path: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(path, "must be a mapping")
+    fields = {f.name: f for f in desc.fields}
+    fields.update({f.json_name: f for f in desc.fields})
+    oneofs_seen: dict[str, str] = {}
+    for key, value in data.items():
+        child = f"{path}.{key}" if path else str(key)
+        field = fields.get(str(key))
+        if field is None:
+            known = ", ".join(f.name for f in desc.fields)
+            raise ConfigError(child, f"unknown field (known: {known})")
+        oneof = field.containing_oneof
+        if oneof is not None:
+            if oneof.name in oneofs_seen:
+                raise ConfigError(child, f"only one of {oneof.name} may be set")
+            oneofs_seen[oneof.name] = field.name
+        _check_field(value, field, desc, child)
+
+
+def _check_field(
+    value: object, field: descriptor.FieldDescriptor, parent: descriptor.Descriptor, path: str
+) -> None:
+    if value is None:
+        raise ConfigError(path, "must not be empty")
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if not isinstance(value, dict):
+            raise ConfigError(path, "must be a mapping")
+        for key, item in value.items():
+            if not isinstance(item, str | int | float | bool):
+                raise ConfigError(f"{path}.{key}", "must be a single value")
+        return
+    if _is_repeated(field):
+        if not isinstance(value, list):
+            raise ConfigError(path, "must be a list")
+        for index, item in enumerate(value):
+            _check_single(item, field, parent, f"{path}[{index}]")
+        return
+    _check_single(value, field, parent, path)
+
+
+def _is_repeated(field: descriptor.FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _check_single(
+    value: object, field: descriptor.FieldDescriptor, parent: descriptor.Descriptor, path: str
+) -> None:
+    msg_type = field.message_type
+    if msg_type is not None and not msg_type.full_name.startswith("google.protobuf."):
+        _check_message(value, msg_type, path)
+        return
+    if value is None:
+        raise ConfigError(path, "must not be empty")
+    # Scalars and well-known types (Duration): let protobuf parse one value alone.
+    probe: dict[str, Any] = {field.name: [value] if _is_repeated(field) else value}
+    holder: message.Message = message_factory.GetMessageClass(parent)()
+    try:
+        json_format.ParseDict(probe, holder)
+    except json_format.ParseError as exc:
+        raise ConfigError(path, _plain_reason(str(exc), field)) from exc
+
+
+def _plain_reason(text: str, field: descriptor.FieldDescriptor) -> str:
+    reason = text.rsplit("field: ", 1)[-1].split(" at ", 1)[0].rstrip(".")
+    if field.message_type is not None and field.message_type.full_name.endswith("Duration"):
+        return f'must be a duration such as "30s" or "0.5s" ({reason})'
+    return reason
+
+
+# --- meaning: references, ranges, names --------------------------------------------
+
+
+def _validate(config: config_pb2.GatewayConfig) -> None:
+    server = config.server
+    if server.HasField("port") and server.port > 65535:
+        raise ConfigError("server.port", "must be at most 65535")
+    for name in ("shutdown_grace", "max_call_duration"):
+        if seconds_or(server, name, 1.0) <= 0:
+            raise ConfigError(f"server.{name}", "must be positive")
+    sizes = {
+        "max_receive_message_bytes": server.HasField("max_receive_message_bytes"),
+        "max_send_message_bytes": server.HasField("max_send_message_bytes"),
+    }
+    for name, present in sizes.items():
+        if present and getattr(server, name) < 1024:
+            raise ConfigError(f"server.{name}", "must be at least 1024")
+    level = config.logging.level
+    if level and level not in _LOG_LEVELS:
+        raise ConfigError("logging.level", f"must be one of {', '.join(_LOG_LEVELS)}")
+
+    if not config.providers:
+        raise ConfigError("providers", "at least one provider is required")
+    names: set[str] = set()
+    for index, provider in enumerate(config.providers):
+        path = f"providers[{index}]"
+        if not provider.name:
+            raise ConfigError(f"{path}.name", "is required")
+        if not _NAME.match(provider.name):
+            raise ConfigError(f"{path}.name", "use letters, digits, '-' and '_' (at most 63)")
+        if provider.name in names:
+            raise ConfigError(f"{path}.name", f'"{provider.name}" is used twice')
+        names.add(provider.name)
+        if provider.WhichOneof("kind") is None:
+            raise ConfigError(path, "set exactly one provider kind (for example mock)")
+        if provider.skip_if_key_missing and not provider.api_key_env:
+            raise ConfigError(f"{path}.skip_if_key_missing", "needs api_key_env")
+        _validate_provider_kind(provider, path)
+
+    if not config.models:
+        raise ConfigError("models", "at least one model is required")
+    aliases: set[str] = set()
+    for index, model in enumerate(config.models):
+        path = f"models[{index}]"
+        if not model.alias:
+            raise ConfigError(f"{path}.alias", "is required")
+        if not _ALIAS.match(model.alias):
+            raise ConfigError(f"{path}.alias", "use letters, digits and . _ : / - (at most 128)")
+        if model.alias in aliases:
+            raise ConfigError(f"{path}.alias", f'"{model.alias}" is used twice')
+        aliases.add(model.alias)
+        if model.provider not in names:
+            raise ConfigError(f"{path}.provider", f'no provider is named "{model.provider}"')
+
+
+def _validate_provider_kind(provider: config_pb2.ProviderConfig, path: str) -> None:
+    if provider.WhichOneof("kind") == "mock":
+        mock = provider.mock
+        if mock.HasField("embedding_dimensions") and not 1 <= mock.embedding_dimensions <= 4096:
+            raise ConfigError(f"{path}.mock.embedding_dimensions", "must be 1 to 4096")
+        status = mock.fault.http_status
+        if status and not 400 <= status <= 599:
+            raise ConfigError(f"{path}.mock.fault.http_status", "must be 400 to 599")
+
+
+def _seconds(duration: Any) -> float:
+    return float(duration.seconds) + float(duration.nanos) / 1e9
+
+
+def seconds_or(holder: message.Message, field: str, default: float) -> float:
+    """The Duration field `field` of `holder` in seconds, or `default` when unset."""
+    if holder.HasField(field):
+        return _seconds(getattr(holder, field))
+    return default
+
+
+def _drop_providers_without_keys(
+    config: config_pb2.GatewayConfig, environ: Mapping[str, str]
+) -> LoadedConfig:
+    skipped: list[str] = []
+    for index, provider in enumerate(config.providers):
+        if provider.api_key_env and not environ.get(provider.api_key_env):
+            if not provider.skip_if_key_missing:
+                raise ConfigError(
+                    f"providers[{index}].api_key_env",
+                    f"environment variable {provider.api_key_env} is not set",
+                )
+            skipped.append(provider.name)
+    if not skipped:
+        return LoadedConfig(config, ())
+    kept = config_pb2.GatewayConfig()
+    kept.CopyFrom(config)
+    del kept.providers[:]
+    kept.providers.extend(p for p in config.providers if p.name not in skipped)
+    del kept.models[:]
+    kept.models.extend(m for m in config.models if m.provider not in skipped)
+    if not kept.providers or not kept.models:
+        raise ConfigError(
+            "providers", "no provider is left: every one was skipped for a missing API key"
+        )
+    return LoadedConfig(kept, tuple(skipped))

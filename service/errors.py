@@ -1,0 +1,176 @@
+"""The one typed error of the service and its one mapping to google.rpc.Status.
+
+Every failure inside the gateway is a GatewayError. Only the servicer turns it into
+a gRPC status, through `to_rpc_status`, so that code, message and details always
+agree (clients' `rpc_status.from_call` rejects a Status that differs from the call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "llm-gateway.local"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid request field, as google.rpc.BadRequest.FieldViolation."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    """One exceeded limit, as google.rpc.QuotaFailure.Violation."""
+
+    subject: str
+    description: str
+
+
+class GatewayError(Exception):
+    """A failure with everything needed to report it and to decide what to do next.
+
+    `retryable`: the same deployment may be tried again (transient failure).
+    `failover`: another deployment may be tried.
+    `partial_output`: some output already reached the caller (never retried).
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+        field_violations: Sequence[FieldViolation] = (),
+        quota_violations: Sequence[QuotaViolation] = (),
+        retryable: bool = False,
+        failover: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.retry_after = retry_after
+        self.field_violations = tuple(field_violations)
+        self.quota_violations = tuple(quota_violations)
+        self.retryable = retryable
+        self.failover = failover
+
+    def with_metadata(self, **entries: str) -> GatewayError:
+        """Adds ErrorInfo metadata (keys in lowerCamelCase) and returns self."""
+        self.metadata.update(entries)
+        return self
+
+    def __repr__(self) -> str:
+        return f"GatewayError({self.code.name}, {self.reason!r}, {self.message!r})"
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def to_status_proto(error: GatewayError) -> status_pb2.Status:
+    """Builds the google.rpc.Status for an error: exactly one ErrorInfo, then the rest."""
+    details = [
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=DOMAIN, metadata=dict(sorted(error.metadata.items()))
+            )
+        )
+    ]
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(0, round(error.retry_after * 1e9)))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    if error.field_violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in error.field_violations
+                    ]
+                )
+            )
+        )
+    if error.quota_violations:
+        details.append(
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=v.subject, description=v.description
+                        )
+                        for v in error.quota_violations
+                    ]
+                )
+            )
+        )
+    return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+
+
+def to_rpc_status(error: GatewayError) -> grpc.Status:
+    """The grpc.Status to end a call with (`context.abort_with_status`)."""
+    status: grpc.Status = rpc_status.to_status(to_status_proto(error))
+    return status
+
+
+# Constructors for the errors the gateway itself raises. Upstream failures are
+# built in service/providers/upstream_errors.py.
+
+
+def invalid_argument(violations: Sequence[FieldViolation]) -> GatewayError:
+    first = violations[0]
+    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+    return GatewayError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+        f"{first.field}: {first.description}{more}",
+        field_violations=violations,
+    )
+
+
+def unsupported_capability(field: str, alias: str, capability: str) -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CAPABILITY_UNSUPPORTED",
+        f'{field}: model "{alias}" does not support {capability}',
+        metadata={"model": alias, "capability": capability},
+        field_violations=[FieldViolation(field, f'model "{alias}" does not support {capability}')],
+    )
+
+
+def model_not_found(alias: str) -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.NOT_FOUND,
+        "MODEL_NOT_FOUND",
+        f'model "{alias}" is not configured; ListModels shows the available ones',
+        metadata={"model": alias},
+    )
+
+
+def deadline_exceeded(attempts: int) -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "DEADLINE_EXCEEDED",
+        "the call's deadline passed before the upstream answered",
+        metadata={"attempts": str(attempts)},
+    )
+
+
+def internal(message: str = "internal error") -> GatewayError:
+    return GatewayError(grpc.StatusCode.INTERNAL, "INTERNAL", message)

@@ -1,0 +1,1 @@
+"""Provider adapters: a pure transform half and a thin transport half each."""

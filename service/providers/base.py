@@ -1,0 +1,94 @@
+"""The interface every provider adapter implements, and what a call carries to it.
+
+An adapter is two halves (DESIGN §1): pure transforms (proto request → upstream
+request; upstream response or stream events → proto messages; upstream error →
+GatewayError), tested without sockets, and a transport that moves bytes. The router
+only sees this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+from llmgateway.v1 import chat_pb2, embed_pb2, models_pb2
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model alias can do (reported by ListModels, enforced before calls)."""
+
+    streaming: bool = True
+    tools: bool = True
+    vision: bool = False
+    json_output: bool = True
+    embeddings: bool = False
+
+    def to_proto(self) -> models_pb2.ModelCapabilities:
+        return models_pb2.ModelCapabilities(
+            streaming=self.streaming,
+            tools=self.tools,
+            vision=self.vision,
+            json_output=self.json_output,
+            embeddings=self.embeddings,
+        )
+
+
+EMBEDDINGS_ONLY = Capabilities(
+    streaming=False, tools=False, vision=False, json_output=False, embeddings=True
+)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One concrete choice for a model alias: a provider and the model sent upstream."""
+
+    alias: str
+    provider: str
+    provider_type: str
+    upstream_model: str
+    capabilities: Capabilities
+    context_window: int = 0
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Per-attempt facts a provider needs; never secrets of the caller."""
+
+    request_id: str
+    deadline: float  # absolute, on the event loop's clock
+    attempt: int = 1
+    metadata: Mapping[str, str] = field(default_factory=dict)  # lower-case keys
+
+
+class Provider(abc.ABC):
+    """A configured upstream. One instance per configured provider, long-lived."""
+
+    kind: str = ""
+    default_capabilities: Capabilities = Capabilities()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abc.abstractmethod
+    async def chat(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
+    ) -> chat_pb2.ChatResponse:
+        """A whole completion; `id`, `model` and `route` are filled in by the caller."""
+
+    @abc.abstractmethod
+    def stream_chat(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
+    ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+        """Chunks in order: deltas, finish_reason on the last content chunk, usage on
+        the last chunk. Raises GatewayError when the upstream stream fails or is cut."""
+
+    @abc.abstractmethod
+    async def embed(
+        self, request: embed_pb2.EmbedRequest, deployment: Deployment, ctx: CallContext
+    ) -> embed_pb2.EmbedResponse:
+        """Embeddings in input order; `model` and `route` are filled in by the caller."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook; most transports override
+        """Releases connections. Called once at shutdown."""

@@ -1,0 +1,206 @@
+"""Turns an upstream failure into a GatewayError: code, reason, retry and failover.
+
+Pure: no I/O. Shared by every provider adapter (and by the mock provider, which
+simulates upstream statuses), so one table decides what each failure means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from service.errors import GatewayError
+
+
+@dataclass(frozen=True)
+class UpstreamFailure:
+    """What is known about a failed upstream response."""
+
+    provider: str
+    model: str
+    http_status: int
+    upstream_type: str = ""  # e.g. "rate_limit_error", "RESOURCE_EXHAUSTED"
+    upstream_code: str = ""  # e.g. "context_length_exceeded", "insufficient_quota"
+    request_id: str = ""
+    retry_after: float | None = None
+    context_length_exceeded: bool = False
+    quota_exhausted: bool = False
+    should_retry: bool | None = None  # the x-should-retry header, when sent
+
+
+@dataclass(frozen=True)
+class _Rule:
+    code: grpc.StatusCode
+    reason: str
+    message: str
+    retryable: bool
+    failover: bool
+
+
+_BY_STATUS: dict[int, _Rule] = {
+    400: _Rule(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UPSTREAM_INVALID_REQUEST",
+        "the provider rejected the request",
+        False,
+        False,
+    ),
+    401: _Rule(
+        grpc.StatusCode.INTERNAL,
+        "UPSTREAM_AUTH_FAILED",
+        "the provider rejected the gateway's own credentials",
+        False,
+        True,
+    ),
+    402: _Rule(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "UPSTREAM_QUOTA_EXHAUSTED",
+        "the gateway's account at the provider is out of quota",
+        False,
+        True,
+    ),
+    403: _Rule(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "UPSTREAM_PERMISSION_DENIED",
+        "the provider refused access to this model",
+        False,
+        True,
+    ),
+    404: _Rule(
+        grpc.StatusCode.NOT_FOUND,
+        "MODEL_NOT_FOUND",
+        "the provider does not know this model or deployment",
+        False,
+        True,
+    ),
+    408: _Rule(
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_TIMEOUT",
+        "the provider timed out",
+        True,
+        True,
+    ),
+    409: _Rule(
+        grpc.StatusCode.ABORTED,
+        "UPSTREAM_CONFLICT",
+        "the provider reported a conflict",
+        True,
+        True,
+    ),
+    413: _Rule(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_TOO_LARGE",
+        "the request is too large for the provider",
+        False,
+        False,
+    ),
+    422: _Rule(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UPSTREAM_INVALID_REQUEST",
+        "the provider rejected the request",
+        False,
+        False,
+    ),
+    429: _Rule(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+        "the provider's rate limit was reached",
+        True,
+        True,
+    ),
+    500: _Rule(
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_INTERNAL",
+        "the provider had an internal error",
+        True,
+        True,
+    ),
+    502: _Rule(
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_BAD_GATEWAY",
+        "the provider's gateway failed",
+        True,
+        True,
+    ),
+    503: _Rule(
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_UNAVAILABLE",
+        "the provider is unavailable",
+        True,
+        True,
+    ),
+    504: _Rule(
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_TIMEOUT",
+        "the provider timed out",
+        True,
+        True,
+    ),
+    529: _Rule(
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_OVERLOADED",
+        "the provider is overloaded",
+        True,
+        True,
+    ),
+}
+
+_OTHER_4XX = _Rule(
+    grpc.StatusCode.INVALID_ARGUMENT,
+    "UPSTREAM_CLIENT_ERROR",
+    "the provider rejected the request",
+    False,
+    False,
+)
+_OTHER_5XX = _Rule(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_ERROR", "the provider failed", True, True)
+_CONTEXT = _Rule(
+    grpc.StatusCode.INVALID_ARGUMENT,
+    "CONTEXT_LENGTH_EXCEEDED",
+    "the conversation is longer than the model's context window",
+    False,
+    False,
+)
+_QUOTA = _BY_STATUS[402]
+
+
+def _rule_for(failure: UpstreamFailure) -> _Rule:
+    if failure.context_length_exceeded:
+        return _CONTEXT
+    if failure.quota_exhausted:
+        return _QUOTA
+    rule = _BY_STATUS.get(failure.http_status)
+    if rule is not None:
+        return rule
+    return _OTHER_5XX if failure.http_status >= 500 else _OTHER_4XX
+
+
+def from_upstream(failure: UpstreamFailure) -> GatewayError:
+    """Maps an upstream failure to the gateway's error (DESIGN §3, reference §9.2)."""
+    rule = _rule_for(failure)
+    retryable = rule.retryable
+    if failure.should_retry is not None and not failure.quota_exhausted:
+        retryable = failure.should_retry
+    metadata = {
+        "provider": failure.provider,
+        "model": failure.model,
+        "upstreamStatus": str(failure.http_status),
+    }
+    for key, value in (
+        ("upstreamType", failure.upstream_type),
+        ("upstreamCode", failure.upstream_code),
+        ("upstreamRequestId", failure.request_id),
+    ):
+        if value:
+            metadata[key] = value
+    # A wait hint only helps the caller when waiting can succeed.
+    retry_after = failure.retry_after if retryable else None
+    return GatewayError(
+        rule.code,
+        rule.reason,
+        f"{failure.provider}: {rule.message} (HTTP {failure.http_status})",
+        metadata=metadata,
+        retry_after=retry_after,
+        retryable=retryable,
+        failover=rule.failover,
+    )

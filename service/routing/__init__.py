@@ -1,0 +1,1 @@
+"""Routing policy: model alias → deployment, capabilities, attempts, statistics."""

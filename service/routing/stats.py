@@ -1,0 +1,72 @@
+"""Per-provider counters since start-up, reported by GetProviderStats."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from google.protobuf import duration_pb2
+from llmgateway.v1 import models_pb2
+
+
+class Outcome(enum.Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class _Counters:
+    kind: str
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    cancelled: int = 0
+    latency_total: float = 0.0
+
+    @property
+    def finished(self) -> int:
+        return self.successes + self.failures
+
+
+class StatsBook:
+    """Counts attempts per provider. Single event loop: no locks needed."""
+
+    def __init__(self, provider_kinds: dict[str, str]) -> None:
+        self._counters = {name: _Counters(kind) for name, kind in provider_kinds.items()}
+
+    def started(self, provider: str) -> None:
+        self._counters[provider].requests += 1
+
+    def finished(self, provider: str, outcome: Outcome, latency: float) -> None:
+        counters = self._counters[provider]
+        if outcome is Outcome.SUCCESS:
+            counters.successes += 1
+        elif outcome is Outcome.FAILURE:
+            counters.failures += 1
+        else:
+            counters.cancelled += 1
+            return
+        counters.latency_total += latency
+
+    def snapshot(self, only: str = "") -> list[models_pb2.ProviderStats]:
+        result = []
+        for name in sorted(self._counters):
+            if only and name != only:
+                continue
+            counters = self._counters[name]
+            average = duration_pb2.Duration()
+            if counters.finished:
+                average.FromNanoseconds(round(counters.latency_total / counters.finished * 1e9))
+            result.append(
+                models_pb2.ProviderStats(
+                    provider=name,
+                    provider_type=counters.kind,
+                    requests=counters.requests,
+                    successes=counters.successes,
+                    failures=counters.failures,
+                    cancelled=counters.cancelled,
+                    average_latency=average,
+                )
+            )
+        return result

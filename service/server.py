@@ -1,0 +1,151 @@
+"""Builds and runs the grpc.aio server: services, health, reflection, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from llmgateway.config.v1 import config_pb2
+from llmgateway.v1 import provider_service_pb2, provider_service_pb2_grpc
+
+from service.config import seconds_or
+from service.providers.registry import Registry
+from service.routing.router import Router
+from service.routing.stats import StatsBook
+from service.servicer import ProviderServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = provider_service_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
+DEFAULT_PORT = 50051
+DEFAULT_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _ms(holder: config_pb2.KeepaliveConfig, field: str, default: float) -> int:
+    return round(seconds_or(holder, field, default) * 1000)
+
+
+def server_options(server: config_pb2.ServerConfig) -> list[tuple[str, int]]:
+    """gRPC channel arguments from the server configuration."""
+    keepalive = server.keepalive
+    options = [
+        (
+            "grpc.max_receive_message_length",
+            server.max_receive_message_bytes
+            if server.HasField("max_receive_message_bytes")
+            else DEFAULT_MESSAGE_BYTES,
+        ),
+        (
+            "grpc.max_send_message_length",
+            server.max_send_message_bytes
+            if server.HasField("max_send_message_bytes")
+            else DEFAULT_MESSAGE_BYTES,
+        ),
+        ("grpc.keepalive_time_ms", _ms(keepalive, "time", 60)),
+        ("grpc.keepalive_timeout_ms", _ms(keepalive, "timeout", 20)),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            _ms(keepalive, "min_client_ping_interval", 10),
+        ),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # A second process on the same port must fail to start, not share it silently.
+        ("grpc.so_reuseport", 0),
+    ]
+    if keepalive.HasField("max_connection_age"):
+        options.append(("grpc.max_connection_age_ms", _ms(keepalive, "max_connection_age", 0)))
+        options.append(
+            ("grpc.max_connection_age_grace_ms", _ms(keepalive, "max_connection_age_grace", 300))
+        )
+    return options
+
+
+class GatewayServer:
+    """The gateway's gRPC server. `start()` binds and returns the port."""
+
+    def __init__(
+        self,
+        config: config_pb2.GatewayConfig,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self.config = config
+        self.registry = Registry.from_config(config)
+        self.stats = StatsBook({name: p.kind for name, p in self.registry.providers.items()})
+        self.router = Router(self.registry, self.stats)
+        self.health = health.aio.HealthServicer()
+        server_config = config.server
+        self._grace = seconds_or(server_config, "shutdown_grace", 10.0)
+        self._server = grpc.aio.server(
+            interceptors=list(interceptors), options=server_options(server_config)
+        )
+        provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(
+            ProviderServicer(self.router, seconds_or(server_config, "max_call_duration", 300.0)),
+            self._server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        if not server_config.HasField("reflection") or server_config.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            )
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        host = self.config.server.host or "0.0.0.0"
+        port = self.config.server.port if self.config.server.HasField("port") else DEFAULT_PORT
+        return f"{host}:{port}"
+
+    async def start(self) -> int:
+        try:
+            self.port = self._server.add_insecure_port(self.address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self.address}: {exc}") from exc
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.address}")
+        await self._server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new calls, let in-flight ones finish, close upstreams."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self._grace if grace is None else grace)
+        await self.registry.aclose()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+        await self._server.wait_for_termination()
+
+
+async def serve(config: config_pb2.GatewayConfig) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    server = GatewayServer(config)
+    port = await server.start()
+    host = config.server.host or "0.0.0.0"
+    log.info(
+        "listening",
+        extra={"fields": {"address": f"{host}:{port}", "port": port, "service": SERVICE_NAME}},
+    )
+    loop = asyncio.get_running_loop()
+    stop_task: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        log.info("shutting down", extra={"fields": {"signal": signal.Signals(signum).name}})
+        if not stop_task:
+            stop_task.append(loop.create_task(server.stop()))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await server.wait_stopped()
+    if stop_task:
+        await stop_task[0]
+    log.info("stopped")
