@@ -14,6 +14,7 @@ from llmgateway.config.v1 import config_pb2
 from llmgateway.v1 import provider_service_pb2, provider_service_pb2_grpc
 
 from service.config import seconds_or
+from service.interceptors import build_interceptors
 from service.providers.registry import Registry
 from service.routing.router import Router
 from service.routing.stats import StatsBook
@@ -70,7 +71,7 @@ class GatewayServer:
     def __init__(
         self,
         config: config_pb2.GatewayConfig,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
     ) -> None:
         self.config = config
         self.registry = Registry.from_config(config)
@@ -80,7 +81,8 @@ class GatewayServer:
         server_config = config.server
         self._grace = seconds_or(server_config, "shutdown_grace", 10.0)
         self._server = grpc.aio.server(
-            interceptors=list(interceptors), options=server_options(server_config)
+            interceptors=build_interceptors() if interceptors is None else list(interceptors),
+            options=server_options(server_config),
         )
         provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(
             ProviderServicer(self.router, seconds_or(server_config, "max_call_duration", 300.0)),

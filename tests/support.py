@@ -1,0 +1,182 @@
+"""Helpers shared by the tests: a running gateway and error-detail decoding."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from llmgateway.v1 import (
+    chat_pb2,
+    content_pb2,
+    provider_service_pb2_grpc,
+)
+
+from service.config import parse_config
+from service.server import GatewayServer
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+BASE_CONFIG = """
+server:
+  host: 127.0.0.1
+  port: 0
+  shutdown_grace: 2s
+providers:
+  - name: mock
+    mock:
+      faults_from_metadata: true
+  - name: scripted
+    mock:
+      script: ["First scripted reply.", "Second scripted reply."]
+      embedding_dimensions: 8
+models:
+  - alias: mock
+    provider: mock
+    upstream_model: mock-echo-1
+    context_window: 32768
+  - alias: mock-embed
+    provider: mock
+    upstream_model: mock-embed-1
+    capabilities: {embeddings: true}
+  - alias: scripted
+    provider: scripted
+  - alias: scripted-embed
+    provider: scripted
+    capabilities: {embeddings: true}
+  - alias: plain
+    provider: mock
+    upstream_model: plain-1
+    capabilities: {streaming: false, tools: false, vision: false, json_output: false}
+"""
+
+
+@dataclass
+class Gateway:
+    server: GatewayServer
+    channel: grpc.aio.Channel
+    stub: provider_service_pb2_grpc.ProviderServiceStub
+    port: int
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config_text: str = BASE_CONFIG) -> AsyncIterator[Gateway]:
+    """The real server on an ephemeral loopback port, and a real channel to it."""
+    loaded = parse_config(config_text, os.environ)
+    server = GatewayServer(loaded.config)
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Gateway(server, channel, provider_service_pb2_grpc.ProviderServiceStub(channel), port)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+def user(text: str) -> content_pb2.Message:
+    return content_pb2.Message(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text=text)])
+
+
+def chat_request(text: str = "Hello there", model: str = "mock", **kwargs: object) -> chat_pb2.ChatRequest:
+    return chat_pb2.ChatRequest(model=model, messages=[user(text)], **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class Details:
+    code: grpc.StatusCode
+    message: str
+    error_info: error_details_pb2.ErrorInfo
+    retry_info: error_details_pb2.RetryInfo | None = None
+    bad_request: error_details_pb2.BadRequest | None = None
+    quota_failure: error_details_pb2.QuotaFailure | None = None
+    error_info_count: int = 0
+    other: list[str] = field(default_factory=list)
+
+    @property
+    def violations(self) -> dict[str, str]:
+        assert self.bad_request is not None, "no BadRequest detail"
+        return {v.field: v.description for v in self.bad_request.field_violations}
+
+
+def details_of(error: grpc.aio.AioRpcError | grpc.RpcError) -> Details:
+    """Decodes grpc-status-details-bin and checks it agrees with the call's status."""
+    trailers = error.trailing_metadata() or ()  # type: ignore[union-attr]
+    raw = [v for k, v in trailers if k == "grpc-status-details-bin"]
+    assert len(raw) == 1, f"expected one status detail trailer, got {len(raw)}"
+    status = status_pb2.Status.FromString(raw[0])
+    code = error.code()  # type: ignore[union-attr]
+    assert status.code == code.value[0], "Status.code differs from the call's code"
+    assert status.message == error.details(), "Status.message differs from the call's"  # type: ignore[union-attr]
+    found = Details(code=code, message=status.message, error_info=error_details_pb2.ErrorInfo())
+    for detail in status.details:
+        for cls, attr in (
+            (error_details_pb2.ErrorInfo, "error_info"),
+            (error_details_pb2.RetryInfo, "retry_info"),
+            (error_details_pb2.BadRequest, "bad_request"),
+            (error_details_pb2.QuotaFailure, "quota_failure"),
+        ):
+            if detail.Is(cls.DESCRIPTOR):
+                value = cls()
+                detail.Unpack(value)
+                setattr(found, attr, value)
+                if cls is error_details_pb2.ErrorInfo:
+                    found.error_info_count += 1
+                break
+        else:
+            found.other.append(detail.type_url)
+    assert found.error_info_count == 1, "every error carries exactly one ErrorInfo"
+    assert found.error_info.domain == "llm-gateway.local"
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[str]
+    port: int
+    log_path: Path
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+
+@contextlib.contextmanager
+def gateway_process(config_path: Path, tmp: Path, port: int) -> Iterator[GatewayProcess]:
+    """`python -m service --config FILE` as a real process; waits until it listens."""
+    log_path = tmp / "gateway.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "service", "--config", str(config_path)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    running = GatewayProcess(process, port, log_path)
+    try:
+        deadline = time.monotonic() + 20
+        while '"listening"' not in running.logs():
+            if process.poll() is not None:
+                raise AssertionError(f"gateway exited early:\n{running.logs()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gateway did not start:\n{running.logs()}")
+            time.sleep(0.05)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
