@@ -64,8 +64,12 @@ class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 if request is _UNDECODABLE:
                     await context.abort_with_status(_bad_request(method))
-                async for item in stream_behavior(request, context):
-                    yield item
+                produced = stream_behavior(request, context)
+                if hasattr(produced, "__aiter__"):
+                    async for item in produced:
+                        yield item
+                else:  # a handler that writes with context.write() (the health Watch)
+                    await produced
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, request_deserializer=deserializer, response_serializer=handler.response_serializer

@@ -10,7 +10,6 @@ from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2
 
 from tests.support import Gateway, chat_request, details_of, user
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def _violations(gateway: Gateway, request: chat_pb2.ChatRequest) -> dict[str, str]:

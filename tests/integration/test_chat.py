@@ -11,7 +11,6 @@ from llmgateway.v1 import chat_pb2, content_pb2
 
 from tests.support import Gateway, chat_request, details_of, user
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_chat_echoes_the_last_user_message(gateway: Gateway) -> None:

@@ -11,7 +11,6 @@ from llmgateway.v1 import models_pb2
 
 from tests.support import BASE_CONFIG, Gateway, chat_request, details_of, running_gateway
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from llmgateway.v1 import embed_pb2, models_pb2
 
 from tests.support import BASE_CONFIG, Gateway, chat_request, details_of, running_gateway
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_embeddings_are_deterministic_unit_vectors(gateway: Gateway) -> None:

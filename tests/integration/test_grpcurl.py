@@ -1,0 +1,109 @@
+"""The README's grpcurl commands, run exactly as written with the real grpcurl binary
+against `python -m service` on the default config (only the port differs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import PYTHON, ROOT, GatewayProcess, free_port, gateway_process
+
+GRPCURL = Path(PYTHON).parent / "grpcurl"
+
+
+def readme_grpcurl_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    return [line for block in blocks for line in block.splitlines() if line.startswith("grpcurl ")]
+
+
+@pytest.fixture(scope="module")
+def default_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("grpcurl")
+    port = free_port()
+    config = (ROOT / "config" / "default.yaml").read_text()
+    assert "port: 50051" in config
+    path = tmp / "default.yaml"
+    path.write_text(config.replace("port: 50051", f"port: {port}"))
+    with gateway_process(path, tmp, port) as running:
+        yield running
+
+
+def grpcurl(command: str, port: int) -> subprocess.CompletedProcess[str]:
+    args = shlex.split(command.replace("localhost:50051", f"localhost:{port}"))
+    assert args[0] == "grpcurl"
+    env = dict(os.environ, PATH=f"{GRPCURL.parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(
+        [str(GRPCURL), *args[1:]], capture_output=True, text=True, timeout=30, env=env
+    )
+
+
+def json_documents(text: str) -> list[dict[str, object]]:
+    decoder = json.JSONDecoder()
+    documents, index = [], 0
+    while index < len(text.rstrip()):
+        while text[index].isspace():
+            index += 1
+        document, index = decoder.raw_decode(text, index)
+        documents.append(document)
+    return documents
+
+
+def test_readme_lists_every_rpc() -> None:
+    commands = " ".join(readme_grpcurl_commands())
+    for needle in (" list", "describe", "Health/Check", "/Chat", "/StreamChat", "/Embed",
+                   "/ListModels", "/GetProviderStats"):
+        assert needle in commands
+
+
+@pytest.mark.parametrize("command", readme_grpcurl_commands())
+def test_readme_grpcurl_command(default_gateway: GatewayProcess, command: str) -> None:
+    result = grpcurl(command, default_gateway.port)
+    method = command.rsplit(" ", 1)[-1]
+    if "x-mock-fail-status: 429" in command:
+        assert result.returncode != 0
+        assert "Code: ResourceExhausted" in result.stderr
+        assert '"reason":"RATE_LIMITED"' in result.stderr
+        assert "type.googleapis.com/google.rpc.RetryInfo" in result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    if command.endswith(" list"):
+        assert result.stdout.split() == [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "llmgateway.v1.ProviderService",
+        ]
+    elif " describe " in command:
+        for rpc in ("Chat", "StreamChat", "Embed", "ListModels", "GetProviderStats"):
+            assert f"rpc {rpc} (" in result.stdout
+    elif method.endswith("Health/Check"):
+        assert json_documents(result.stdout) == [{"status": "SERVING"}]
+    elif method.endswith("/Chat"):
+        [reply] = json_documents(result.stdout)
+        assert reply["message"] == {"role": "ROLE_ASSISTANT", "parts": [{"text": "Hello from grpcurl"}]}
+        assert reply["finish_reason"] == "FINISH_REASON_STOP"
+    elif method.endswith("/StreamChat"):
+        chunks = json_documents(result.stdout)
+        words = "Stream these words one by one"
+        assert "".join(str(c.get("text_delta", "")) for c in chunks) == words
+        assert len(chunks) == len(words.split()) + 1
+        assert [c.get("finish_reason") for c in chunks if "finish_reason" in c] == ["FINISH_REASON_STOP"]
+        assert "usage" in chunks[-1]
+    elif method.endswith("/Embed"):
+        [reply] = json_documents(result.stdout)
+        assert [len(e["values"]) for e in reply["embeddings"]] == [16, 16]  # type: ignore[index, union-attr]
+    elif method.endswith("/ListModels"):
+        [reply] = json_documents(result.stdout)
+        assert [m["alias"] for m in reply["models"]] == ["mock", "mock-embed"]  # type: ignore[index, union-attr]
+    elif method.endswith("/GetProviderStats"):
+        [reply] = json_documents(result.stdout)
+        assert reply["providers"][0]["provider"] == "mock"  # type: ignore[index]
+    else:
+        raise AssertionError(f"no expectation for: {command}")
