@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/default.yaml
-PROTO_FILES := $(shell find protos -name '*.proto' | sort)
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
 
-.PHONY: run test lint fmt proto proto-check clean
+.PHONY: run test lint fmt proto proto-check proto-lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,14 +21,21 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
-	$(BIN)/ruff check service clients tests
-	$(BIN)/ruff format --check service clients tests
+lint: $(STAMP) proto-lint
+	$(BIN)/ruff check service clients tests scripts
+	$(BIN)/ruff format --check service clients tests scripts
 	$(BIN)/mypy service clients
 
+# buf (the real binary, from npm) checks the contract's naming and comments.
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+proto-lint: $(BUF)
+	$(BUF) lint
+
 fmt: $(STAMP)
-	$(BIN)/ruff check --fix service clients tests
-	$(BIN)/ruff format service clients tests
+	$(BIN)/ruff check --fix service clients tests scripts
+	$(BIN)/ruff format service clients tests scripts
 
 # Regenerates generated/ from protos/: Python messages, gRPC stubs and typed .pyi stubs.
 proto: $(STAMP)
@@ -42,5 +50,5 @@ proto-check: $(STAMP)
 	rm -rf .proto-check
 
 clean:
-	rm -rf $(VENV) .proto-check .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .proto-check .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

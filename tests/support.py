@@ -86,7 +86,9 @@ def user(text: str) -> content_pb2.Message:
     return content_pb2.Message(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text=text)])
 
 
-def chat_request(text: str = "Hello there", model: str = "mock", **kwargs: object) -> chat_pb2.ChatRequest:
+def chat_request(
+    text: str = "Hello there", model: str = "mock", **kwargs: object
+) -> chat_pb2.ChatRequest:
     return chat_pb2.ChatRequest(model=model, messages=[user(text)], **kwargs)  # type: ignore[arg-type]
 
 

@@ -8,7 +8,7 @@ raise, and a behaviour that rejects what did not decode.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import message
@@ -50,18 +50,23 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             return handler
         method = handler_call_details.method
         deserializer = _lenient(handler.request_deserializer)
         if handler.response_streaming:
-            stream_behavior = handler.unary_stream
+            # The typing stubs describe sync handlers; these are grpc.aio ones.
+            stream_behavior = cast(Callable[..., Any], handler.unary_stream)
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async def stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
                 if request is _UNDECODABLE:
                     await context.abort_with_status(_bad_request(method))
                 produced = stream_behavior(request, context)
@@ -72,9 +77,11 @@ class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
                     await produced
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
+                stream,
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
             )
-        unary_behavior = handler.unary_unary
+        unary_behavior = cast(Callable[..., Awaitable[Any]], handler.unary_unary)
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if request is _UNDECODABLE:
@@ -82,5 +89,7 @@ class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
             return await unary_behavior(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=deserializer, response_serializer=handler.response_serializer
+            unary,
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
         )

@@ -38,7 +38,7 @@ class ReplyPlan:
 
     @property
     def text_tokens(self) -> list[str]:
-        return _WORDS.findall(self.text)
+        return split_tokens(self.text)
 
     @property
     def output_tokens(self) -> int:
@@ -53,6 +53,18 @@ class ReplyPlan:
             output_tokens=output,
             total_tokens=self.input_tokens + output,
         )
+
+
+def split_tokens(text: str) -> list[str]:
+    """Words with their leading white space; trailing white space joins the last one."""
+    tokens: list[str] = _WORDS.findall(text)
+    tail = text[sum(map(len, tokens)) :]
+    if tail:
+        if tokens:
+            tokens[-1] += tail
+        else:
+            tokens.append(tail)
+    return tokens
 
 
 def count_tokens(text: str) -> int:
@@ -150,7 +162,7 @@ def _apply_limits(
         if at >= 0:
             text = text[:at]
     if config.HasField("max_output_tokens"):
-        words = _WORDS.findall(text)
+        words = split_tokens(text)
         if len(words) > config.max_output_tokens:
             return (
                 "".join(words[: config.max_output_tokens]),

@@ -11,7 +11,6 @@ from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2
 from tests.support import Gateway, chat_request, details_of, user
 
 
-
 async def _violations(gateway: Gateway, request: chat_pb2.ChatRequest) -> dict[str, str]:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await gateway.stub.Chat(request, timeout=5)
@@ -43,40 +42,71 @@ async def _violations(gateway: Gateway, request: chat_pb2.ChatRequest) -> dict[s
             "messages[0].role",
         ),
         (
-            chat_pb2.ChatRequest(model="mock", messages=[content_pb2.Message(role=content_pb2.ROLE_USER)]),
+            chat_pb2.ChatRequest(
+                model="mock", messages=[content_pb2.Message(role=content_pb2.ROLE_USER)]
+            ),
             "messages[0].parts",
         ),
         (
             chat_pb2.ChatRequest(
                 model="mock",
-                messages=[content_pb2.Message(role=content_pb2.ROLE_USER, parts=[content_pb2.Part()])],
+                messages=[
+                    content_pb2.Message(role=content_pb2.ROLE_USER, parts=[content_pb2.Part()])
+                ],
             ),
             "messages[0].parts[0]",
         ),
-        (chat_request(generation_config=chat_pb2.GenerationConfig(max_output_tokens=-5)), "generation_config.max_output_tokens"),
-        (chat_request(generation_config=chat_pb2.GenerationConfig(max_output_tokens=0)), "generation_config.max_output_tokens"),
-        (chat_request(generation_config=chat_pb2.GenerationConfig(temperature=2.5)), "generation_config.temperature"),
-        (chat_request(generation_config=chat_pb2.GenerationConfig(temperature=float("nan"))), "generation_config.temperature"),
-        (chat_request(generation_config=chat_pb2.GenerationConfig(top_p=0)), "generation_config.top_p"),
-        (chat_request(generation_config=chat_pb2.GenerationConfig(stop_sequences=[""])), "generation_config.stop_sequences[0]"),
+        (
+            chat_request(generation_config=chat_pb2.GenerationConfig(max_output_tokens=-5)),
+            "generation_config.max_output_tokens",
+        ),
+        (
+            chat_request(generation_config=chat_pb2.GenerationConfig(max_output_tokens=0)),
+            "generation_config.max_output_tokens",
+        ),
+        (
+            chat_request(generation_config=chat_pb2.GenerationConfig(temperature=2.5)),
+            "generation_config.temperature",
+        ),
+        (
+            chat_request(generation_config=chat_pb2.GenerationConfig(temperature=float("nan"))),
+            "generation_config.temperature",
+        ),
+        (
+            chat_request(generation_config=chat_pb2.GenerationConfig(top_p=0)),
+            "generation_config.top_p",
+        ),
+        (
+            chat_request(generation_config=chat_pb2.GenerationConfig(stop_sequences=[""])),
+            "generation_config.stop_sequences[0]",
+        ),
         (
             chat_request(
                 generation_config=chat_pb2.GenerationConfig(
-                    response_format=chat_pb2.ResponseFormat(type=chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, schema_name="s")
+                    response_format=chat_pb2.ResponseFormat(
+                        type=chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, schema_name="s"
+                    )
                 )
             ),
             "generation_config.response_format.json_schema",
         ),
         (chat_request(tools=[content_pb2.Tool(name="bad name!")]), "tools[0].name"),
-        (chat_request(tool_choice=content_pb2.ToolChoice(tool_name="missing")), "tool_choice.tool_name"),
         (
-            chat_request(tool_choice=content_pb2.ToolChoice(mode=content_pb2.TOOL_CHOICE_MODE_REQUIRED)),
+            chat_request(tool_choice=content_pb2.ToolChoice(tool_name="missing")),
+            "tool_choice.tool_name",
+        ),
+        (
+            chat_request(
+                tool_choice=content_pb2.ToolChoice(mode=content_pb2.TOOL_CHOICE_MODE_REQUIRED)
+            ),
             "tool_choice.mode",
         ),
         (chat_request(labels={str(i): "v" for i in range(17)}), "labels"),
     ],
 )
-async def test_invalid_field_is_named(gateway: Gateway, request_: chat_pb2.ChatRequest, field: str) -> None:
+async def test_invalid_field_is_named(
+    gateway: Gateway, request_: chat_pb2.ChatRequest, field: str
+) -> None:
     assert field in await _violations(gateway, request_)
 
 
@@ -122,7 +152,9 @@ async def test_stream_chat_validates_too(gateway: Gateway) -> None:
         (embed_pb2.EmbedRequest(model="mock-embed", inputs=["a"], dimensions=0), "dimensions"),
     ],
 )
-async def test_invalid_embed_requests(gateway: Gateway, request_: embed_pb2.EmbedRequest, field: str) -> None:
+async def test_invalid_embed_requests(
+    gateway: Gateway, request_: embed_pb2.EmbedRequest, field: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await gateway.stub.Embed(request_, timeout=5)
     assert field in details_of(caught.value).violations
@@ -143,7 +175,9 @@ async def test_garbage_bytes_are_rejected_and_service_stays_healthy(gateway: Gat
     health = health_pb2_grpc.HealthStub(gateway.channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    assert (await gateway.stub.Chat(chat_request("still fine"), timeout=5)).message.parts[0].text == "still fine"
+    assert (await gateway.stub.Chat(chat_request("still fine"), timeout=5)).message.parts[
+        0
+    ].text == "still fine"
 
 
 async def test_oversized_message_is_refused(gateway: Gateway) -> None:

@@ -12,7 +12,6 @@ from llmgateway.v1 import chat_pb2, content_pb2
 from tests.support import Gateway, chat_request, details_of, user
 
 
-
 async def test_chat_echoes_the_last_user_message(gateway: Gateway) -> None:
     response = await gateway.stub.Chat(chat_request("Hello there, gateway"), timeout=5)
     assert response.message.role == content_pb2.ROLE_ASSISTANT
@@ -105,7 +104,9 @@ async def test_tool_call_unary_and_streamed_agree(gateway: Gateway) -> None:
 
 async def test_tool_result_turn_and_forced_tool(gateway: Gateway) -> None:
     forced = chat_request(
-        "anything", tools=[_weather_tool()], tool_choice=content_pb2.ToolChoice(tool_name="get_weather")
+        "anything",
+        tools=[_weather_tool()],
+        tool_choice=content_pb2.ToolChoice(tool_name="get_weather"),
     )
     call = (await gateway.stub.Chat(forced, timeout=5)).message.parts[0].tool_call
     follow_up = chat_pb2.ChatRequest(
@@ -148,14 +149,21 @@ async def test_max_output_tokens_gives_length(gateway: Gateway) -> None:
     response = await gateway.stub.Chat(chat_request("a b c d", generation_config=config), timeout=5)
     assert response.message.parts[0].text == "a b"
     assert response.finish_reason == chat_pb2.FINISH_REASON_LENGTH
-    chunks = [c async for c in gateway.stub.StreamChat(chat_request("a b c d", generation_config=config), timeout=5)]
+    chunks = [
+        c
+        async for c in gateway.stub.StreamChat(
+            chat_request("a b c d", generation_config=config), timeout=5
+        )
+    ]
     assert [c.finish_reason for c in chunks if c.finish_reason] == [chat_pb2.FINISH_REASON_LENGTH]
 
 
 async def test_image_input_is_accepted_by_a_vision_model(gateway: Gateway) -> None:
     message = user("what is this?")
     message.parts.add(image=content_pb2.Image(data=b"\x89PNG\r\n", mime_type="image/png"))
-    response = await gateway.stub.Chat(chat_pb2.ChatRequest(model="mock", messages=[message]), timeout=5)
+    response = await gateway.stub.Chat(
+        chat_pb2.ChatRequest(model="mock", messages=[message]), timeout=5
+    )
     assert response.usage.input_tokens == 3 + 85
 
 
@@ -178,7 +186,9 @@ async def test_capabilities_are_enforced_before_any_call(gateway: Gateway) -> No
         ),
         (chat_request(model="mock-embed"), "model"),
     ]
-    before = (await gateway.stub.GetProviderStats(_stats_request(), timeout=5)).providers[0].requests
+    before = (
+        (await gateway.stub.GetProviderStats(_stats_request(), timeout=5)).providers[0].requests
+    )
     for request, field in cases:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await gateway.stub.Chat(request, timeout=5)

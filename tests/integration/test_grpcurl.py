@@ -58,8 +58,16 @@ def json_documents(text: str) -> list[dict[str, object]]:
 
 def test_readme_lists_every_rpc() -> None:
     commands = " ".join(readme_grpcurl_commands())
-    for needle in (" list", "describe", "Health/Check", "/Chat", "/StreamChat", "/Embed",
-                   "/ListModels", "/GetProviderStats"):
+    for needle in (
+        " list",
+        "describe",
+        "Health/Check",
+        "/Chat",
+        "/StreamChat",
+        "/Embed",
+        "/ListModels",
+        "/GetProviderStats",
+    ):
         assert needle in commands
 
 
@@ -87,14 +95,19 @@ def test_readme_grpcurl_command(default_gateway: GatewayProcess, command: str) -
         assert json_documents(result.stdout) == [{"status": "SERVING"}]
     elif method.endswith("/Chat"):
         [reply] = json_documents(result.stdout)
-        assert reply["message"] == {"role": "ROLE_ASSISTANT", "parts": [{"text": "Hello from grpcurl"}]}
+        assert reply["message"] == {
+            "role": "ROLE_ASSISTANT",
+            "parts": [{"text": "Hello from grpcurl"}],
+        }
         assert reply["finish_reason"] == "FINISH_REASON_STOP"
     elif method.endswith("/StreamChat"):
         chunks = json_documents(result.stdout)
         words = "Stream these words one by one"
         assert "".join(str(c.get("text_delta", "")) for c in chunks) == words
         assert len(chunks) == len(words.split()) + 1
-        assert [c.get("finish_reason") for c in chunks if "finish_reason" in c] == ["FINISH_REASON_STOP"]
+        assert [c.get("finish_reason") for c in chunks if "finish_reason" in c] == [
+            "FINISH_REASON_STOP"
+        ]
         assert "usage" in chunks[-1]
     elif method.endswith("/Embed"):
         [reply] = json_documents(result.stdout)

@@ -12,7 +12,6 @@ from llmgateway.v1 import models_pb2
 from tests.support import BASE_CONFIG, Gateway, chat_request, details_of, running_gateway
 
 
-
 @pytest.mark.parametrize(
     ("status", "code", "reason", "retry_info"),
     [
@@ -70,7 +69,9 @@ async def test_stall_runs_into_the_deadline(gateway: Gateway) -> None:
 
 async def test_stream_stall_after_chunks_then_continues(gateway: Gateway) -> None:
     metadata = (("x-mock-stall", "0.2"), ("x-mock-after-chunks", "1"))
-    chunks = [c async for c in gateway.stub.StreamChat(chat_request("a b"), metadata=metadata, timeout=5)]
+    chunks = [
+        c async for c in gateway.stub.StreamChat(chat_request("a b"), metadata=metadata, timeout=5)
+    ]
     assert "".join(c.text_delta for c in chunks) == "a b"
 
 
@@ -86,7 +87,9 @@ async def test_target_limits_faults_to_one_provider(gateway: Gateway) -> None:
 
 async def test_invalid_fault_metadata_is_invalid_argument(gateway: Gateway) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await gateway.stub.Chat(chat_request(), metadata=(("x-mock-fail-status", "abc"),), timeout=5)
+        await gateway.stub.Chat(
+            chat_request(), metadata=(("x-mock-fail-status", "abc"),), timeout=5
+        )
     details = details_of(caught.value)
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "metadata.x-mock-fail-status" in details.violations
@@ -94,8 +97,8 @@ async def test_invalid_fault_metadata_is_invalid_argument(gateway: Gateway) -> N
 
 async def test_configured_fault_and_metadata_ignored_when_not_allowed() -> None:
     config = BASE_CONFIG.replace(
-        "      script: [\"First scripted reply.\", \"Second scripted reply.\"]",
-        "      script: [\"ok\"]\n      fault: {http_status: 503, retry_after: 2s}",
+        '      script: ["First scripted reply.", "Second scripted reply."]',
+        '      script: ["ok"]\n      fault: {http_status: 503, retry_after: 2s}',
     )
     async with running_gateway(config) as gateway:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -117,7 +120,9 @@ async def test_configured_fault_and_metadata_ignored_when_not_allowed() -> None:
 async def test_cancelled_stream_is_counted_as_cancelled() -> None:
     async with running_gateway(BASE_CONFIG) as gateway:
         call = gateway.stub.StreamChat(
-            chat_request("a b c"), metadata=(("x-mock-stall", "30"), ("x-mock-after-chunks", "1")), timeout=10
+            chat_request("a b c"),
+            metadata=(("x-mock-stall", "30"), ("x-mock-after-chunks", "1")),
+            timeout=10,
         )
         first = await call.read()
         assert first.text_delta == "a"

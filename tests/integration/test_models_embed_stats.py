@@ -11,9 +11,10 @@ from llmgateway.v1 import embed_pb2, models_pb2
 from tests.support import BASE_CONFIG, Gateway, chat_request, details_of, running_gateway
 
 
-
 async def test_embeddings_are_deterministic_unit_vectors(gateway: Gateway) -> None:
-    request = embed_pb2.EmbedRequest(model="mock-embed", inputs=["alpha beta", "gamma", "alpha beta"])
+    request = embed_pb2.EmbedRequest(
+        model="mock-embed", inputs=["alpha beta", "gamma", "alpha beta"]
+    )
     response = await gateway.stub.Embed(request, timeout=5)
     assert response.model == "mock-embed"
     assert [e.index for e in response.embeddings] == [0, 1, 2]
@@ -52,18 +53,28 @@ async def test_list_models_reports_aliases_with_capabilities(gateway: Gateway) -
     assert list(by_alias) == sorted(by_alias)
     assert set(by_alias) == {"mock", "mock-embed", "scripted", "scripted-embed", "plain"}
     mock = by_alias["mock"]
-    assert (mock.provider, mock.provider_type, mock.upstream_model) == ("mock", "mock", "mock-echo-1")
+    assert (mock.provider, mock.provider_type, mock.upstream_model) == (
+        "mock",
+        "mock",
+        "mock-echo-1",
+    )
     assert mock.context_window == 32768
     caps = mock.capabilities
     assert (caps.streaming, caps.tools, caps.vision, caps.json_output, caps.embeddings) == (
-        True, True, True, True, False,
+        True,
+        True,
+        True,
+        True,
+        False,
     )
     embed = by_alias["mock-embed"].capabilities
     assert (embed.embeddings, embed.streaming, embed.tools) == (True, False, False)
     plain = by_alias["plain"].capabilities
     assert (plain.streaming, plain.tools, plain.vision, plain.json_output) == (False,) * 4
     assert by_alias["scripted"].upstream_model == "scripted", "defaults to the alias"
-    only = await gateway.stub.ListModels(models_pb2.ListModelsRequest(provider="scripted"), timeout=5)
+    only = await gateway.stub.ListModels(
+        models_pb2.ListModelsRequest(provider="scripted"), timeout=5
+    )
     assert [m.alias for m in only.models] == ["scripted", "scripted-embed"]
 
 
@@ -84,6 +95,11 @@ async def test_provider_stats_count_attempts() -> None:
             models_pb2.GetProviderStatsRequest(provider="mock"), timeout=5
         )
         [mock] = stats.providers
-        assert (mock.provider_type, mock.requests, mock.successes, mock.failures) == ("mock", 5, 4, 1)
+        assert (mock.provider_type, mock.requests, mock.successes, mock.failures) == (
+            "mock",
+            5,
+            4,
+            1,
+        )
         assert mock.cancelled == 0
         assert mock.average_latency.ToNanoseconds() > 0

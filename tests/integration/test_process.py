@@ -14,7 +14,6 @@ from llmgateway.v1 import provider_service_pb2_grpc
 
 from tests.support import PYTHON, ROOT, chat_request, free_port, gateway_process
 
-
 CONFIG = """
 server: {{host: 127.0.0.1, port: {port}, shutdown_grace: 5s}}
 providers:
@@ -33,7 +32,12 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-m", "service", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, env=env
+        [PYTHON, "-m", "service", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
     )
 
 
@@ -44,7 +48,9 @@ async def test_graceful_shutdown_finishes_in_flight_streams(tmp_path: Path, sign
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             service_name = "llmgateway.v1.ProviderService"
-            check = await health.Check(health_pb2.HealthCheckRequest(service=service_name), timeout=5)
+            check = await health.Check(
+                health_pb2.HealthCheckRequest(service=service_name), timeout=5
+            )
             assert check.status == health_pb2.HealthCheckResponse.SERVING
             watch = health.Watch(health_pb2.HealthCheckRequest(service=service_name), timeout=20)
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
@@ -104,7 +110,9 @@ def test_check_config_accepts_the_default_config() -> None:
         ("server: [1, 2\n", "not valid YAML at line"),
     ],
 )
-def test_config_errors_exit_non_zero_before_serving(tmp_path: Path, text: str, expected: str) -> None:
+def test_config_errors_exit_non_zero_before_serving(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     result = _run(["--config", str(_write(tmp_path, text))])
     assert result.returncode == 2
     assert expected in result.stderr

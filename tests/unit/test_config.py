@@ -1,0 +1,135 @@
+"""Configuration parsing: exact field paths for errors, defaults, skipped providers."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config import ConfigError, parse_config, seconds_or
+
+GOOD = """
+providers:
+  - name: mock
+    mock: {token_delay: 0.5s}
+  - name: paid
+    api_key_env: PAID_KEY
+    skip_if_key_missing: true
+    mock: {}
+models:
+  - {alias: a, provider: mock}
+  - {alias: b, provider: paid}
+"""
+
+
+def test_good_config_parses_with_durations() -> None:
+    loaded = parse_config(GOOD, {"PAID_KEY": "x"})
+    assert [p.name for p in loaded.config.providers] == ["mock", "paid"]
+    assert seconds_or(loaded.config.providers[0].mock, "token_delay", 9.0) == 0.5
+    assert seconds_or(loaded.config.server, "shutdown_grace", 9.0) == 9.0
+    assert loaded.skipped_providers == ()
+
+
+def test_provider_without_key_is_skipped_with_its_models() -> None:
+    loaded = parse_config(GOOD, {})
+    assert loaded.skipped_providers == ("paid",)
+    assert [p.name for p in loaded.config.providers] == ["mock"]
+    assert [m.alias for m in loaded.config.models] == ["a"]
+
+
+def test_skipping_everything_is_an_error() -> None:
+    text = GOOD.replace("  - name: mock\n    mock: {token_delay: 0.5s}\n", "").replace(
+        "  - {alias: a, provider: mock}\n", ""
+    )
+    with pytest.raises(ConfigError, match="no provider is left"):
+        parse_config(text, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "problem"),
+    [
+        ("[1, 2]", "", "must hold a mapping"),
+        ("providers: {}", "providers", "must be a list"),
+        ("providers: [3]", "providers[0]", "must be a mapping"),
+        ("server: {port: x}", "server.port", "invalid literal"),
+        ("server: {port: -1}", "server.port", "out of range"),
+        ("server: {shutdown_grace: 0s}\n" + GOOD, "server.shutdown_grace", "must be positive"),
+        (
+            "server: {max_receive_message_bytes: 10}\n" + GOOD,
+            "server.max_receive_message_bytes",
+            "at least 1024",
+        ),
+        ("server: {keepalive: {time: soon}}", "server.keepalive.time", "must be a duration"),
+        ("logging: {level: loud}\n" + GOOD, "logging.level", "must be one of"),
+        ("providers:\n  - {name: m}\nmodels: []", "providers[0]", "exactly one provider kind"),
+        ("providers:\n  - {name: 'bad name', mock: {}}", "providers[0].name", "letters"),
+        (
+            "providers:\n  - {name: m, mock: {}}\n  - {name: m, mock: {}}",
+            "providers[1].name",
+            "used twice",
+        ),
+        (
+            "providers:\n  - {name: m, mock: {embedding_dimensions: 0}}",
+            "providers[0].mock.embedding_dimensions",
+            "1 to 4096",
+        ),
+        (
+            "providers:\n  - {name: m, mock: {fault: {http_status: 200}}}",
+            "providers[0].mock.fault.http_status",
+            "400 to 599",
+        ),
+        (
+            "providers:\n  - {name: m, mock: {script: [ok, {a: b}]}}",
+            "providers[0].mock.script[1]",
+            "",
+        ),
+        (
+            "providers:\n  - {name: m, mock: {}, headers: {x: [1]}}",
+            "providers[0].headers.x",
+            "single value",
+        ),
+        (
+            "providers:\n  - {name: m, mock: {}, skip_if_key_missing: true}",
+            "providers[0].skip_if_key_missing",
+            "needs api_key_env",
+        ),
+        ("providers:\n  - {name: m, mock: {}}\nmodels: []", "models", "at least one model"),
+        (
+            "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {provider: m}",
+            "models[0].alias",
+            "is required",
+        ),
+        (
+            "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m}\n  - {alias: a, provider: m}",
+            "models[1].alias",
+            "used twice",
+        ),
+        (
+            "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m, capabilities: {vision: maybe}}",
+            "models[0].capabilities.vision",
+            "",
+        ),
+        (
+            "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m, colour: red}",
+            "models[0].colour",
+            "unknown field",
+        ),
+        (
+            "providers:\n  - name: m\n    mock:\nmodels: []",
+            "providers[0].mock",
+            "must not be empty",
+        ),
+    ],
+)
+def test_errors_name_the_field_path(text: str, path: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, {})
+    assert caught.value.path == path
+    assert problem in caught.value.problem
+    assert str(caught.value).startswith(f"{path}: ") if path else problem in str(caught.value)
+
+
+def test_camel_case_keys_are_accepted_like_json() -> None:
+    loaded = parse_config(
+        "providers:\n  - {name: m, mock: {tokenDelay: 1s}}\nmodels:\n  - {alias: a, provider: m}\n",
+        {},
+    )
+    assert loaded.config.providers[0].mock.token_delay.seconds == 1
