@@ -191,10 +191,59 @@ def _validate(config: config_pb2.GatewayConfig) -> None:
         aliases.add(model.alias)
         if model.provider not in names:
             raise ConfigError(f"{path}.provider", f'no provider is named "{model.provider}"')
+        if model.HasField("pricing"):
+            prices = model.pricing
+            for name in (
+                "input_per_million",
+                "cached_input_per_million",
+                "cache_write_input_per_million",
+                "output_per_million",
+            ):
+                if getattr(prices, name) < 0:
+                    raise ConfigError(f"{path}.pricing.{name}", "must not be negative")
+
+
+_SECRET_HEADERS = frozenset(
+    {"authorization", "api-key", "x-api-key", "x-goog-api-key", "proxy-authorization"}
+)
+_CLASS_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _validate_transport(provider: config_pb2.ProviderConfig, path: str) -> None:
+    if provider.base_url and not provider.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}.base_url", "must start with http:// or https://")
+    for name in provider.headers:
+        if name.lower() in _SECRET_HEADERS:
+            raise ConfigError(
+                f"{path}.headers.{name}", "credentials come from api_key_env, never from the file"
+            )
+    for name in ("connect", "read", "total"):
+        if seconds_or(provider.timeouts, name, 1.0) <= 0:
+            raise ConfigError(f"{path}.timeouts.{name}", "must be positive")
+    pool = provider.pool
+    if pool.HasField("max_connections") and pool.max_connections < 1:
+        raise ConfigError(f"{path}.pool.max_connections", "must be at least 1")
+    if provider.HasField("max_response_bytes") and provider.max_response_bytes < 1024:
+        raise ConfigError(f"{path}.max_response_bytes", "must be at least 1024")
 
 
 def _validate_provider_kind(provider: config_pb2.ProviderConfig, path: str) -> None:
-    if provider.WhichOneof("kind") == "mock":
+    kind = provider.WhichOneof("kind")
+    if kind != "mock":
+        _validate_transport(provider, path)
+    if kind in ("openai_compatible", "azure_openai", "ollama") and not provider.base_url:
+        raise ConfigError(f"{path}.base_url", f"is required for {kind} providers")
+    if kind in ("openai", "anthropic", "gemini", "azure_openai") and not provider.api_key_env:
+        raise ConfigError(f"{path}.api_key_env", f"is required for {kind} providers")
+    if kind == "openai_compatible":
+        compat = provider.openai_compatible
+        if compat.auth_scheme == config_pb2.AUTH_SCHEME_HEADER and not compat.auth_header:
+            raise ConfigError(
+                f"{path}.openai_compatible.auth_header", "is required with AUTH_SCHEME_HEADER"
+            )
+    if kind == "custom" and not _CLASS_PATH.match(provider.custom.class_path):
+        raise ConfigError(f"{path}.custom.class_path", 'must look like "package.module:ClassName"')
+    if kind == "mock":
         mock = provider.mock
         if mock.HasField("embedding_dimensions") and not 1 <= mock.embedding_dimensions <= 4096:
             raise ConfigError(f"{path}.mock.embedding_dimensions", "must be 1 to 4096")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -72,9 +72,10 @@ class GatewayServer:
         self,
         config: config_pb2.GatewayConfig,
         interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
-        self.registry = Registry.from_config(config)
+        self.registry = Registry.from_config(config, environ)
         self.stats = StatsBook({name: p.kind for name, p in self.registry.providers.items()})
         self.router = Router(self.registry, self.stats)
         self.health = health.aio.HealthServicer()

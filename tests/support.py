@@ -69,10 +69,15 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(config_text: str = BASE_CONFIG) -> AsyncIterator[Gateway]:
-    """The real server on an ephemeral loopback port, and a real channel to it."""
-    loaded = parse_config(config_text, os.environ)
-    server = GatewayServer(loaded.config)
+async def running_gateway(
+    config_text: str = BASE_CONFIG, environ: dict[str, str] | None = None
+) -> AsyncIterator[Gateway]:
+    """The real server on an ephemeral loopback port, and a real channel to it.
+
+    `environ` stands in for the process environment (API keys of fake upstreams)."""
+    env = {**os.environ, **(environ or {})}
+    loaded = parse_config(config_text, env)
+    server = GatewayServer(loaded.config, environ=env)
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:

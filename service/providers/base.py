@@ -41,6 +41,16 @@ EMBEDDINGS_ONLY = Capabilities(
 
 
 @dataclass(frozen=True)
+class Pricing:
+    """US dollars per million tokens."""
+
+    input: float
+    cached_input: float
+    cache_write_input: float
+    output: float
+
+
+@dataclass(frozen=True)
 class Deployment:
     """One concrete choice for a model alias: a provider and the model sent upstream."""
 
@@ -50,6 +60,7 @@ class Deployment:
     upstream_model: str
     capabilities: Capabilities
     context_window: int = 0
+    pricing: Pricing | None = None
 
 
 @dataclass(frozen=True)

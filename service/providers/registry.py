@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import importlib
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
 from llmgateway.config.v1 import config_pb2
@@ -10,13 +12,31 @@ from llmgateway.config.v1 import config_pb2
 from service.errors import model_not_found
 from service.providers.base import EMBEDDINGS_ONLY, Capabilities, Deployment, Provider
 from service.providers.mock import MockProvider
+from service.routing.pricing import pricing_from
 
-ProviderFactory = Callable[[config_pb2.ProviderConfig], Provider]
+ProviderFactory = Callable[[config_pb2.ProviderConfig, Mapping[str, str]], Provider]
 
-# One entry per member of ProviderConfig.kind.
-FACTORIES: dict[str, ProviderFactory] = {
-    "mock": lambda config: MockProvider(config.name, config.mock),
+# One entry per member of ProviderConfig.kind: "module:function", imported on first use.
+FACTORIES: dict[str, str] = {
+    "mock": "service.providers.registry:create_mock",
+    "openai": "service.providers.openai:create_openai",
+    "openai_compatible": "service.providers.openai:create_compatible",
+    "azure_openai": "service.providers.azure:create_azure",
+    "anthropic": "service.providers.anthropic:create_anthropic",
+    "gemini": "service.providers.gemini:create_gemini",
+    "ollama": "service.providers.ollama:create_ollama",
+    "custom": "service.providers.custom:create_custom",
 }
+
+
+def create_mock(config: config_pb2.ProviderConfig, environ: Mapping[str, str]) -> Provider:
+    return MockProvider(config.name, config.mock)
+
+
+def factory_for(kind: str) -> ProviderFactory:
+    module_name, _, function = FACTORIES[kind].partition(":")
+    factory: ProviderFactory = getattr(importlib.import_module(module_name), function)
+    return factory
 
 
 def capabilities_for(provider: Provider, overrides: config_pb2.CapabilitiesConfig) -> Capabilities:
@@ -46,12 +66,15 @@ class Registry:
         self._allow_direct = allow_direct_addressing
 
     @classmethod
-    def from_config(cls, config: config_pb2.GatewayConfig) -> Registry:
+    def from_config(
+        cls, config: config_pb2.GatewayConfig, environ: Mapping[str, str] | None = None
+    ) -> Registry:
+        env = os.environ if environ is None else environ
         providers: dict[str, Provider] = {}
         for provider_config in config.providers:
             kind = provider_config.WhichOneof("kind")
             assert kind is not None  # checked by config validation
-            providers[provider_config.name] = FACTORIES[kind](provider_config)
+            providers[provider_config.name] = factory_for(kind)(provider_config, env)
         models = {}
         for model in config.models:
             provider = providers[model.provider]
@@ -62,6 +85,7 @@ class Registry:
                 upstream_model=model.upstream_model or model.alias,
                 capabilities=capabilities_for(provider, model.capabilities),
                 context_window=model.context_window,
+                pricing=pricing_from(model) if model.HasField("pricing") else None,
             )
         return cls(providers, models, config.allow_direct_model_addressing)
 

@@ -204,3 +204,46 @@ def from_upstream(failure: UpstreamFailure) -> GatewayError:
         retryable=retryable,
         failover=rule.failover,
     )
+
+
+def transport_failure(provider: str, model: str, kind: str, detail: str = "") -> GatewayError:
+    """A failure below HTTP: connect refused, timeout, reset, protocol breakage.
+
+    `kind` is one of "connect", "timeout", "reset", "protocol", "too_large".
+    """
+    reasons = {
+        "connect": ("UPSTREAM_CONNECT_FAILED", "could not connect to the provider", True),
+        "timeout": ("UPSTREAM_TIMEOUT", "the provider did not answer in time", True),
+        "reset": ("UPSTREAM_CONNECTION_LOST", "the connection to the provider was lost", True),
+        "protocol": ("UPSTREAM_PROTOCOL_ERROR", "the provider sent a malformed response", False),
+        "too_large": ("UPSTREAM_RESPONSE_TOO_LARGE", "the provider's response is too large", False),
+    }
+    reason, message, retryable = reasons[kind]
+    code = (
+        grpc.StatusCode.INTERNAL
+        if kind in ("protocol", "too_large")
+        else grpc.StatusCode.UNAVAILABLE
+    )
+    metadata = {"provider": provider, "model": model}
+    if detail:
+        metadata["detail"] = detail
+    return GatewayError(
+        code,
+        reason,
+        f"{provider}: {message}",
+        metadata=metadata,
+        retryable=retryable,
+        failover=True,
+    )
+
+
+def stream_truncated(provider: str, model: str) -> GatewayError:
+    """The upstream stream ended before its terminator: never a clean finish."""
+    return GatewayError(
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_STREAM_TRUNCATED",
+        f"{provider}: the stream ended before the provider finished it",
+        metadata={"provider": provider, "model": model},
+        retryable=True,
+        failover=True,
+    )

@@ -17,6 +17,7 @@ from service.errors import GatewayError, deadline_exceeded, internal
 from service.providers.base import CallContext, Deployment
 from service.providers.registry import Registry
 from service.routing.capabilities import check_chat, check_embed
+from service.routing.pricing import apply_cost
 from service.routing.stats import Outcome, StatsBook
 
 T = TypeVar("T")
@@ -65,6 +66,7 @@ class Router:
             deployment, ctx, lambda: provider.chat(request, deployment, ctx)
         )
         response.route.CopyFrom(_route(deployment, ctx.attempt, response.route.upstream_request_id))
+        apply_cost(response.usage, deployment.pricing)
         return response
 
     async def embed(
@@ -77,6 +79,7 @@ class Router:
             deployment, ctx, lambda: provider.embed(request, deployment, ctx)
         )
         response.route.CopyFrom(_route(deployment, ctx.attempt, response.route.upstream_request_id))
+        apply_cost(response.usage, deployment.pricing)
         return response
 
     async def stream_chat(
@@ -97,6 +100,8 @@ class Router:
                 async for chunk in provider.stream_chat(request, deployment, ctx):
                     if delivered == 0 or chunk.HasField("usage"):
                         chunk.route.MergeFrom(route)
+                    if chunk.HasField("usage"):
+                        apply_cost(chunk.usage, deployment.pricing)
                     finished = finished or chunk.finish_reason != chat_pb2.FINISH_REASON_UNSPECIFIED
                     delivered += 1
                     yield chunk

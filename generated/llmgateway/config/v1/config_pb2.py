@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!llmgateway/config/v1/config.proto\x12\x14llmgateway.config.v1\x1a\x1egoogle/protobuf/duration.proto\"\x8c\x02\n\rGatewayConfig\x12\x32\n\x06server\x18\x01 \x01(\x0b\x32\".llmgateway.config.v1.ServerConfig\x12\x37\n\tproviders\x18\x02 \x03(\x0b\x32$.llmgateway.config.v1.ProviderConfig\x12\x31\n\x06models\x18\x03 \x03(\x0b\x32!.llmgateway.config.v1.ModelConfig\x12%\n\x1d\x61llow_direct_model_addressing\x18\x04 \x01(\x08\x12\x34\n\x07logging\x18\x05 \x01(\x0b\x32#.llmgateway.config.v1.LoggingConfig\"\x89\x03\n\x0cServerConfig\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\x04port\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x31\n\x0eshutdown_grace\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x19max_receive_message_bytes\x18\x04 \x01(\rH\x01\x88\x01\x01\x12#\n\x16max_send_message_bytes\x18\x05 \x01(\rH\x02\x88\x01\x01\x12\x38\n\tkeepalive\x18\x06 \x01(\x0b\x32%.llmgateway.config.v1.KeepaliveConfig\x12\x17\n\nreflection\x18\x07 \x01(\x08H\x03\x88\x01\x01\x12\x34\n\x11max_call_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x07\n\x05_portB\x1c\n\x1a_max_receive_message_bytesB\x19\n\x17_max_send_message_bytesB\r\n\x0b_reflection\"\x97\x02\n\x0fKeepaliveConfig\x12\'\n\x04time\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12;\n\x18min_client_ping_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12max_connection_age\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12;\n\x18max_connection_age_grace\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1e\n\rLoggingConfig\x12\r\n\x05level\x18\x01 \x01(\t\"\xcf\x02\n\x0eProviderConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x02 \x01(\t\x12\x1b\n\x13skip_if_key_missing\x18\x03 \x01(\x08\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x42\n\x07headers\x18\x05 \x03(\x0b\x32\x31.llmgateway.config.v1.ProviderConfig.HeadersEntry\x12\x35\n\x08timeouts\x18\x06 \x01(\x0b\x32#.llmgateway.config.v1.TimeoutConfig\x12\x38\n\x04mock\x18\x14 \x01(\x0b\x32(.llmgateway.config.v1.MockProviderConfigH\x00\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kind\"\x8e\x01\n\rTimeoutConfig\x12*\n\x07\x63onnect\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04read\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05total\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xde\x01\n\x12MockProviderConfig\x12.\n\x0btoken_delay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06script\x18\x02 \x03(\t\x12!\n\x14\x65mbedding_dimensions\x18\x03 \x01(\rH\x00\x88\x01\x01\x12.\n\x05\x66\x61ult\x18\x04 \x01(\x0b\x32\x1f.llmgateway.config.v1.MockFault\x12\x1c\n\x14\x66\x61ults_from_metadata\x18\x05 \x01(\x08\x42\x17\n\x15_embedding_dimensions\"\xbe\x01\n\tMockFault\x12\x13\n\x0bhttp_status\x18\x01 \x01(\r\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x66irst_attempts\x18\x03 \x01(\r\x12\x19\n\x0c\x61\x66ter_chunks\x18\x04 \x01(\rH\x00\x88\x01\x01\x12(\n\x05stall\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0f\n\r_after_chunks\"\xca\x01\n\x12\x43\x61pabilitiesConfig\x12\x16\n\tstreaming\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\x05tools\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x13\n\x06vision\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x18\n\x0bjson_output\x18\x04 \x01(\x08H\x03\x88\x01\x01\x12\x17\n\nembeddings\x18\x05 \x01(\x08H\x04\x88\x01\x01\x42\x0c\n\n_streamingB\x08\n\x06_toolsB\t\n\x07_visionB\x0e\n\x0c_json_outputB\r\n\x0b_embeddings\"\x9e\x01\n\x0bModelConfig\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0eupstream_model\x18\x03 \x01(\t\x12>\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32(.llmgateway.config.v1.CapabilitiesConfig\x12\x16\n\x0e\x63ontext_window\x18\x05 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!llmgateway/config/v1/config.proto\x12\x14llmgateway.config.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x8c\x02\n\rGatewayConfig\x12\x32\n\x06server\x18\x01 \x01(\x0b\x32\".llmgateway.config.v1.ServerConfig\x12\x37\n\tproviders\x18\x02 \x03(\x0b\x32$.llmgateway.config.v1.ProviderConfig\x12\x31\n\x06models\x18\x03 \x03(\x0b\x32!.llmgateway.config.v1.ModelConfig\x12%\n\x1d\x61llow_direct_model_addressing\x18\x04 \x01(\x08\x12\x34\n\x07logging\x18\x05 \x01(\x0b\x32#.llmgateway.config.v1.LoggingConfig\"\x89\x03\n\x0cServerConfig\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\x04port\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x31\n\x0eshutdown_grace\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x19max_receive_message_bytes\x18\x04 \x01(\rH\x01\x88\x01\x01\x12#\n\x16max_send_message_bytes\x18\x05 \x01(\rH\x02\x88\x01\x01\x12\x38\n\tkeepalive\x18\x06 \x01(\x0b\x32%.llmgateway.config.v1.KeepaliveConfig\x12\x17\n\nreflection\x18\x07 \x01(\x08H\x03\x88\x01\x01\x12\x34\n\x11max_call_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x07\n\x05_portB\x1c\n\x1a_max_receive_message_bytesB\x19\n\x17_max_send_message_bytesB\r\n\x0b_reflection\"\x97\x02\n\x0fKeepaliveConfig\x12\'\n\x04time\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12;\n\x18min_client_ping_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12max_connection_age\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12;\n\x18max_connection_age_grace\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1e\n\rLoggingConfig\x12\r\n\x05level\x18\x01 \x01(\t\"\x8f\x07\n\x0eProviderConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x02 \x01(\t\x12\x1b\n\x13skip_if_key_missing\x18\x03 \x01(\x08\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x42\n\x07headers\x18\x05 \x03(\x0b\x32\x31.llmgateway.config.v1.ProviderConfig.HeadersEntry\x12\x35\n\x08timeouts\x18\x06 \x01(\x0b\x32#.llmgateway.config.v1.TimeoutConfig\x12.\n\x04pool\x18\x07 \x01(\x0b\x32 .llmgateway.config.v1.PoolConfig\x12\x1f\n\x12max_response_bytes\x18\x08 \x01(\rH\x01\x88\x01\x01\x12\x38\n\x04mock\x18\x14 \x01(\x0b\x32(.llmgateway.config.v1.MockProviderConfigH\x00\x12<\n\x06openai\x18\x15 \x01(\x0b\x32*.llmgateway.config.v1.OpenAIProviderConfigH\x00\x12G\n\x0c\x61zure_openai\x18\x16 \x01(\x0b\x32/.llmgateway.config.v1.AzureOpenAIProviderConfigH\x00\x12\x42\n\tanthropic\x18\x17 \x01(\x0b\x32-.llmgateway.config.v1.AnthropicProviderConfigH\x00\x12<\n\x06gemini\x18\x18 \x01(\x0b\x32*.llmgateway.config.v1.GeminiProviderConfigH\x00\x12<\n\x06ollama\x18\x19 \x01(\x0b\x32*.llmgateway.config.v1.OllamaProviderConfigH\x00\x12Q\n\x11openai_compatible\x18\x1a \x01(\x0b\x32\x34.llmgateway.config.v1.OpenAICompatibleProviderConfigH\x00\x12<\n\x06\x63ustom\x18\x1b \x01(\x0b\x32*.llmgateway.config.v1.CustomProviderConfigH\x00\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04kindB\x15\n\x13_max_response_bytes\"\xb9\x01\n\nPoolConfig\x12\x1c\n\x0fmax_connections\x18\x01 \x01(\rH\x00\x88\x01\x01\x12&\n\x19max_keepalive_connections\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x33\n\x10keepalive_expiry\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x12\n\x10_max_connectionsB\x1c\n\x1a_max_keepalive_connections\"=\n\x14OpenAIProviderConfig\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\"U\n\x19\x41zureOpenAIProviderConfig\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0e\n\x06v1_api\x18\x02 \x01(\x08\x12\x13\n\x0b\x65ntra_token\x18\x03 \x01(\x08\"q\n\x17\x41nthropicProviderConfig\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x1f\n\x12\x64\x65\x66\x61ult_max_tokens\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\r\n\x05\x62\x65tas\x18\x03 \x03(\tB\x15\n\x13_default_max_tokens\"+\n\x14GeminiProviderConfig\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\"E\n\x14OllamaProviderConfig\x12-\n\nkeep_alive\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x98\x01\n\x1eOpenAICompatibleProviderConfig\x12\x35\n\x0b\x61uth_scheme\x18\x01 \x01(\x0e\x32 .llmgateway.config.v1.AuthScheme\x12\x13\n\x0b\x61uth_header\x18\x02 \x01(\t\x12\x19\n\x0cstream_usage\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0f\n\r_stream_usage\"U\n\x14\x43ustomProviderConfig\x12\x12\n\nclass_path\x18\x01 \x01(\t\x12)\n\x08settings\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd8\x01\n\rPricingConfig\x12\x19\n\x11input_per_million\x18\x01 \x01(\x01\x12%\n\x18\x63\x61\x63hed_input_per_million\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12*\n\x1d\x63\x61\x63he_write_input_per_million\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\x12output_per_million\x18\x04 \x01(\x01\x42\x1b\n\x19_cached_input_per_millionB \n\x1e_cache_write_input_per_million\"\x8e\x01\n\rTimeoutConfig\x12*\n\x07\x63onnect\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04read\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05total\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xde\x01\n\x12MockProviderConfig\x12.\n\x0btoken_delay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06script\x18\x02 \x03(\t\x12!\n\x14\x65mbedding_dimensions\x18\x03 \x01(\rH\x00\x88\x01\x01\x12.\n\x05\x66\x61ult\x18\x04 \x01(\x0b\x32\x1f.llmgateway.config.v1.MockFault\x12\x1c\n\x14\x66\x61ults_from_metadata\x18\x05 \x01(\x08\x42\x17\n\x15_embedding_dimensions\"\xbe\x01\n\tMockFault\x12\x13\n\x0bhttp_status\x18\x01 \x01(\r\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x66irst_attempts\x18\x03 \x01(\r\x12\x19\n\x0c\x61\x66ter_chunks\x18\x04 \x01(\rH\x00\x88\x01\x01\x12(\n\x05stall\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0f\n\r_after_chunks\"\xca\x01\n\x12\x43\x61pabilitiesConfig\x12\x16\n\tstreaming\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\x05tools\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x13\n\x06vision\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x18\n\x0bjson_output\x18\x04 \x01(\x08H\x03\x88\x01\x01\x12\x17\n\nembeddings\x18\x05 \x01(\x08H\x04\x88\x01\x01\x42\x0c\n\n_streamingB\x08\n\x06_toolsB\t\n\x07_visionB\x0e\n\x0c_json_outputB\r\n\x0b_embeddings\"\xd4\x01\n\x0bModelConfig\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0eupstream_model\x18\x03 \x01(\t\x12>\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32(.llmgateway.config.v1.CapabilitiesConfig\x12\x16\n\x0e\x63ontext_window\x18\x05 \x01(\r\x12\x34\n\x07pricing\x18\x06 \x01(\x0b\x32#.llmgateway.config.v1.PricingConfig*o\n\nAuthScheme\x12\x1b\n\x17\x41UTH_SCHEME_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41UTH_SCHEME_BEARER\x10\x01\x12\x16\n\x12\x41UTH_SCHEME_HEADER\x10\x02\x12\x14\n\x10\x41UTH_SCHEME_NONE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,26 +35,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROVIDERCONFIG_HEADERSENTRY']._loaded_options = None
   _globals['_PROVIDERCONFIG_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_GATEWAYCONFIG']._serialized_start=92
-  _globals['_GATEWAYCONFIG']._serialized_end=360
-  _globals['_SERVERCONFIG']._serialized_start=363
-  _globals['_SERVERCONFIG']._serialized_end=756
-  _globals['_KEEPALIVECONFIG']._serialized_start=759
-  _globals['_KEEPALIVECONFIG']._serialized_end=1038
-  _globals['_LOGGINGCONFIG']._serialized_start=1040
-  _globals['_LOGGINGCONFIG']._serialized_end=1070
-  _globals['_PROVIDERCONFIG']._serialized_start=1073
-  _globals['_PROVIDERCONFIG']._serialized_end=1408
-  _globals['_PROVIDERCONFIG_HEADERSENTRY']._serialized_start=1354
-  _globals['_PROVIDERCONFIG_HEADERSENTRY']._serialized_end=1400
-  _globals['_TIMEOUTCONFIG']._serialized_start=1411
-  _globals['_TIMEOUTCONFIG']._serialized_end=1553
-  _globals['_MOCKPROVIDERCONFIG']._serialized_start=1556
-  _globals['_MOCKPROVIDERCONFIG']._serialized_end=1778
-  _globals['_MOCKFAULT']._serialized_start=1781
-  _globals['_MOCKFAULT']._serialized_end=1971
-  _globals['_CAPABILITIESCONFIG']._serialized_start=1974
-  _globals['_CAPABILITIESCONFIG']._serialized_end=2176
-  _globals['_MODELCONFIG']._serialized_start=2179
-  _globals['_MODELCONFIG']._serialized_end=2337
+  _globals['_AUTHSCHEME']._serialized_start=4029
+  _globals['_AUTHSCHEME']._serialized_end=4140
+  _globals['_GATEWAYCONFIG']._serialized_start=122
+  _globals['_GATEWAYCONFIG']._serialized_end=390
+  _globals['_SERVERCONFIG']._serialized_start=393
+  _globals['_SERVERCONFIG']._serialized_end=786
+  _globals['_KEEPALIVECONFIG']._serialized_start=789
+  _globals['_KEEPALIVECONFIG']._serialized_end=1068
+  _globals['_LOGGINGCONFIG']._serialized_start=1070
+  _globals['_LOGGINGCONFIG']._serialized_end=1100
+  _globals['_PROVIDERCONFIG']._serialized_start=1103
+  _globals['_PROVIDERCONFIG']._serialized_end=2014
+  _globals['_PROVIDERCONFIG_HEADERSENTRY']._serialized_start=1937
+  _globals['_PROVIDERCONFIG_HEADERSENTRY']._serialized_end=1983
+  _globals['_POOLCONFIG']._serialized_start=2017
+  _globals['_POOLCONFIG']._serialized_end=2202
+  _globals['_OPENAIPROVIDERCONFIG']._serialized_start=2204
+  _globals['_OPENAIPROVIDERCONFIG']._serialized_end=2265
+  _globals['_AZUREOPENAIPROVIDERCONFIG']._serialized_start=2267
+  _globals['_AZUREOPENAIPROVIDERCONFIG']._serialized_end=2352
+  _globals['_ANTHROPICPROVIDERCONFIG']._serialized_start=2354
+  _globals['_ANTHROPICPROVIDERCONFIG']._serialized_end=2467
+  _globals['_GEMINIPROVIDERCONFIG']._serialized_start=2469
+  _globals['_GEMINIPROVIDERCONFIG']._serialized_end=2512
+  _globals['_OLLAMAPROVIDERCONFIG']._serialized_start=2514
+  _globals['_OLLAMAPROVIDERCONFIG']._serialized_end=2583
+  _globals['_OPENAICOMPATIBLEPROVIDERCONFIG']._serialized_start=2586
+  _globals['_OPENAICOMPATIBLEPROVIDERCONFIG']._serialized_end=2738
+  _globals['_CUSTOMPROVIDERCONFIG']._serialized_start=2740
+  _globals['_CUSTOMPROVIDERCONFIG']._serialized_end=2825
+  _globals['_PRICINGCONFIG']._serialized_start=2828
+  _globals['_PRICINGCONFIG']._serialized_end=3044
+  _globals['_TIMEOUTCONFIG']._serialized_start=3047
+  _globals['_TIMEOUTCONFIG']._serialized_end=3189
+  _globals['_MOCKPROVIDERCONFIG']._serialized_start=3192
+  _globals['_MOCKPROVIDERCONFIG']._serialized_end=3414
+  _globals['_MOCKFAULT']._serialized_start=3417
+  _globals['_MOCKFAULT']._serialized_end=3607
+  _globals['_CAPABILITIESCONFIG']._serialized_start=3610
+  _globals['_CAPABILITIESCONFIG']._serialized_end=3812
+  _globals['_MODELCONFIG']._serialized_start=3815
+  _globals['_MODELCONFIG']._serialized_end=4027
 # @@protoc_insertion_point(module_scope)

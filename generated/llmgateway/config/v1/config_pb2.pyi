@@ -7,7 +7,9 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +20,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _AuthScheme:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AuthSchemeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuthScheme.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUTH_SCHEME_UNSPECIFIED: _AuthScheme.ValueType  # 0
+    """Bearer when a key is configured."""
+    AUTH_SCHEME_BEARER: _AuthScheme.ValueType  # 1
+    """Authorization: Bearer <key>."""
+    AUTH_SCHEME_HEADER: _AuthScheme.ValueType  # 2
+    """<auth_header>: <key>."""
+    AUTH_SCHEME_NONE: _AuthScheme.ValueType  # 3
+    """No credentials."""
+
+class AuthScheme(_AuthScheme, metaclass=_AuthSchemeEnumTypeWrapper):
+    """How an OpenAI-compatible server receives the API key."""
+
+AUTH_SCHEME_UNSPECIFIED: AuthScheme.ValueType  # 0
+"""Bearer when a key is configured."""
+AUTH_SCHEME_BEARER: AuthScheme.ValueType  # 1
+"""Authorization: Bearer <key>."""
+AUTH_SCHEME_HEADER: AuthScheme.ValueType  # 2
+"""<auth_header>: <key>."""
+AUTH_SCHEME_NONE: AuthScheme.ValueType  # 3
+"""No credentials."""
+Global___AuthScheme: _TypeAlias = AuthScheme  # noqa: Y015
 
 @_typing.final
 class GatewayConfig(_message.Message):
@@ -242,7 +272,16 @@ class ProviderConfig(_message.Message):
     BASE_URL_FIELD_NUMBER: _builtins.int
     HEADERS_FIELD_NUMBER: _builtins.int
     TIMEOUTS_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
     MOCK_FIELD_NUMBER: _builtins.int
+    OPENAI_FIELD_NUMBER: _builtins.int
+    AZURE_OPENAI_FIELD_NUMBER: _builtins.int
+    ANTHROPIC_FIELD_NUMBER: _builtins.int
+    GEMINI_FIELD_NUMBER: _builtins.int
+    OLLAMA_FIELD_NUMBER: _builtins.int
+    OPENAI_COMPATIBLE_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """REQUIRED. Unique name that models refer to: letters, digits, '-', '_'."""
     api_key_env: _builtins.str
@@ -254,6 +293,10 @@ class ProviderConfig(_message.Message):
     """OPTIONAL. See api_key_env."""
     base_url: _builtins.str
     """OPTIONAL. Upstream base URL; each kind has its public default."""
+    max_response_bytes: _builtins.int
+    """OPTIONAL. Largest upstream response body (or single stream event) accepted;
+    default 32 MiB.
+    """
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """OPTIONAL. Extra HTTP headers sent with every upstream request. Values
@@ -265,8 +308,40 @@ class ProviderConfig(_message.Message):
         """OPTIONAL. Upstream timeouts."""
 
     @_builtins.property
+    def pool(self) -> Global___PoolConfig:
+        """OPTIONAL. Connection pool of the provider's HTTP client."""
+
+    @_builtins.property
     def mock(self) -> Global___MockProviderConfig:
         """The built-in mock provider: no network, deterministic."""
+
+    @_builtins.property
+    def openai(self) -> Global___OpenAIProviderConfig:
+        """OpenAI Chat Completions and Embeddings."""
+
+    @_builtins.property
+    def azure_openai(self) -> Global___AzureOpenAIProviderConfig:
+        """Azure OpenAI deployments."""
+
+    @_builtins.property
+    def anthropic(self) -> Global___AnthropicProviderConfig:
+        """Anthropic Messages."""
+
+    @_builtins.property
+    def gemini(self) -> Global___GeminiProviderConfig:
+        """Google Gemini API (generativelanguage)."""
+
+    @_builtins.property
+    def ollama(self) -> Global___OllamaProviderConfig:
+        """Ollama's native API."""
+
+    @_builtins.property
+    def openai_compatible(self) -> Global___OpenAICompatibleProviderConfig:
+        """Any OpenAI-compatible server: vLLM, llama.cpp, LM Studio, custom APIs."""
+
+    @_builtins.property
+    def custom(self) -> Global___CustomProviderConfig:
+        """A provider class of the user's own, loaded by import path."""
 
     def __init__(
         self,
@@ -277,17 +352,309 @@ class ProviderConfig(_message.Message):
         base_url: _builtins.str = ...,
         headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         timeouts: Global___TimeoutConfig | None = ...,
+        pool: Global___PoolConfig | None = ...,
+        max_response_bytes: _builtins.int | None = ...,
         mock: Global___MockProviderConfig | None = ...,
+        openai: Global___OpenAIProviderConfig | None = ...,
+        azure_openai: Global___AzureOpenAIProviderConfig | None = ...,
+        anthropic: Global___AnthropicProviderConfig | None = ...,
+        gemini: Global___GeminiProviderConfig | None = ...,
+        ollama: Global___OllamaProviderConfig | None = ...,
+        openai_compatible: Global___OpenAICompatibleProviderConfig | None = ...,
+        custom: Global___CustomProviderConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "mock", b"mock", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "custom", b"custom", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "base_url", b"base_url", "headers", b"headers", "kind", b"kind", "mock", b"mock", "name", b"name", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "custom", b"custom", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["mock"]  # noqa: Y015
+    _WhichOneofReturnType__max_response_bytes: _TypeAlias = _typing.Literal["max_response_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_response_bytes: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["mock", "openai", "azure_openai", "anthropic", "gemini", "ollama", "openai_compatible", "custom"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_response_bytes) -> _WhichOneofReturnType__max_response_bytes | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ProviderConfig: _TypeAlias = ProviderConfig  # noqa: Y015
+
+@_typing.final
+class PoolConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    MAX_KEEPALIVE_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    KEEPALIVE_EXPIRY_FIELD_NUMBER: _builtins.int
+    max_connections: _builtins.int
+    """OPTIONAL. Most open connections to the upstream; default 100."""
+    max_keepalive_connections: _builtins.int
+    """OPTIONAL. Most idle connections kept alive; default 20."""
+    @_builtins.property
+    def keepalive_expiry(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Idle connections are closed after this long; default 30s."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: _builtins.int | None = ...,
+        max_keepalive_connections: _builtins.int | None = ...,
+        keepalive_expiry: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections", "_max_keepalive_connections", b"_max_keepalive_connections", "keepalive_expiry", b"keepalive_expiry", "max_connections", b"max_connections", "max_keepalive_connections", b"max_keepalive_connections"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections", "_max_keepalive_connections", b"_max_keepalive_connections", "keepalive_expiry", b"keepalive_expiry", "max_connections", b"max_connections", "max_keepalive_connections", b"max_keepalive_connections"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_connections: _TypeAlias = _typing.Literal["max_connections"]  # noqa: Y015
+    _WhichOneofArgType__max_connections: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections"]  # noqa: Y015
+    _WhichOneofReturnType__max_keepalive_connections: _TypeAlias = _typing.Literal["max_keepalive_connections"]  # noqa: Y015
+    _WhichOneofArgType__max_keepalive_connections: _TypeAlias = _typing.Literal["_max_keepalive_connections", b"_max_keepalive_connections"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_connections) -> _WhichOneofReturnType__max_connections | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_keepalive_connections) -> _WhichOneofReturnType__max_keepalive_connections | None: ...
+
+Global___PoolConfig: _TypeAlias = PoolConfig  # noqa: Y015
+
+@_typing.final
+class OpenAIProviderConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    organization: _builtins.str
+    """OPTIONAL. Sent as OpenAI-Organization."""
+    project: _builtins.str
+    """OPTIONAL. Sent as OpenAI-Project."""
+    def __init__(
+        self,
+        *,
+        organization: _builtins.str = ...,
+        project: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization", b"organization", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenAIProviderConfig: _TypeAlias = OpenAIProviderConfig  # noqa: Y015
+
+@_typing.final
+class AzureOpenAIProviderConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_VERSION_FIELD_NUMBER: _builtins.int
+    V1_API_FIELD_NUMBER: _builtins.int
+    ENTRA_TOKEN_FIELD_NUMBER: _builtins.int
+    api_version: _builtins.str
+    """OPTIONAL. The api-version query parameter of the classic deployment URLs;
+    default "2024-10-21". Ignored with v1_api.
+    """
+    v1_api: _builtins.bool
+    """OPTIONAL. Use the /openai/v1/ API, where the body's model names the
+    deployment, instead of /openai/deployments/{deployment}/.
+    """
+    entra_token: _builtins.bool
+    """OPTIONAL. Send the key (from api_key_env) as a Microsoft Entra bearer token
+    (Authorization: Bearer) instead of the api-key header.
+    """
+    def __init__(
+        self,
+        *,
+        api_version: _builtins.str = ...,
+        v1_api: _builtins.bool = ...,
+        entra_token: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "entra_token", b"entra_token", "v1_api", b"v1_api"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AzureOpenAIProviderConfig: _TypeAlias = AzureOpenAIProviderConfig  # noqa: Y015
+
+@_typing.final
+class AnthropicProviderConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    DEFAULT_MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    BETAS_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """OPTIONAL. The anthropic-version header; default "2023-06-01"."""
+    default_max_tokens: _builtins.int
+    """OPTIONAL. max_tokens sent when the request sets no max_output_tokens
+    (Anthropic requires one); default 4096.
+    """
+    @_builtins.property
+    def betas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """OPTIONAL. anthropic-beta flags."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        default_max_tokens: _builtins.int | None = ...,
+        betas: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_default_max_tokens", b"_default_max_tokens", "default_max_tokens", b"default_max_tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_max_tokens", b"_default_max_tokens", "betas", b"betas", "default_max_tokens", b"default_max_tokens", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__default_max_tokens: _TypeAlias = _typing.Literal["default_max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__default_max_tokens: _TypeAlias = _typing.Literal["_default_max_tokens", b"_default_max_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__default_max_tokens) -> _WhichOneofReturnType__default_max_tokens | None: ...
+
+Global___AnthropicProviderConfig: _TypeAlias = AnthropicProviderConfig  # noqa: Y015
+
+@_typing.final
+class GeminiProviderConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_VERSION_FIELD_NUMBER: _builtins.int
+    api_version: _builtins.str
+    """OPTIONAL. API version path segment; default "v1beta"."""
+    def __init__(
+        self,
+        *,
+        api_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GeminiProviderConfig: _TypeAlias = GeminiProviderConfig  # noqa: Y015
+
+@_typing.final
+class OllamaProviderConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEP_ALIVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keep_alive(self) -> _duration_pb2.Duration:
+        """OPTIONAL. How long Ollama keeps the model loaded after a call."""
+
+    def __init__(
+        self,
+        *,
+        keep_alive: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["keep_alive", b"keep_alive"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_alive", b"keep_alive"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OllamaProviderConfig: _TypeAlias = OllamaProviderConfig  # noqa: Y015
+
+@_typing.final
+class OpenAICompatibleProviderConfig(_message.Message):
+    """Needs ProviderConfig.base_url: the server's base URL including any version
+    segment, e.g. "http://localhost:8000/v1".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTH_SCHEME_FIELD_NUMBER: _builtins.int
+    AUTH_HEADER_FIELD_NUMBER: _builtins.int
+    STREAM_USAGE_FIELD_NUMBER: _builtins.int
+    auth_scheme: Global___AuthScheme.ValueType
+    """OPTIONAL. How the key from api_key_env is sent; default bearer (and no
+    header at all when no api_key_env is set).
+    """
+    auth_header: _builtins.str
+    """REQUIRED with AUTH_SCHEME_HEADER. The header that carries the key."""
+    stream_usage: _builtins.bool
+    """OPTIONAL. Ask for usage in streams (stream_options.include_usage); default
+    true. Turn off for servers that reject the field.
+    """
+    def __init__(
+        self,
+        *,
+        auth_scheme: Global___AuthScheme.ValueType = ...,
+        auth_header: _builtins.str = ...,
+        stream_usage: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stream_usage", b"_stream_usage", "stream_usage", b"stream_usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stream_usage", b"_stream_usage", "auth_header", b"auth_header", "auth_scheme", b"auth_scheme", "stream_usage", b"stream_usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__stream_usage: _TypeAlias = _typing.Literal["stream_usage"]  # noqa: Y015
+    _WhichOneofArgType__stream_usage: _TypeAlias = _typing.Literal["_stream_usage", b"_stream_usage"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stream_usage) -> _WhichOneofReturnType__stream_usage | None: ...
+
+Global___OpenAICompatibleProviderConfig: _TypeAlias = OpenAICompatibleProviderConfig  # noqa: Y015
+
+@_typing.final
+class CustomProviderConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASS_PATH_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    class_path: _builtins.str
+    """REQUIRED. "package.module:ClassName" of a service.providers.base.Provider
+    subclass, constructed as ClassName(name, settings, provider_config).
+    """
+    @_builtins.property
+    def settings(self) -> _struct_pb2.Struct:
+        """OPTIONAL. Free-form settings handed to the class."""
+
+    def __init__(
+        self,
+        *,
+        class_path: _builtins.str = ...,
+        settings: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_path", b"class_path", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomProviderConfig: _TypeAlias = CustomProviderConfig  # noqa: Y015
+
+@_typing.final
+class PricingConfig(_message.Message):
+    """Prices in US dollars per million tokens; Usage.cost_usd is computed from them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_PER_MILLION_FIELD_NUMBER: _builtins.int
+    CACHED_INPUT_PER_MILLION_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_INPUT_PER_MILLION_FIELD_NUMBER: _builtins.int
+    OUTPUT_PER_MILLION_FIELD_NUMBER: _builtins.int
+    input_per_million: _builtins.float
+    """REQUIRED. Uncached input tokens."""
+    cached_input_per_million: _builtins.float
+    """OPTIONAL. Input tokens read from the provider's cache; default: the input price."""
+    cache_write_input_per_million: _builtins.float
+    """OPTIONAL. Input tokens written to the provider's cache; default: the input price."""
+    output_per_million: _builtins.float
+    """REQUIRED for chat models. Output tokens, reasoning included."""
+    def __init__(
+        self,
+        *,
+        input_per_million: _builtins.float = ...,
+        cached_input_per_million: _builtins.float | None = ...,
+        cache_write_input_per_million: _builtins.float | None = ...,
+        output_per_million: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cache_write_input_per_million", b"_cache_write_input_per_million", "_cached_input_per_million", b"_cached_input_per_million", "cache_write_input_per_million", b"cache_write_input_per_million", "cached_input_per_million", b"cached_input_per_million"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cache_write_input_per_million", b"_cache_write_input_per_million", "_cached_input_per_million", b"_cached_input_per_million", "cache_write_input_per_million", b"cache_write_input_per_million", "cached_input_per_million", b"cached_input_per_million", "input_per_million", b"input_per_million", "output_per_million", b"output_per_million"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cache_write_input_per_million: _TypeAlias = _typing.Literal["cache_write_input_per_million"]  # noqa: Y015
+    _WhichOneofArgType__cache_write_input_per_million: _TypeAlias = _typing.Literal["_cache_write_input_per_million", b"_cache_write_input_per_million"]  # noqa: Y015
+    _WhichOneofReturnType__cached_input_per_million: _TypeAlias = _typing.Literal["cached_input_per_million"]  # noqa: Y015
+    _WhichOneofArgType__cached_input_per_million: _TypeAlias = _typing.Literal["_cached_input_per_million", b"_cached_input_per_million"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cache_write_input_per_million) -> _WhichOneofReturnType__cache_write_input_per_million | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cached_input_per_million) -> _WhichOneofReturnType__cached_input_per_million | None: ...
+
+Global___PricingConfig: _TypeAlias = PricingConfig  # noqa: Y015
 
 @_typing.final
 class TimeoutConfig(_message.Message):
@@ -476,6 +843,7 @@ class ModelConfig(_message.Message):
     UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     CONTEXT_WINDOW_FIELD_NUMBER: _builtins.int
+    PRICING_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """REQUIRED. The name callers use; unique; letters, digits and ".-_:/"."""
     provider: _builtins.str
@@ -488,6 +856,10 @@ class ModelConfig(_message.Message):
     def capabilities(self) -> Global___CapabilitiesConfig:
         """OPTIONAL. Capability overrides."""
 
+    @_builtins.property
+    def pricing(self) -> Global___PricingConfig:
+        """OPTIONAL. Prices; without them Usage.cost_usd stays unset."""
+
     def __init__(
         self,
         *,
@@ -496,10 +868,11 @@ class ModelConfig(_message.Message):
         upstream_model: _builtins.str = ...,
         capabilities: Global___CapabilitiesConfig | None = ...,
         context_window: _builtins.int = ...,
+        pricing: Global___PricingConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "pricing", b"pricing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "context_window", b"context_window", "provider", b"provider", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "context_window", b"context_window", "pricing", b"pricing", "provider", b"provider", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

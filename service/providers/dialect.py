@@ -1,0 +1,117 @@
+"""The pure half of an HTTP adapter: a Dialect turns proto requests into upstream
+requests and upstream responses, stream events and errors into proto messages and
+GatewayErrors. No I/O, no logging, no clock of its own (`now` is passed in).
+
+Dialects may raise ValueError, KeyError, TypeError or IndexError on malformed upstream
+data: the transport half turns those into INTERNAL `UPSTREAM_PROTOCOL_ERROR`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from llmgateway.v1 import chat_pb2, embed_pb2, route_pb2
+
+from service.errors import GatewayError, unsupported_capability
+from service.providers.base import Capabilities, Deployment
+from service.providers.http import HttpRequestSpec, HttpResponse
+from service.providers.upstream_errors import stream_truncated
+
+
+def usage(
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cached_input_tokens: int = 0,
+    cache_write_input_tokens: int = 0,
+    reasoning_tokens: int = 0,
+) -> route_pb2.Usage:
+    """A normalized Usage (reference §1.4): input includes cached, output includes
+    reasoning; total is their sum."""
+    return route_pb2.Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=input_tokens + output_tokens,
+        cached_input_tokens=cached_input_tokens,
+        cache_write_input_tokens=cache_write_input_tokens,
+        reasoning_tokens=reasoning_tokens,
+    )
+
+
+def has_content(chunk: chat_pb2.StreamChatResponse) -> bool:
+    """False for chunks that say nothing (role-only deltas, keep-alives)."""
+    return bool(
+        chunk.text_delta
+        or chunk.reasoning_delta
+        or chunk.reasoning_signature
+        or chunk.tool_call_deltas
+        or chunk.finish_reason
+        or chunk.HasField("usage")
+    )
+
+
+class StreamParser(abc.ABC):
+    """Turns decoded stream events (SseEvent or NDJSON values) into chunks, in order.
+
+    Subclasses set `finish_reason` when the upstream says why it stopped (and emit it
+    on a chunk), keep the latest `usage`, set `finished` when the upstream's final
+    event was seen, and `terminated` when nothing more will come (stop reading).
+    """
+
+    def __init__(self, provider: str, model: str) -> None:
+        self.provider = provider
+        self.model = model
+        self.finished = False
+        self.terminated = False
+        self.usage: route_pb2.Usage | None = None
+        self.finish_reason: chat_pb2.FinishReason.ValueType = chat_pb2.FINISH_REASON_UNSPECIFIED
+
+    @abc.abstractmethod
+    def feed(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
+        """Chunks for one event; raises GatewayError for an error sent in the stream."""
+
+    def finish(self) -> list[chat_pb2.StreamChatResponse]:
+        """Called at EOF: the final usage chunk, or an error for a cut stream."""
+        if not self.finished or self.finish_reason == chat_pb2.FINISH_REASON_UNSPECIFIED:
+            raise stream_truncated(self.provider, self.model)
+        return [chat_pb2.StreamChatResponse(usage=self.usage or usage())]
+
+
+class Dialect(abc.ABC):
+    kind: ClassVar[str]
+    framing: ClassVar[str] = "sse"  # or "ndjson"
+    request_id_header: ClassVar[str] = "x-request-id"
+    default_capabilities: ClassVar[Capabilities] = Capabilities(vision=True)
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+
+    @abc.abstractmethod
+    def chat_request(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment, stream: bool
+    ) -> HttpRequestSpec: ...
+
+    @abc.abstractmethod
+    def parse_chat(
+        self, response: HttpResponse, deployment: Deployment
+    ) -> chat_pb2.ChatResponse: ...
+
+    @abc.abstractmethod
+    def stream_parser(self, deployment: Deployment) -> StreamParser: ...
+
+    @abc.abstractmethod
+    def parse_error(
+        self, response: HttpResponse, deployment: Deployment, now: float
+    ) -> GatewayError:
+        """The GatewayError for a failed response (any status ≥ 400, or a 200 whose body
+        is an error envelope where a stream was expected)."""
+
+    def embed_request(
+        self, request: embed_pb2.EmbedRequest, deployment: Deployment
+    ) -> HttpRequestSpec:
+        raise unsupported_capability("model", deployment.alias, "embeddings")
+
+    def parse_embed(
+        self, response: HttpResponse, deployment: Deployment
+    ) -> embed_pb2.EmbedResponse:
+        raise unsupported_capability("model", deployment.alias, "embeddings")

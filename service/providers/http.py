@@ -1,0 +1,167 @@
+"""The transport half shared by HTTP adapters: one long-lived pooled httpx client per
+upstream, with explicit timeouts, a response-size cap and typed transport errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from service.errors import GatewayError
+from service.providers.upstream_errors import transport_failure
+
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+# Time kept back from the caller's deadline so that the gateway can still answer
+# with a status of its own after the upstream attempt gives up.
+DEADLINE_MARGIN = 0.05
+
+
+@dataclass(frozen=True)
+class HttpRequestSpec:
+    """A whole upstream request, built by a pure transform."""
+
+    method: str
+    url: str  # relative to the client's base URL, query string included
+    json_body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    base_url: str
+    headers: Mapping[str, str]
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    total_timeout: float = 600.0
+    max_connections: int = 100
+    max_keepalive_connections: int = 20
+    keepalive_expiry: float = 30.0
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+
+
+class UpstreamStream:
+    """An open streaming response: status and headers, then the body as it arrives."""
+
+    def __init__(self, response: httpx.Response, client: UpstreamClient, model: str) -> None:
+        self._response = response
+        self._client = client
+        self._model = model
+        self.status = response.status_code
+        self.headers = {k.lower(): v for k, v in response.headers.items()}
+
+    async def read_body(self) -> bytes:
+        return await self._client.read_capped(self._response, self._model)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._client.guard_stream(self._response.aiter_bytes(), self._model):
+            yield chunk
+
+
+class UpstreamClient:
+    def __init__(self, provider: str, settings: TransportSettings) -> None:
+        self.provider = provider
+        self.settings = settings
+        self._client = httpx.AsyncClient(
+            base_url=settings.base_url,
+            headers=dict(settings.headers),
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout,
+                read=settings.read_timeout,
+                write=settings.read_timeout,
+                pool=settings.connect_timeout,
+            ),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_keepalive_connections,
+                keepalive_expiry=settings.keepalive_expiry,
+            ),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def _timeout(self, deadline: float) -> httpx.Timeout:
+        """Every phase is bounded by the time left before the caller's deadline."""
+        remaining = deadline - asyncio.get_running_loop().time() - DEADLINE_MARGIN
+        remaining = max(0.001, min(remaining, self.settings.total_timeout))
+        s = self.settings
+        return httpx.Timeout(
+            connect=min(s.connect_timeout, remaining),
+            read=min(s.read_timeout, remaining),
+            write=min(s.read_timeout, remaining),
+            pool=min(s.connect_timeout, remaining),
+        )
+
+    def _error(self, exc: Exception, model: str) -> GatewayError:
+        if isinstance(exc, httpx.TimeoutException):
+            return transport_failure(self.provider, model, "timeout", type(exc).__name__)
+        if isinstance(exc, httpx.ConnectError):
+            return transport_failure(self.provider, model, "connect", type(exc).__name__)
+        if isinstance(exc, httpx.DecodingError):
+            return transport_failure(self.provider, model, "protocol", type(exc).__name__)
+        return transport_failure(self.provider, model, "reset", type(exc).__name__)
+
+    def _build(self, spec: HttpRequestSpec, deadline: float) -> httpx.Request:
+        return self._client.build_request(
+            spec.method,
+            spec.url,
+            json=spec.json_body,
+            headers=dict(spec.headers),
+            timeout=self._timeout(deadline),
+        )
+
+    async def read_capped(self, response: httpx.Response, model: str) -> bytes:
+        body = bytearray()
+        async for chunk in self.guard_stream(response.aiter_bytes(), model):
+            body.extend(chunk)
+            if len(body) > self.settings.max_response_bytes:
+                raise transport_failure(self.provider, model, "too_large")
+        return bytes(body)
+
+    async def guard_stream(self, chunks: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise self._error(exc, model) from None
+
+    async def request(self, spec: HttpRequestSpec, deadline: float, model: str) -> HttpResponse:
+        """Sends a request and reads the whole (capped) body."""
+        try:
+            response = await self._client.send(self._build(spec, deadline), stream=True)
+        except httpx.HTTPError as exc:
+            raise self._error(exc, model) from None
+        try:
+            body = await self.read_capped(response, model)
+        finally:
+            await response.aclose()
+        return HttpResponse(
+            response.status_code, {k.lower(): v for k, v in response.headers.items()}, body
+        )
+
+    @asynccontextmanager
+    async def stream(
+        self, spec: HttpRequestSpec, deadline: float, model: str
+    ) -> AsyncIterator[UpstreamStream]:
+        """Opens a streaming response; leaving the block (or a cancellation) closes it."""
+        try:
+            response = await self._client.send(self._build(spec, deadline), stream=True)
+        except httpx.HTTPError as exc:
+            raise self._error(exc, model) from None
+        try:
+            yield UpstreamStream(response, self, model)
+        finally:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

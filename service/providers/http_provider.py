@@ -1,0 +1,117 @@
+"""An HTTP provider: a Dialect (pure transforms) driven over an UpstreamClient."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TypeVar
+
+from llmgateway.v1 import chat_pb2, embed_pb2
+
+from service.errors import GatewayError
+from service.providers.base import CallContext, Deployment, Provider
+from service.providers.dialect import Dialect, StreamParser, has_content
+from service.providers.framing import FramingError, NdjsonDecoder, SseDecoder
+from service.providers.http import HttpResponse, UpstreamClient
+from service.providers.upstream_errors import UpstreamFailure, from_upstream, transport_failure
+
+T = TypeVar("T")
+_MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+
+
+class HttpProvider(Provider):
+    def __init__(self, name: str, dialect: Dialect, client: UpstreamClient) -> None:
+        super().__init__(name)
+        self.kind = dialect.kind
+        self.default_capabilities = dialect.default_capabilities
+        self.dialect = dialect
+        self.client = client
+
+    def _parsed(self, deployment: Deployment, parse: Callable[[], T]) -> T:
+        try:
+            return parse()
+        except GatewayError:
+            raise
+        except _MALFORMED as exc:
+            raise transport_failure(
+                self.name, deployment.upstream_model, "protocol", type(exc).__name__
+            ) from None
+
+    def _error(self, response: HttpResponse, deployment: Deployment) -> GatewayError:
+        if response.status < 400:
+            # An error envelope with 200 where a stream was expected: treat as a bad gateway.
+            response = HttpResponse(502, response.headers, response.body)
+        try:
+            return self.dialect.parse_error(response, deployment, time.time())
+        except _MALFORMED:
+            return from_upstream(
+                UpstreamFailure(self.name, deployment.upstream_model, response.status)
+            )
+
+    def _request_id(self, headers: Mapping[str, str]) -> str:
+        return headers.get(self.dialect.request_id_header, "")
+
+    def _feed(
+        self, parser: StreamParser, event: object, deployment: Deployment
+    ) -> list[chat_pb2.StreamChatResponse]:
+        chunks = self._parsed(deployment, lambda: parser.feed(event))
+        return [chunk for chunk in chunks if has_content(chunk)]
+
+    async def chat(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
+    ) -> chat_pb2.ChatResponse:
+        spec = self.dialect.chat_request(request, deployment, stream=False)
+        response = await self.client.request(spec, ctx.deadline, deployment.upstream_model)
+        if not 200 <= response.status < 300:
+            raise self._error(response, deployment)
+        result = self._parsed(deployment, lambda: self.dialect.parse_chat(response, deployment))
+        result.route.upstream_request_id = self._request_id(response.headers)
+        return result
+
+    async def stream_chat(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
+    ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+        spec = self.dialect.chat_request(request, deployment, stream=True)
+        model = deployment.upstream_model
+        async with self.client.stream(spec, ctx.deadline, model) as upstream:
+            content_type = upstream.headers.get("content-type", "")
+            if not 200 <= upstream.status < 300 or content_type.startswith("application/json"):
+                body = await upstream.read_body()
+                raise self._error(HttpResponse(upstream.status, upstream.headers, body), deployment)
+            limit = self.client.settings.max_response_bytes
+            decoder = SseDecoder(limit) if self.dialect.framing == "sse" else NdjsonDecoder(limit)
+            parser = self.dialect.stream_parser(deployment)
+            request_id = self._request_id(upstream.headers)
+            first = True
+            try:
+                async for raw in upstream.chunks():
+                    for event in decoder.feed(raw):
+                        for chunk in self._feed(parser, event, deployment):
+                            if first and request_id:
+                                chunk.route.upstream_request_id = request_id
+                            first = False
+                            yield chunk
+                    if parser.terminated:
+                        break
+                else:
+                    for event in decoder.close():
+                        for chunk in self._feed(parser, event, deployment):
+                            yield chunk
+            except FramingError as exc:
+                raise transport_failure(self.name, model, "protocol", str(exc)) from None
+            for chunk in self._parsed(deployment, parser.finish):
+                yield chunk
+
+    async def embed(
+        self, request: embed_pb2.EmbedRequest, deployment: Deployment, ctx: CallContext
+    ) -> embed_pb2.EmbedResponse:
+        spec = self.dialect.embed_request(request, deployment)
+        response = await self.client.request(spec, ctx.deadline, deployment.upstream_model)
+        if not 200 <= response.status < 300:
+            raise self._error(response, deployment)
+        result = self._parsed(deployment, lambda: self.dialect.parse_embed(response, deployment))
+        result.route.upstream_request_id = self._request_id(response.headers)
+        return result
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
