@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         asyncio.run(serve(loaded.config))
+    except ConfigError as exc:
+        print(f"configuration error in {args.config}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
         log.error("cannot start", extra={"fields": {"reason": str(exc)}})
         return EXIT_LISTEN

@@ -49,9 +49,19 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> L
     return parse_config(text, os.environ if environ is None else environ)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML without timestamps: `api_version: 2024-10-21` stays the string it looks like."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def parse_config(text: str, environ: Mapping[str, str]) -> LoadedConfig:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -25,7 +25,7 @@ _ALLOWED_PARTS: dict[int, frozenset[str]] = {
     content_pb2.ROLE_SYSTEM: frozenset({"text"}),
     content_pb2.ROLE_USER: frozenset({"text", "image"}),
     content_pb2.ROLE_ASSISTANT: frozenset({"text", "tool_call", "reasoning"}),
-    content_pb2.ROLE_TOOL: frozenset({"tool_result", "text"}),
+    content_pb2.ROLE_TOOL: frozenset({"tool_result"}),
 }
 
 
@@ -51,6 +51,7 @@ def validate_chat(request: chat_pb2.ChatRequest) -> None:
         _check_message(message, f"messages[{i}]", out)
     _check_generation(request.generation_config, "generation_config", out)
     _check_tools(request, out)
+    _check_tool_results(request, out)
     _check_labels(request.labels, out)
     out.raise_if_any()
 
@@ -174,6 +175,22 @@ def _check_tools(request: chat_pb2.ChatRequest, out: _Violations) -> None:
             out.add("tool_choice.mode", "is not a known tool choice mode")
         elif choice.mode == content_pb2.TOOL_CHOICE_MODE_REQUIRED and not request.tools:
             out.add("tool_choice.mode", "REQUIRED needs at least one tool")
+
+
+def _check_tool_results(request: chat_pb2.ChatRequest, out: _Violations) -> None:
+    """Every tool result answers a tool call made earlier in the conversation."""
+    called: set[str] = set()
+    for i, message in enumerate(request.messages):
+        for j, part in enumerate(message.parts):
+            kind = part.WhichOneof("kind")
+            if kind == "tool_call":
+                called.add(part.tool_call.id)
+            elif kind == "tool_result" and part.tool_result.tool_call_id not in called | {""}:
+                # An empty id is reported by _check_message already.
+                out.add(
+                    f"messages[{i}].parts[{j}].tool_result.tool_call_id",
+                    "does not match any earlier tool call",
+                )
 
 
 def _check_labels(labels: Mapping[str, str], out: _Violations) -> None:

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from llmgateway.config.v1 import config_pb2
 
+from service.config import ConfigError
 from service.errors import model_not_found
 from service.providers.base import EMBEDDINGS_ONLY, Capabilities, Deployment, Provider
 from service.providers.mock import MockProvider
@@ -71,10 +72,13 @@ class Registry:
     ) -> Registry:
         env = os.environ if environ is None else environ
         providers: dict[str, Provider] = {}
-        for provider_config in config.providers:
+        for index, provider_config in enumerate(config.providers):
             kind = provider_config.WhichOneof("kind")
             assert kind is not None  # checked by config validation
-            providers[provider_config.name] = factory_for(kind)(provider_config, env)
+            try:
+                providers[provider_config.name] = factory_for(kind)(provider_config, env)
+            except ConfigError as exc:
+                raise ConfigError(f"providers[{index}].{exc.path}", exc.problem) from exc
         models = {}
         for model in config.models:
             provider = providers[model.provider]

@@ -26,6 +26,7 @@ class UpstreamFailure:
     retry_after: float | None = None
     context_length_exceeded: bool = False
     quota_exhausted: bool = False
+    content_filtered: bool = False  # the provider refused the prompt by policy
     should_retry: bool | None = None  # the x-should-retry header, when sent
 
 
@@ -162,11 +163,20 @@ _CONTEXT = _Rule(
     False,
 )
 _QUOTA = _BY_STATUS[402]
+_FILTERED = _Rule(
+    grpc.StatusCode.INVALID_ARGUMENT,
+    "CONTENT_FILTERED",
+    "the provider refused the prompt by its content policy",
+    False,
+    False,
+)
 
 
 def _rule_for(failure: UpstreamFailure) -> _Rule:
     if failure.context_length_exceeded:
         return _CONTEXT
+    if failure.content_filtered:
+        return _FILTERED
     if failure.quota_exhausted:
         return _QUOTA
     rule = _BY_STATUS.get(failure.http_status)

@@ -1,0 +1,313 @@
+"""A fake OpenAI Chat Completions / Embeddings upstream (also Azure OpenAI and
+OpenAI-compatible servers), speaking the wire format of reference §2, §3 and §7.
+
+Default behaviour: echo the last user text; when tools are offered, call every tool
+whose name appears in the last user text (or the first tool when tool_choice is
+"required"); when the conversation ends with tool results, report them. Streams come
+as SSE chunks ending in `data: [DONE]`, with a usage chunk when include_usage is set.
+Edge cases are scripted with the builders below and `fake.script(...)`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.fakes.http_server import FakeRequest, FakeResponse, Write, split_bytes
+
+CREATED = 1767225600
+
+
+@dataclass
+class OpenAIFakeConfig:
+    key: str = "sk-test"
+    auth: str = "bearer"  # "bearer", "azure" (api-key or bearer), "header:<name>", "none"
+    azure_deployments: tuple[str, ...] = ("gpt-4o-deploy",)
+    request_id: str = "req_fake_1"
+    stream_piece: int = 0  # >0: cut every stream body into pieces of this many bytes
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if p.get("type") == "text")
+    return ""
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return _content_text(message.get("content"))
+    return ""
+
+
+def plan(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """(reply text, tool calls) for a request body."""
+    messages = body["messages"]
+    if messages and messages[-1].get("role") == "tool":
+        results = [m for m in messages if m.get("role") == "tool"]
+        return " ".join(f"tool said {m['content']}" for m in results), []
+    user_text = _last_user_text(messages)
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice", "auto")
+    if tools and choice != "none":
+        names = [t["function"]["name"] for t in tools]
+        if isinstance(choice, dict):
+            chosen = [choice["function"]["name"]]
+        else:
+            chosen = [n for n in names if re.search(rf"\b{re.escape(n)}\b", user_text)]
+            if not chosen and choice == "required":
+                chosen = names[:1]
+        if chosen:
+            calls = [
+                {
+                    "id": f"call_{i}_{name}",
+                    "type": "function",
+                    "function": {
+                        "name": name,
+                        "arguments": json.dumps({"text": user_text, "n": i}),
+                    },
+                }
+                for i, name in enumerate(chosen)
+            ]
+            return "", calls
+    fmt = (body.get("response_format") or {}).get("type")
+    if fmt in ("json_object", "json_schema"):
+        return json.dumps({"echo": user_text}), []
+    return user_text, []
+
+
+def usage_for(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    prompt = sum(words(_content_text(m.get("content"))) for m in body["messages"])
+    completion = words(text) + sum(words(c["function"]["arguments"]) for c in calls)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    }
+
+
+def completion(body: dict[str, Any]) -> dict[str, Any]:
+    text, calls = plan(body)
+    message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": body["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": "tool_calls" if calls else "stop",
+            }
+        ],
+        "usage": usage_for(body, text, calls),
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def chunk(
+    model: str, delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    choices = (
+        []
+        if delta is None
+        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+    )
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": model,
+        "choices": choices,
+        **extra,
+    }
+
+
+def stream_chunks(body: dict[str, Any], fragment: int = 5) -> list[dict[str, Any]]:
+    """The chunks a real server sends for this request, usage chunk included if asked."""
+    model = body["model"]
+    text, calls = plan(body)
+    chunks = [
+        chunk(model, {"role": "assistant", "content": "" if not calls else None, "refusal": None})
+    ]
+    for piece in re.findall(r"\s*\S+", text) or ([text] if text else []):
+        chunks.append(chunk(model, {"content": piece}))
+    for index, call in enumerate(calls):
+        arguments = call["function"]["arguments"]
+        opening = {
+            "index": index,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": ""},
+        }
+        chunks.append(chunk(model, {"tool_calls": [opening]}))
+        for start in range(0, len(arguments), fragment):
+            piece = {"index": index, "function": {"arguments": arguments[start : start + fragment]}}
+            chunks.append(chunk(model, {"tool_calls": [piece]}))
+    chunks.append(chunk(model, {}, "tool_calls" if calls else "stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunks.append(chunk(model, None, usage=usage_for(body, text, calls)))
+    return chunks
+
+
+def sse_body(
+    events: list[dict[str, Any] | str], line_ending: str = "\n", space: bool = True
+) -> bytes:
+    """`data:` events (dicts as JSON, strings as they are), each ended by a blank line."""
+    prefix = "data: " if space else "data:"
+    out = []
+    for event in events:
+        data = event if isinstance(event, str) else json.dumps(event)
+        out.append(f"{prefix}{data}{line_ending}{line_ending}")
+    return "".join(out).encode()
+
+
+def stream_response(body: bytes, piece: int = 0, **kwargs: Any) -> FakeResponse:
+    pieces = split_bytes(body, piece) if piece else [body]
+    return FakeResponse.stream(pieces, **kwargs)
+
+
+def embedding_vector(text: str, dimensions: int) -> list[float]:
+    seed = sum(text.encode())
+    return [round(((seed * (i + 1)) % 97) / 97.0, 6) for i in range(dimensions)]
+
+
+class OpenAIFake:
+    """The request handler; pass `fake.handle` to FakeHttpServer."""
+
+    def __init__(self, config: OpenAIFakeConfig | None = None) -> None:
+        self.config = config or OpenAIFakeConfig()
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "x-request-id": self.config.request_id,
+            "apim-request-id": self.config.request_id,
+            **self.config.extra_headers,
+        }
+
+    def _authorized(self, request: FakeRequest) -> bool:
+        auth = self.config.auth
+        bearer = request.headers.get("authorization") == f"Bearer {self.config.key}"
+        if auth == "none":
+            return "authorization" not in request.headers
+        if auth == "azure":
+            return bearer or request.headers.get("api-key") == self.config.key
+        if auth.startswith("header:"):
+            return request.headers.get(auth.split(":", 1)[1]) == self.config.key
+        return bearer
+
+    def handle(self, request: FakeRequest) -> FakeResponse:
+        if not self._authorized(request):
+            if self.config.auth == "azure":
+                body = {
+                    "error": {
+                        "code": "401",
+                        "message": "Access denied due to invalid subscription key or wrong API endpoint.",
+                    }
+                }
+            else:
+                body = error_body(
+                    "Incorrect API key provided: sk-****.",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                )
+            return FakeResponse.json(body, 401, self._headers())
+        path = request.path
+        match = re.fullmatch(r"/openai/deployments/([^/]+)/(chat/completions|embeddings)", path)
+        if match:
+            if "api-version" not in request.query:
+                return FakeResponse.json(
+                    error_body("Missing api-version", "invalid_request_error", "404"), 404
+                )
+            if match.group(1) not in self.config.azure_deployments:
+                return FakeResponse.json(
+                    {
+                        "error": {
+                            "code": "DeploymentNotFound",
+                            "message": "The API deployment for this resource does not exist.",
+                        }
+                    },
+                    404,
+                    self._headers(),
+                )
+            operation = match.group(2)
+        elif path.endswith("/chat/completions"):
+            operation = "chat/completions"
+        elif path.endswith("/embeddings"):
+            operation = "embeddings"
+        else:
+            return FakeResponse.json(error_body("Not found", "invalid_request_error"), 404)
+        body = request.json()
+        if operation == "embeddings":
+            return self._embeddings(body)
+        if body.get("stream"):
+            events: list[dict[str, Any] | str] = [*stream_chunks(body), "[DONE]"]
+            response = stream_response(sse_body(events), self.config.stream_piece)
+            response.headers.update(self._headers())
+            return response
+        return FakeResponse.json(completion(body), 200, self._headers())
+
+    def _embeddings(self, body: dict[str, Any]) -> FakeResponse:
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dimensions = body.get("dimensions", 4)
+        data = []
+        for index, text in enumerate(inputs):
+            vector = embedding_vector(text, dimensions)
+            encoded: Any = vector
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        data.reverse()  # clients must order by index, not by position
+        tokens = sum(words(t) for t in inputs)
+        return FakeResponse.json(
+            {
+                "object": "list",
+                "model": body["model"],
+                "data": data,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+            200,
+            self._headers(),
+        )
+
+
+def slow_first_byte(response: FakeResponse, seconds: float) -> FakeResponse:
+    response.header_delay = seconds
+    return response
+
+
+__all__ = [
+    "OpenAIFake",
+    "OpenAIFakeConfig",
+    "Write",
+    "chunk",
+    "completion",
+    "error_body",
+    "slow_first_byte",
+    "sse_body",
+    "stream_chunks",
+    "stream_response",
+]
