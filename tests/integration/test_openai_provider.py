@@ -838,3 +838,20 @@ async def test_error_json_with_200_on_a_stream_request(world: World) -> None:
         grpc.StatusCode.UNAVAILABLE,
         "UPSTREAM_UNAVAILABLE",
     )
+
+
+async def test_connections_are_pooled_and_recover_after_close(world: World) -> None:
+    await world.gateway.stub.Chat(chat_request("warm", model="gpt"), timeout=10)
+    before = world.openai.connections_accepted
+    for i in range(5):
+        await world.gateway.stub.Chat(chat_request(f"again {i}", model="gpt"), timeout=10)
+    assert world.openai.connections_accepted == before, "keep-alive reuses one connection"
+    from tests.fakes.openai_fake import completion
+
+    closing = FakeResponse.json(completion({"model": "m", "messages": [{"role": "user", "content": "bye"}]}))
+    closing.close = True
+    world.openai.script(closing)
+    assert (await world.gateway.stub.Chat(chat_request("bye", model="gpt"), timeout=10)).message.parts[0].text == "bye"
+    after_close = await world.gateway.stub.Chat(chat_request("new connection", model="gpt"), timeout=10)
+    assert after_close.message.parts[0].text == "new connection"
+    assert world.openai.connections_accepted == before + 1
