@@ -72,6 +72,7 @@ def parse_config(text: str, environ: Mapping[str, str]) -> LoadedConfig:
     _check_message(data, config.DESCRIPTOR, "")
     json_format.ParseDict(data, config)
     _validate(config)
+    _validate_fallbacks(config)
     return _drop_providers_without_keys(config, environ)
 
 
@@ -187,6 +188,12 @@ def _validate(config: config_pb2.GatewayConfig) -> None:
             raise ConfigError(f"{path}.skip_if_key_missing", "needs api_key_env")
         _validate_provider_kind(provider, path)
 
+    _validate_routing(config.routing.retry, config.routing.breaker, "routing")
+    for index, provider in enumerate(config.providers):
+        _validate_routing(provider.retry, provider.breaker, f"providers[{index}]")
+    if config.server.max_in_flight and seconds_or(config.server, "shed_retry_after", 1.0) <= 0:
+        raise ConfigError("server.shed_retry_after", "must be positive")
+
     if not config.models:
         raise ConfigError("models", "at least one model is required")
     aliases: set[str] = set()
@@ -201,6 +208,10 @@ def _validate(config: config_pb2.GatewayConfig) -> None:
         aliases.add(model.alias)
         if model.provider not in names:
             raise ConfigError(f"{path}.provider", f'no provider is named "{model.provider}"')
+        if model.timeouts.ByteSize():
+            for name in ("connect", "read", "total", "first_token", "idle"):
+                if seconds_or(model.timeouts, name, 1.0) <= 0:
+                    raise ConfigError(f"{path}.timeouts.{name}", "must be positive")
         if model.HasField("pricing"):
             prices = model.pricing
             for name in (
@@ -235,6 +246,44 @@ def _validate_transport(provider: config_pb2.ProviderConfig, path: str) -> None:
         raise ConfigError(f"{path}.pool.max_connections", "must be at least 1")
     if provider.HasField("max_response_bytes") and provider.max_response_bytes < 1024:
         raise ConfigError(f"{path}.max_response_bytes", "must be at least 1024")
+
+
+def _validate_fallbacks(config: config_pb2.GatewayConfig) -> None:
+    aliases = {m.alias for m in config.models}
+    for index, model in enumerate(config.models):
+        for field in ("fallbacks", "context_fallbacks"):
+            for k, alias in enumerate(getattr(model, field)):
+                if alias not in aliases:
+                    raise ConfigError(
+                        f"models[{index}].{field}[{k}]", f'no model is named "{alias}"'
+                    )
+                if alias == model.alias:
+                    raise ConfigError(
+                        f"models[{index}].{field}[{k}]", "a model cannot fall back to itself"
+                    )
+
+
+def _validate_routing(
+    retry: config_pb2.RetryConfig, breaker: config_pb2.BreakerConfig, path: str
+) -> None:
+    if retry.HasField("max_attempts") and not 1 <= retry.max_attempts <= 10:
+        raise ConfigError(f"{path}.retry.max_attempts", "must be 1 to 10")
+    if retry.HasField("multiplier") and retry.multiplier < 1:
+        raise ConfigError(f"{path}.retry.multiplier", "must be at least 1")
+    budget = retry.budget
+    if budget.HasField("ratio") and not 0 <= budget.ratio <= 1:
+        raise ConfigError(f"{path}.retry.budget.ratio", "must be 0 to 1")
+    if breaker.HasField("failure_rate") and not 0 < breaker.failure_rate <= 1:
+        raise ConfigError(f"{path}.breaker.failure_rate", "must be above 0 and at most 1")
+    if breaker.HasField("consecutive_failures") and breaker.consecutive_failures < 1:
+        raise ConfigError(f"{path}.breaker.consecutive_failures", "must be at least 1")
+    for holder, prefix, names in (
+        (retry, "retry", ("initial_backoff", "max_backoff", "max_retry_after")),
+        (breaker, "breaker", ("window", "cool_down", "max_cool_down")),
+    ):
+        for name in names:
+            if seconds_or(holder, name, 1.0) <= 0:
+                raise ConfigError(f"{path}.{prefix}.{name}", "must be positive")
 
 
 def _validate_provider_kind(provider: config_pb2.ProviderConfig, path: str) -> None:
@@ -293,6 +342,12 @@ def _drop_providers_without_keys(
     kept.providers.extend(p for p in config.providers if p.name not in skipped)
     del kept.models[:]
     kept.models.extend(m for m in config.models if m.provider not in skipped)
+    remaining = {m.alias for m in kept.models}
+    for model in kept.models:
+        for field in (model.fallbacks, model.context_fallbacks):
+            kept_aliases = [alias for alias in field if alias in remaining]
+            del field[:]
+            field.extend(kept_aliases)
     if not kept.providers or not kept.models:
         raise ConfigError(
             "providers", "no provider is left: every one was skipped for a missing API key"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Mapping, Sequence
 
 import grpc
@@ -16,6 +17,7 @@ from llmgateway.v1 import provider_service_pb2, provider_service_pb2_grpc
 from service.config import seconds_or
 from service.interceptors import build_interceptors
 from service.providers.registry import Registry
+from service.routing.resilience import Resilience
 from service.routing.router import Router
 from service.routing.stats import StatsBook
 from service.servicer import ProviderServicer
@@ -77,12 +79,14 @@ class GatewayServer:
         self.config = config
         self.registry = Registry.from_config(config, environ)
         self.stats = StatsBook({name: p.kind for name, p in self.registry.providers.items()})
-        self.router = Router(self.registry, self.stats)
+        # time.monotonic is the event loop's clock, so deadlines and breakers agree.
+        self.resilience = Resilience(config, time.monotonic)
+        self.router = Router(self.registry, self.stats, self.resilience)
         self.health = health.aio.HealthServicer()
         server_config = config.server
         self._grace = seconds_or(server_config, "shutdown_grace", 10.0)
         self._server = grpc.aio.server(
-            interceptors=build_interceptors() if interceptors is None else list(interceptors),
+            interceptors=build_interceptors(config) if interceptors is None else list(interceptors),
             options=server_options(server_config),
         )
         provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(

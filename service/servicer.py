@@ -28,6 +28,7 @@ from service.validation import validate_chat, validate_embed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+DEADLINE_MARGIN = 0.1
 
 
 def _metadata(context: grpc.aio.ServicerContext[object, object]) -> dict[str, str]:
@@ -135,5 +136,7 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         context: grpc.aio.ServicerContext[object, object],
     ) -> models_pb2.GetProviderStatsResponse:
         return models_pb2.GetProviderStatsResponse(
-            providers=self._router.stats.snapshot(request.provider)
+            providers=self._router.stats.snapshot(
+                request.provider, self._router.resilience.breakers
+            )
         )

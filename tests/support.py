@@ -26,11 +26,16 @@ from service.server import GatewayServer
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
+# Retries and breakers off: these tests look at one attempt at a time. The resilience
+# tests configure them.
 BASE_CONFIG = """
 server:
   host: 127.0.0.1
   port: 0
   shutdown_grace: 2s
+routing:
+  retry: {max_attempts: 1}
+  breaker: {disabled: true}
 providers:
   - name: mock
     mock:
@@ -58,6 +63,9 @@ models:
     upstream_model: plain-1
     capabilities: {streaming: false, tools: false, vision: false, json_output: false}
 """
+
+
+ONE_ATTEMPT = "routing: {retry: {max_attempts: 1}, breaker: {disabled: true}}\n"
 
 
 @dataclass

@@ -1,15 +1,30 @@
 """Server interceptors: they see every RPC, unary and streaming alike.
 
-The chain, outermost first, is built by `build_interceptors`. Authentication and
-audit slot in here in front of the request-decoding guard.
+The chain, outermost first, is built by `build_interceptors`: load shedding, then the
+request-decoding guard. Authentication and audit slot in at the front.
 """
 
 from __future__ import annotations
 
 import grpc
+from llmgateway.config.v1 import config_pb2
 
+from service.config import seconds_or
+from service.interceptors.admission import AdmissionInterceptor
 from service.interceptors.decode import DecodeGuardInterceptor
 
+PROVIDER_SERVICE_PREFIX = "/llmgateway.v1.ProviderService/"
 
-def build_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    return [DecodeGuardInterceptor()]
+
+def build_interceptors(config: config_pb2.GatewayConfig) -> list[grpc.aio.ServerInterceptor]:
+    chain: list[grpc.aio.ServerInterceptor] = []
+    if config.server.max_in_flight:
+        chain.append(
+            AdmissionInterceptor(
+                PROVIDER_SERVICE_PREFIX,
+                config.server.max_in_flight,
+                seconds_or(config.server, "shed_retry_after", 1.0),
+            )
+        )
+    chain.append(DecodeGuardInterceptor())
+    return chain

@@ -51,6 +51,17 @@ class Pricing:
 
 
 @dataclass(frozen=True)
+class Timeouts:
+    """Limits of one attempt, in seconds; each is further bounded by the deadline."""
+
+    connect: float = 5.0
+    read: float = 60.0  # longest gap between two reads of the response
+    total: float = 600.0
+    first_token: float | None = None  # streams: start of the attempt → first chunk
+    idle: float | None = None  # streams: longest gap between two chunks
+
+
+@dataclass(frozen=True)
 class Deployment:
     """One concrete choice for a model alias: a provider and the model sent upstream."""
 
@@ -61,6 +72,14 @@ class Deployment:
     capabilities: Capabilities
     context_window: int = 0
     pricing: Pricing | None = None
+    timeouts: Timeouts = Timeouts()
+    fallbacks: tuple[str, ...] = ()  # aliases tried when this one fails over
+    context_fallbacks: tuple[str, ...] = ()  # aliases tried when the context is too long
+
+    @property
+    def key(self) -> str:
+        """Identifies the deployment for circuit breaking: provider and upstream model."""
+        return f"{self.provider}/{self.upstream_model}"
 
 
 @dataclass(frozen=True)

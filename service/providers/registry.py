@@ -9,9 +9,9 @@ from dataclasses import replace
 
 from llmgateway.config.v1 import config_pb2
 
-from service.config import ConfigError
+from service.config import ConfigError, seconds_or
 from service.errors import model_not_found
-from service.providers.base import EMBEDDINGS_ONLY, Capabilities, Deployment, Provider
+from service.providers.base import EMBEDDINGS_ONLY, Capabilities, Deployment, Provider, Timeouts
 from service.providers.mock import MockProvider
 from service.routing.pricing import pricing_from
 
@@ -53,6 +53,25 @@ def capabilities_for(provider: Provider, overrides: config_pb2.CapabilitiesConfi
     return replace(base, **changes)
 
 
+def timeouts_for(provider: config_pb2.TimeoutConfig, model: config_pb2.TimeoutConfig) -> Timeouts:
+    """Model settings over provider settings over the defaults, field by field."""
+    defaults = Timeouts()
+
+    def pick(field: str, default: float | None) -> float | None:
+        for holder in (model, provider):
+            if holder.HasField(field):  # type: ignore[arg-type]
+                return seconds_or(holder, field, 0.0)
+        return default
+
+    return Timeouts(
+        connect=pick("connect", defaults.connect) or defaults.connect,
+        read=pick("read", defaults.read) or defaults.read,
+        total=pick("total", defaults.total) or defaults.total,
+        first_token=pick("first_token", None),
+        idle=pick("idle", None),
+    )
+
+
 class Registry:
     """Providers by name and deployments by model alias."""
 
@@ -61,10 +80,12 @@ class Registry:
         providers: dict[str, Provider],
         models: dict[str, Deployment],
         allow_direct_addressing: bool,
+        provider_timeouts: dict[str, Timeouts] | None = None,
     ) -> None:
         self.providers = providers
         self.models = models
         self._allow_direct = allow_direct_addressing
+        self._provider_timeouts = provider_timeouts or {}
 
     @classmethod
     def from_config(
@@ -79,6 +100,7 @@ class Registry:
                 providers[provider_config.name] = factory_for(kind)(provider_config, env)
             except ConfigError as exc:
                 raise ConfigError(f"providers[{index}].{exc.path}", exc.problem) from exc
+        provider_configs = {p.name: p for p in config.providers}
         models = {}
         for model in config.models:
             provider = providers[model.provider]
@@ -90,8 +112,16 @@ class Registry:
                 capabilities=capabilities_for(provider, model.capabilities),
                 context_window=model.context_window,
                 pricing=pricing_from(model) if model.HasField("pricing") else None,
+                timeouts=timeouts_for(provider_configs[model.provider].timeouts, model.timeouts),
+                fallbacks=tuple(model.fallbacks),
+                context_fallbacks=tuple(model.context_fallbacks),
             )
-        return cls(providers, models, config.allow_direct_model_addressing)
+        no_override = config_pb2.TimeoutConfig()
+        provider_timeouts = {
+            name: timeouts_for(provider_config.timeouts, no_override)
+            for name, provider_config in provider_configs.items()
+        }
+        return cls(providers, models, config.allow_direct_model_addressing, provider_timeouts)
 
     def resolve(self, model: str) -> Deployment:
         """The deployment for a requested model name, or NOT_FOUND."""
@@ -108,11 +138,16 @@ class Registry:
                     provider_type=provider.kind,
                     upstream_model=upstream_model,
                     capabilities=provider.default_capabilities,
+                    timeouts=self._provider_timeouts.get(provider.name, Timeouts()),
                 )
         raise model_not_found(model)
 
     def provider(self, name: str) -> Provider:
         return self.providers[name]
+
+    def chain(self, aliases: tuple[str, ...]) -> list[Deployment]:
+        """The deployments of fallback aliases (validated to exist at start-up)."""
+        return [self.models[alias] for alias in aliases if alias in self.models]
 
     def deployments(self) -> Iterable[Deployment]:
         return (self.models[alias] for alias in sorted(self.models))

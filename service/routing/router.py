@@ -1,127 +1,393 @@
-"""Policy between the servicer and the providers: resolve, check, attempt, record.
+"""Policy between the servicer and the providers.
 
-The router never speaks HTTP. It turns a model name into a deployment, refuses what
-the deployment cannot do, runs the attempt inside the caller's deadline, keeps the
-statistics, and says in every response how the call was served.
+The router never speaks HTTP. For each call it builds the chain of deployments (the
+alias, then its fallbacks), and runs attempts along it: retries of transient failures
+with capped, fully jittered backoff (Retry-After as a floor), a retry budget per
+provider, a circuit breaker per deployment, every attempt inside the caller's deadline.
+Streams may be retried and moved to a fallback only until their first chunk; after
+that they end with their final chunk or with a status that says they were cut.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Generic, TypeVar
 
+import grpc
 from llmgateway.v1 import chat_pb2, embed_pb2, route_pb2
 
 from service.errors import GatewayError, deadline_exceeded, internal
 from service.providers.base import CallContext, Deployment
 from service.providers.registry import Registry
+from service.providers.upstream_errors import transport_failure
 from service.routing.capabilities import check_chat, check_embed
 from service.routing.pricing import apply_cost
+from service.routing.resilience import Resilience
 from service.routing.stats import Outcome, StatsBook
 
 T = TypeVar("T")
+Check = Callable[[Deployment], None]
 
 
-def _route(deployment: Deployment, attempts: int, request_id: str = "") -> route_pb2.RouteInfo:
-    return route_pb2.RouteInfo(
-        provider=deployment.provider,
-        upstream_model=deployment.upstream_model,
-        attempts=attempts,
-        upstream_request_id=request_id,
-    )
+@dataclass
+class CallRecord:
+    """What happened during one call: for the response, the error details and the audit."""
+
+    attempts: int = 0
+    tried: list[str] = field(default_factory=list)  # "provider/model:REASON", in order
+    served_by: Deployment | None = None
+    fallback_used: bool = False
+    chunks_delivered: int = 0
+
+    def route(self, upstream_request_id: str = "") -> route_pb2.RouteInfo:
+        assert self.served_by is not None
+        return route_pb2.RouteInfo(
+            provider=self.served_by.provider,
+            upstream_model=self.served_by.upstream_model,
+            attempts=self.attempts,
+            fallback_used=self.fallback_used,
+            upstream_request_id=upstream_request_id,
+        )
+
+    def annotate(self, error: GatewayError) -> GatewayError:
+        error.with_metadata(attempts=str(self.attempts))
+        if self.tried:
+            error.with_metadata(tried=",".join(self.tried[-8:]))
+        return error
+
+
+@dataclass
+class _Opened(Generic[T]):
+    """A stream whose first chunk has arrived."""
+
+    first: T
+    rest: AsyncIterator[T]
+    started: float
 
 
 class Router:
-    def __init__(self, registry: Registry, stats: StatsBook) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        stats: StatsBook,
+        resilience: Resilience,
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> None:
         self.registry = registry
         self.stats = stats
+        self.resilience = resilience
+        self._uniform = uniform
+
+    # --- planning --------------------------------------------------------------------
+
+    def _chain(self, model: str, check: Check) -> list[Deployment]:
+        primary = self.registry.resolve(model)
+        check(primary)  # the caller's own request must fit the model asked for
+        chain = [primary]
+        for candidate in self.registry.chain(primary.fallbacks):
+            if candidate not in chain and _fits(check, candidate):
+                chain.append(candidate)
+        return chain
+
+    # --- the attempt loop ------------------------------------------------------------
+
+    async def _run(
+        self,
+        chain: list[Deployment],
+        ctx: CallContext,
+        record: CallRecord,
+        check: Check,
+        attempt: Callable[[Deployment, CallContext], Awaitable[T]],
+        count_success: bool = True,
+    ) -> tuple[T, Deployment]:
+        loop = asyncio.get_running_loop()
+        errors: list[GatewayError] = []
+        position = 0
+        context_fallbacks_added = False
+        while position < len(chain):
+            deployment = chain[position]
+            position += 1
+            breaker = self.resilience.breaker(deployment)
+            if not breaker.allow():
+                record.tried.append(f"{deployment.key}:CIRCUIT_OPEN")
+                errors.append(_circuit_open(deployment, breaker.open_remaining()))
+                continue
+            policy = self.resilience.policy(deployment.provider)
+            budget = self.resilience.budget(deployment.provider)
+            budget.record_call()
+            tries = 0
+            while True:
+                if record.attempts >= self.resilience.max_total_attempts:
+                    breaker.release()
+                    raise record.annotate(_exhausted(errors))
+                if loop.time() + policy.min_attempt_time > ctx.deadline:
+                    breaker.release()
+                    raise record.annotate(deadline_exceeded(record.attempts))
+                tries += 1
+                record.attempts += 1
+                if tries > 1:
+                    self.stats.retried(deployment.provider)
+                try:
+                    result = await self._attempt(deployment, ctx, record, attempt, count_success)
+                except GatewayError as error:
+                    record.tried.append(f"{deployment.key}:{error.reason}")
+                    if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        breaker.release()
+                        raise record.annotate(error) from None
+                    if error.failover:
+                        breaker.failure()
+                    else:
+                        breaker.release()
+                    errors.append(error)
+                    if (
+                        error.reason == "CONTEXT_LENGTH_EXCEEDED"
+                        and deployment.context_fallbacks
+                        and not context_fallbacks_added
+                    ):
+                        context_fallbacks_added = True
+                        extra = [
+                            d
+                            for d in self.registry.chain(deployment.context_fallbacks)
+                            if d not in chain and _fits(check, d)
+                        ]
+                        chain[position:position] = extra
+                        break
+                    if not error.failover:
+                        raise record.annotate(error) from None
+                    if not error.retryable or tries >= policy.max_attempts:
+                        break
+                    delay = policy.delay(tries, error.retry_after, self._uniform)
+                    if delay is None:  # the upstream asks for more than we wait
+                        break
+                    if loop.time() + delay + policy.min_attempt_time > ctx.deadline:
+                        break  # no time for another try here: the fallback, now
+                    if not budget.try_spend():
+                        self.stats.retry_denied(deployment.provider)
+                        break
+                    await asyncio.sleep(delay)
+                    if not breaker.allow():
+                        break
+                    continue
+                except BaseException:
+                    breaker.release()
+                    raise
+                else:
+                    breaker.success()
+                    record.served_by = deployment
+                    record.fallback_used = deployment is not chain[0]
+                    return result, deployment
+        raise record.annotate(_exhausted(errors))
 
     async def _attempt(
-        self, deployment: Deployment, ctx: CallContext, call: Callable[[], Awaitable[T]]
+        self,
+        deployment: Deployment,
+        ctx: CallContext,
+        record: CallRecord,
+        attempt: Callable[[Deployment, CallContext], Awaitable[T]],
+        count_success: bool,
     ) -> T:
+        """One try: bounded by the deadline and the attempt's total timeout. A stream's
+        successful opening is counted when the stream ends (count_success=False)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        until = min(ctx.deadline, started + deployment.timeouts.total)
+        attempt_ctx = replace(ctx, attempt=record.attempts, deadline=until)
         self.stats.started(deployment.provider)
         outcome = Outcome.FAILURE
         try:
-            async with asyncio.timeout_at(ctx.deadline):
-                result = await call()
+            async with asyncio.timeout_at(until):
+                result = await attempt(deployment, attempt_ctx)
             outcome = Outcome.SUCCESS
             return result
         except TimeoutError:
-            outcome = Outcome.CANCELLED
-            raise deadline_exceeded(ctx.attempt) from None
-        except asyncio.CancelledError:
-            outcome = Outcome.CANCELLED
-            raise
-        finally:
-            self.stats.finished(deployment.provider, outcome, loop.time() - started)
-
-    async def chat(self, request: chat_pb2.ChatRequest, ctx: CallContext) -> chat_pb2.ChatResponse:
-        deployment = self.registry.resolve(request.model)
-        check_chat(request, deployment, streaming=False)
-        provider = self.registry.provider(deployment.provider)
-        response = await self._attempt(
-            deployment, ctx, lambda: provider.chat(request, deployment, ctx)
-        )
-        response.route.CopyFrom(_route(deployment, ctx.attempt, response.route.upstream_request_id))
-        apply_cost(response.usage, deployment.pricing)
-        return response
-
-    async def embed(
-        self, request: embed_pb2.EmbedRequest, ctx: CallContext
-    ) -> embed_pb2.EmbedResponse:
-        deployment = self.registry.resolve(request.model)
-        check_embed(deployment)
-        provider = self.registry.provider(deployment.provider)
-        response = await self._attempt(
-            deployment, ctx, lambda: provider.embed(request, deployment, ctx)
-        )
-        response.route.CopyFrom(_route(deployment, ctx.attempt, response.route.upstream_request_id))
-        apply_cost(response.usage, deployment.pricing)
-        return response
-
-    async def stream_chat(
-        self, request: chat_pb2.ChatRequest, ctx: CallContext
-    ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
-        deployment = self.registry.resolve(request.model)
-        check_chat(request, deployment, streaming=True)
-        provider = self.registry.provider(deployment.provider)
-        route = _route(deployment, ctx.attempt)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        self.stats.started(deployment.provider)
-        outcome = Outcome.FAILURE
-        finished = False
-        delivered = 0
-        try:
-            async with asyncio.timeout_at(ctx.deadline):
-                async for chunk in provider.stream_chat(request, deployment, ctx):
-                    if delivered == 0 or chunk.HasField("usage"):
-                        chunk.route.MergeFrom(route)
-                    if chunk.HasField("usage"):
-                        apply_cost(chunk.usage, deployment.pricing)
-                    finished = finished or chunk.finish_reason != chat_pb2.FINISH_REASON_UNSPECIFIED
-                    delivered += 1
-                    yield chunk
-            if not finished:
-                # Defence in depth: adapters raise on a cut stream themselves.
-                raise internal("the upstream stream ended without a finish reason")
-            outcome = Outcome.SUCCESS
-        except TimeoutError:
-            outcome = Outcome.CANCELLED
-            raise deadline_exceeded(ctx.attempt).with_metadata(
-                chunksDelivered=str(delivered)
+            if loop.time() >= ctx.deadline - 0.001:
+                outcome = Outcome.CANCELLED
+                raise deadline_exceeded(record.attempts) from None
+            raise transport_failure(
+                deployment.provider, deployment.upstream_model, "timeout", "total"
             ) from None
-        except GatewayError as error:
-            if delivered:
-                error.retryable = False
-                error.failover = False
-                error.with_metadata(partialOutput="true", chunksDelivered=str(delivered))
-            raise
         except (asyncio.CancelledError, GeneratorExit):
             outcome = Outcome.CANCELLED
             raise
         finally:
+            if outcome is not Outcome.SUCCESS or count_success:
+                self.stats.finished(deployment.provider, outcome, loop.time() - started)
+
+    # --- unary -----------------------------------------------------------------------
+
+    async def chat(
+        self, request: chat_pb2.ChatRequest, ctx: CallContext, record: CallRecord | None = None
+    ) -> chat_pb2.ChatResponse:
+        record = record or CallRecord()
+
+        def check(d: Deployment) -> None:
+            check_chat(request, d, streaming=False)
+
+        async def attempt(d: Deployment, actx: CallContext) -> chat_pb2.ChatResponse:
+            return await self.registry.provider(d.provider).chat(request, d, actx)
+
+        response, deployment = await self._run(
+            self._chain(request.model, check), ctx, record, check, attempt
+        )
+        response.route.CopyFrom(record.route(response.route.upstream_request_id))
+        apply_cost(response.usage, deployment.pricing)
+        return response
+
+    async def embed(
+        self, request: embed_pb2.EmbedRequest, ctx: CallContext, record: CallRecord | None = None
+    ) -> embed_pb2.EmbedResponse:
+        record = record or CallRecord()
+
+        async def attempt(d: Deployment, actx: CallContext) -> embed_pb2.EmbedResponse:
+            return await self.registry.provider(d.provider).embed(request, d, actx)
+
+        response, deployment = await self._run(
+            self._chain(request.model, check_embed), ctx, record, check_embed, attempt
+        )
+        response.route.CopyFrom(record.route(response.route.upstream_request_id))
+        apply_cost(response.usage, deployment.pricing)
+        return response
+
+    # --- streaming -------------------------------------------------------------------
+
+    async def stream_chat(
+        self, request: chat_pb2.ChatRequest, ctx: CallContext, record: CallRecord | None = None
+    ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+        record = record or CallRecord()
+        loop = asyncio.get_running_loop()
+
+        def check(d: Deployment) -> None:
+            check_chat(request, d, streaming=True)
+
+        async def open_stream(
+            d: Deployment, actx: CallContext
+        ) -> _Opened[chat_pb2.StreamChatResponse]:
+            stream = self.registry.provider(d.provider).stream_chat(request, d, actx)
+            started = loop.time()
+            try:
+                first = await _next_chunk(
+                    stream, actx.deadline, d.timeouts.first_token, d, "first_token"
+                )
+            except BaseException:
+                await _close(stream)
+                raise
+            if first is None:
+                raise internal("the upstream stream ended before its first chunk")
+            return _Opened(first, stream, started)
+
+        opened, deployment = await self._run(
+            self._chain(request.model, check), ctx, record, check, open_stream, count_success=False
+        )
+        started = opened.started
+        route = record.route()
+        stream = opened.rest
+        chunk: chat_pb2.StreamChatResponse | None = opened.first
+        finished = False
+        outcome = Outcome.FAILURE
+        breaker = self.resilience.breaker(deployment)
+        try:
+            while chunk is not None:
+                if record.chunks_delivered == 0:
+                    chunk.route.MergeFrom(route)
+                if chunk.HasField("usage"):
+                    chunk.route.MergeFrom(route)
+                    apply_cost(chunk.usage, deployment.pricing)
+                finished = finished or chunk.finish_reason != chat_pb2.FINISH_REASON_UNSPECIFIED
+                record.chunks_delivered += 1
+                yield chunk
+                chunk = await _next_chunk(
+                    stream, ctx.deadline, deployment.timeouts.idle, deployment, "idle"
+                )
+            if not finished:
+                # Defence in depth: adapters raise on a cut stream themselves.
+                raise internal("the upstream stream ended without a finish reason")
+            outcome = Outcome.SUCCESS
+            breaker.success()
+        except GatewayError as error:
+            if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                outcome = Outcome.CANCELLED
+            elif error.failover:
+                breaker.failure()
+            error.retryable = False
+            error.failover = False
+            error.with_metadata(partialOutput="true", chunksDelivered=str(record.chunks_delivered))
+            raise record.annotate(error) from None
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = Outcome.CANCELLED
+            raise
+        finally:
+            await _close(stream)
             self.stats.finished(deployment.provider, outcome, loop.time() - started)
+
+
+async def _next_chunk(
+    stream: AsyncIterator[T],
+    deadline: float,
+    limit: float | None,
+    deployment: Deployment,
+    name: str,
+) -> T | None:
+    """The next chunk, or None at the end of the stream. The timeout is held only while
+    waiting for the upstream, never across the caller's own work between chunks."""
+    loop = asyncio.get_running_loop()
+    until = deadline if limit is None else min(deadline, loop.time() + limit)
+    try:
+        async with asyncio.timeout_at(until):
+            return await anext(stream)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        if until >= deadline:
+            raise deadline_exceeded(0) from None
+        raise transport_failure(
+            deployment.provider, deployment.upstream_model, "timeout", name
+        ) from None
+
+
+async def _close(stream: AsyncIterator[object]) -> None:
+    """Closes a provider's stream (and with it the upstream request) at once."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _fits(check: Check, deployment: Deployment) -> bool:
+    try:
+        check(deployment)
+    except GatewayError:
+        return False
+    return True
+
+
+def _circuit_open(deployment: Deployment, remaining: float) -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.UNAVAILABLE,
+        "CIRCUIT_OPEN",
+        f"{deployment.provider}: failing fast while the circuit is open",
+        metadata={"provider": deployment.provider, "model": deployment.upstream_model},
+        retry_after=remaining,
+        retryable=False,
+        failover=True,
+    )
+
+
+def _exhausted(errors: list[GatewayError]) -> GatewayError:
+    """The error for a call whose every deployment failed over."""
+    if not errors:
+        return internal("no deployment could be tried")
+    deployments = {
+        e.metadata.get("provider", "") + "/" + e.metadata.get("model", "") for e in errors
+    }
+    if len(deployments) == 1:
+        return errors[-1]  # one deployment: its own error (429 stays RESOURCE_EXHAUSTED)
+    hints = [e.retry_after for e in errors if e.retry_after is not None]
+    return GatewayError(
+        grpc.StatusCode.UNAVAILABLE,
+        "ALL_DEPLOYMENTS_FAILED",
+        "every deployment for this model failed",
+        metadata={"lastReason": errors[-1].reason},
+        retry_after=min(hints) if hints else None,
+    )

@@ -29,6 +29,7 @@ from tests.support import Gateway, chat_request, details_of, running_gateway, us
 
 CONFIG = """
 server: {{host: 127.0.0.1, port: 0}}
+routing: {{retry: {{max_attempts: 1}}, breaker: {{disabled: true}}}}
 providers:
   - name: openai
     api_key_env: OPENAI_TEST_KEY

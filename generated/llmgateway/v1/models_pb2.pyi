@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _CircuitState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CircuitStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CIRCUIT_STATE_UNSPECIFIED: _CircuitState.ValueType  # 0
+    """Not reported."""
+    CIRCUIT_STATE_CLOSED: _CircuitState.ValueType  # 1
+    """Calls flow."""
+    CIRCUIT_STATE_OPEN: _CircuitState.ValueType  # 2
+    """Calls fail fast until the cool-down ends."""
+    CIRCUIT_STATE_HALF_OPEN: _CircuitState.ValueType  # 3
+    """One probe call is allowed through."""
+
+class CircuitState(_CircuitState, metaclass=_CircuitStateEnumTypeWrapper):
+    """State of a circuit breaker."""
+
+CIRCUIT_STATE_UNSPECIFIED: CircuitState.ValueType  # 0
+"""Not reported."""
+CIRCUIT_STATE_CLOSED: CircuitState.ValueType  # 1
+"""Calls flow."""
+CIRCUIT_STATE_OPEN: CircuitState.ValueType  # 2
+"""Calls fail fast until the cool-down ends."""
+CIRCUIT_STATE_HALF_OPEN: CircuitState.ValueType  # 3
+"""One probe call is allowed through."""
+Global___CircuitState: _TypeAlias = CircuitState  # noqa: Y015
 
 @_typing.final
 class ModelCapabilities(_message.Message):
@@ -184,6 +213,9 @@ class ProviderStats(_message.Message):
     FAILURES_FIELD_NUMBER: _builtins.int
     AVERAGE_LATENCY_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    RETRIES_DENIED_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """OUTPUT_ONLY. Provider name from the configuration."""
     provider_type: _builtins.str
@@ -196,9 +228,19 @@ class ProviderStats(_message.Message):
     """OUTPUT_ONLY. Attempts that failed (cancellations are not counted)."""
     cancelled: _builtins.int
     """OUTPUT_ONLY. Attempts cancelled by the caller or its deadline."""
+    retries: _builtins.int
+    """OUTPUT_ONLY. Attempts that were retries of an earlier attempt."""
+    retries_denied: _builtins.int
+    """OUTPUT_ONLY. Retries not made because the retry budget was spent."""
     @_builtins.property
     def average_latency(self) -> _duration_pb2.Duration:
         """OUTPUT_ONLY. Mean latency of finished attempts (to the last byte)."""
+
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentStats]:
+        """OUTPUT_ONLY. Circuit state of each deployment of this provider that has served
+        a call, sorted by upstream model.
+        """
 
     def __init__(
         self,
@@ -210,14 +252,63 @@ class ProviderStats(_message.Message):
         failures: _builtins.int = ...,
         average_latency: _duration_pb2.Duration | None = ...,
         cancelled: _builtins.int = ...,
+        retries: _builtins.int = ...,
+        retries_denied: _builtins.int = ...,
+        deployments: _abc.Iterable[Global___DeploymentStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency", "cancelled", b"cancelled", "failures", b"failures", "provider", b"provider", "provider_type", b"provider_type", "requests", b"requests", "successes", b"successes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency", "cancelled", b"cancelled", "deployments", b"deployments", "failures", b"failures", "provider", b"provider", "provider_type", b"provider_type", "requests", b"requests", "retries", b"retries", "retries_denied", b"retries_denied", "successes", b"successes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProviderStats: _TypeAlias = ProviderStats  # noqa: Y015
+
+@_typing.final
+class DeploymentStats(_message.Message):
+    """One deployment (provider + upstream model) and its circuit breaker."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
+    CIRCUIT_STATE_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    OPEN_REMAINING_FIELD_NUMBER: _builtins.int
+    TIMES_OPENED_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
+    upstream_model: _builtins.str
+    """OUTPUT_ONLY. The upstream model."""
+    circuit_state: Global___CircuitState.ValueType
+    """OUTPUT_ONLY. Current circuit state."""
+    consecutive_failures: _builtins.int
+    """OUTPUT_ONLY. Failures in a row."""
+    times_opened: _builtins.int
+    """OUTPUT_ONLY. How many times the circuit opened."""
+    @_builtins.property
+    def open_remaining(self) -> _duration_pb2.Duration:
+        """OUTPUT_ONLY. Time left before a probe is allowed, when open."""
+
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """OUTPUT_ONLY. State changes, oldest first, as "CLOSED->OPEN" (at most the last 20)."""
+
+    def __init__(
+        self,
+        *,
+        upstream_model: _builtins.str = ...,
+        circuit_state: Global___CircuitState.ValueType = ...,
+        consecutive_failures: _builtins.int = ...,
+        open_remaining: _duration_pb2.Duration | None = ...,
+        times_opened: _builtins.int = ...,
+        transitions: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["open_remaining", b"open_remaining"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_state", b"circuit_state", "consecutive_failures", b"consecutive_failures", "open_remaining", b"open_remaining", "times_opened", b"times_opened", "transitions", b"transitions", "upstream_model", b"upstream_model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentStats: _TypeAlias = DeploymentStats  # noqa: Y015
 
 @_typing.final
 class GetProviderStatsResponse(_message.Message):

@@ -64,6 +64,7 @@ class GatewayConfig(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     ALLOW_DIRECT_MODEL_ADDRESSING_FIELD_NUMBER: _builtins.int
     LOGGING_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
     allow_direct_model_addressing: _builtins.bool
     """OPTIONAL. Accept ChatRequest.model written as "provider/upstream-model"
     in addition to the aliases. Off unless set.
@@ -84,6 +85,12 @@ class GatewayConfig(_message.Message):
     def logging(self) -> Global___LoggingConfig:
         """OPTIONAL. Log settings."""
 
+    @_builtins.property
+    def routing(self) -> Global___RoutingConfig:
+        """OPTIONAL. Retries, retry budgets and circuit breakers for every provider
+        (a provider may override them).
+        """
+
     def __init__(
         self,
         *,
@@ -92,14 +99,224 @@ class GatewayConfig(_message.Message):
         models: _abc.Iterable[Global___ModelConfig] | None = ...,
         allow_direct_model_addressing: _builtins.bool = ...,
         logging: Global___LoggingConfig | None = ...,
+        routing: Global___RoutingConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["logging", b"logging", "server", b"server"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logging", b"logging", "routing", b"routing", "server", b"server"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_direct_model_addressing", b"allow_direct_model_addressing", "logging", b"logging", "models", b"models", "providers", b"providers", "server", b"server"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_direct_model_addressing", b"allow_direct_model_addressing", "logging", b"logging", "models", b"models", "providers", b"providers", "routing", b"routing", "server", b"server"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GatewayConfig: _TypeAlias = GatewayConfig  # noqa: Y015
+
+@_typing.final
+class RoutingConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETRY_FIELD_NUMBER: _builtins.int
+    BREAKER_FIELD_NUMBER: _builtins.int
+    MAX_TOTAL_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    max_total_attempts: _builtins.int
+    """OPTIONAL. Most upstream attempts for one call, fallbacks included; default 6."""
+    @_builtins.property
+    def retry(self) -> Global___RetryConfig:
+        """OPTIONAL. Retry policy."""
+
+    @_builtins.property
+    def breaker(self) -> Global___BreakerConfig:
+        """OPTIONAL. Circuit breaker per deployment (provider + upstream model)."""
+
+    def __init__(
+        self,
+        *,
+        retry: Global___RetryConfig | None = ...,
+        breaker: Global___BreakerConfig | None = ...,
+        max_total_attempts: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_total_attempts", b"_max_total_attempts", "breaker", b"breaker", "max_total_attempts", b"max_total_attempts", "retry", b"retry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_total_attempts", b"_max_total_attempts", "breaker", b"breaker", "max_total_attempts", b"max_total_attempts", "retry", b"retry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_total_attempts: _TypeAlias = _typing.Literal["max_total_attempts"]  # noqa: Y015
+    _WhichOneofArgType__max_total_attempts: _TypeAlias = _typing.Literal["_max_total_attempts", b"_max_total_attempts"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_total_attempts) -> _WhichOneofReturnType__max_total_attempts | None: ...
+
+Global___RoutingConfig: _TypeAlias = RoutingConfig  # noqa: Y015
+
+@_typing.final
+class RetryConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    INITIAL_BACKOFF_FIELD_NUMBER: _builtins.int
+    MAX_BACKOFF_FIELD_NUMBER: _builtins.int
+    MULTIPLIER_FIELD_NUMBER: _builtins.int
+    MAX_RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    MIN_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    max_attempts: _builtins.int
+    """OPTIONAL. Attempts per deployment, the first included; default 3. 1 disables retries."""
+    multiplier: _builtins.float
+    """OPTIONAL. Growth of the backoff; default 2."""
+    @_builtins.property
+    def initial_backoff(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Backoff before the first retry; default 0.5s. Each retry waits a
+        random time between 0 and min(max_backoff, initial_backoff * multiplier^n)
+        (full jitter), and never less than the upstream's Retry-After.
+        """
+
+    @_builtins.property
+    def max_backoff(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Cap of the backoff; default 8s."""
+
+    @_builtins.property
+    def max_retry_after(self) -> _duration_pb2.Duration:
+        """OPTIONAL. A Retry-After longer than this is not waited for: the call goes to
+        its fallback (or fails with RetryInfo) at once; default 30s.
+        """
+
+    @_builtins.property
+    def min_attempt_time(self) -> _duration_pb2.Duration:
+        """OPTIONAL. No attempt starts with less than this left before the deadline;
+        default 0.1s.
+        """
+
+    @_builtins.property
+    def budget(self) -> Global___RetryBudgetConfig:
+        """OPTIONAL. Retry budget per provider."""
+
+    def __init__(
+        self,
+        *,
+        max_attempts: _builtins.int | None = ...,
+        initial_backoff: _duration_pb2.Duration | None = ...,
+        max_backoff: _duration_pb2.Duration | None = ...,
+        multiplier: _builtins.float | None = ...,
+        max_retry_after: _duration_pb2.Duration | None = ...,
+        min_attempt_time: _duration_pb2.Duration | None = ...,
+        budget: Global___RetryBudgetConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts", "_multiplier", b"_multiplier", "budget", b"budget", "initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "max_retry_after", b"max_retry_after", "min_attempt_time", b"min_attempt_time", "multiplier", b"multiplier"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts", "_multiplier", b"_multiplier", "budget", b"budget", "initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "max_retry_after", b"max_retry_after", "min_attempt_time", b"min_attempt_time", "multiplier", b"multiplier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_attempts: _TypeAlias = _typing.Literal["max_attempts"]  # noqa: Y015
+    _WhichOneofArgType__max_attempts: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts"]  # noqa: Y015
+    _WhichOneofReturnType__multiplier: _TypeAlias = _typing.Literal["multiplier"]  # noqa: Y015
+    _WhichOneofArgType__multiplier: _TypeAlias = _typing.Literal["_multiplier", b"_multiplier"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_attempts) -> _WhichOneofReturnType__max_attempts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__multiplier) -> _WhichOneofReturnType__multiplier | None: ...
+
+Global___RetryConfig: _TypeAlias = RetryConfig  # noqa: Y015
+
+@_typing.final
+class RetryBudgetConfig(_message.Message):
+    """Retries allowed per provider: ratio x requests in the window, and at least
+    min_retries_per_second x window, so that retries stay a small share of traffic
+    during an outage.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATIO_FIELD_NUMBER: _builtins.int
+    MIN_RETRIES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    ratio: _builtins.float
+    """OPTIONAL. Default 0.2."""
+    min_retries_per_second: _builtins.float
+    """OPTIONAL. Default 1."""
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Default 10s."""
+
+    def __init__(
+        self,
+        *,
+        ratio: _builtins.float | None = ...,
+        min_retries_per_second: _builtins.float | None = ...,
+        window: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_retries_per_second", b"_min_retries_per_second", "_ratio", b"_ratio", "min_retries_per_second", b"min_retries_per_second", "ratio", b"ratio", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_retries_per_second", b"_min_retries_per_second", "_ratio", b"_ratio", "min_retries_per_second", b"min_retries_per_second", "ratio", b"ratio", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__min_retries_per_second: _TypeAlias = _typing.Literal["min_retries_per_second"]  # noqa: Y015
+    _WhichOneofArgType__min_retries_per_second: _TypeAlias = _typing.Literal["_min_retries_per_second", b"_min_retries_per_second"]  # noqa: Y015
+    _WhichOneofReturnType__ratio: _TypeAlias = _typing.Literal["ratio"]  # noqa: Y015
+    _WhichOneofArgType__ratio: _TypeAlias = _typing.Literal["_ratio", b"_ratio"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_retries_per_second) -> _WhichOneofReturnType__min_retries_per_second | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ratio) -> _WhichOneofReturnType__ratio | None: ...
+
+Global___RetryBudgetConfig: _TypeAlias = RetryBudgetConfig  # noqa: Y015
+
+@_typing.final
+class BreakerConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISABLED_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    FAILURE_RATE_FIELD_NUMBER: _builtins.int
+    MINIMUM_CALLS_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    COOL_DOWN_FIELD_NUMBER: _builtins.int
+    MAX_COOL_DOWN_FIELD_NUMBER: _builtins.int
+    disabled: _builtins.bool
+    """OPTIONAL. Turn the breaker off."""
+    consecutive_failures: _builtins.int
+    """OPTIONAL. Open after this many failures in a row; default 5."""
+    failure_rate: _builtins.float
+    """OPTIONAL. Open when the failure share in the window reaches this; default 0.5."""
+    minimum_calls: _builtins.int
+    """OPTIONAL. The failure rate counts only with this many calls in the window;
+    default 20.
+    """
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Window of the failure rate; default 30s."""
+
+    @_builtins.property
+    def cool_down(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Time open before one probe is let through; default 5s. Doubles each
+        time a probe fails, up to max_cool_down.
+        """
+
+    @_builtins.property
+    def max_cool_down(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Default 300s."""
+
+    def __init__(
+        self,
+        *,
+        disabled: _builtins.bool = ...,
+        consecutive_failures: _builtins.int | None = ...,
+        failure_rate: _builtins.float | None = ...,
+        minimum_calls: _builtins.int | None = ...,
+        window: _duration_pb2.Duration | None = ...,
+        cool_down: _duration_pb2.Duration | None = ...,
+        max_cool_down: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures", "_failure_rate", b"_failure_rate", "_minimum_calls", b"_minimum_calls", "consecutive_failures", b"consecutive_failures", "cool_down", b"cool_down", "failure_rate", b"failure_rate", "max_cool_down", b"max_cool_down", "minimum_calls", b"minimum_calls", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures", "_failure_rate", b"_failure_rate", "_minimum_calls", b"_minimum_calls", "consecutive_failures", b"consecutive_failures", "cool_down", b"cool_down", "disabled", b"disabled", "failure_rate", b"failure_rate", "max_cool_down", b"max_cool_down", "minimum_calls", b"minimum_calls", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__consecutive_failures: _TypeAlias = _typing.Literal["consecutive_failures"]  # noqa: Y015
+    _WhichOneofArgType__consecutive_failures: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures"]  # noqa: Y015
+    _WhichOneofReturnType__failure_rate: _TypeAlias = _typing.Literal["failure_rate"]  # noqa: Y015
+    _WhichOneofArgType__failure_rate: _TypeAlias = _typing.Literal["_failure_rate", b"_failure_rate"]  # noqa: Y015
+    _WhichOneofReturnType__minimum_calls: _TypeAlias = _typing.Literal["minimum_calls"]  # noqa: Y015
+    _WhichOneofArgType__minimum_calls: _TypeAlias = _typing.Literal["_minimum_calls", b"_minimum_calls"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__consecutive_failures) -> _WhichOneofReturnType__consecutive_failures | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_rate) -> _WhichOneofReturnType__failure_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__minimum_calls) -> _WhichOneofReturnType__minimum_calls | None: ...
+
+Global___BreakerConfig: _TypeAlias = BreakerConfig  # noqa: Y015
 
 @_typing.final
 class ServerConfig(_message.Message):
@@ -113,6 +330,8 @@ class ServerConfig(_message.Message):
     KEEPALIVE_FIELD_NUMBER: _builtins.int
     REFLECTION_FIELD_NUMBER: _builtins.int
     MAX_CALL_DURATION_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    SHED_RETRY_AFTER_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     """OPTIONAL. Address to bind; default "0.0.0.0"."""
     port: _builtins.int
@@ -123,6 +342,10 @@ class ServerConfig(_message.Message):
     """OPTIONAL. Largest response message sent; default 16 MiB."""
     reflection: _builtins.bool
     """OPTIONAL. Serve gRPC server reflection; default true."""
+    max_in_flight: _builtins.int
+    """OPTIONAL. Most ProviderService calls in flight; calls over it get
+    RESOURCE_EXHAUSTED with RetryInfo at once. 0 or unset: no limit.
+    """
     @_builtins.property
     def shutdown_grace(self) -> _duration_pb2.Duration:
         """OPTIONAL. Time in-flight calls get to finish on shutdown; default 10s."""
@@ -135,6 +358,10 @@ class ServerConfig(_message.Message):
     def max_call_duration(self) -> _duration_pb2.Duration:
         """OPTIONAL. Budget of a call that arrives without a deadline; default 300s."""
 
+    @_builtins.property
+    def shed_retry_after(self) -> _duration_pb2.Duration:
+        """OPTIONAL. RetryInfo sent with shed calls; default 1s."""
+
     def __init__(
         self,
         *,
@@ -146,10 +373,12 @@ class ServerConfig(_message.Message):
         keepalive: Global___KeepaliveConfig | None = ...,
         reflection: _builtins.bool | None = ...,
         max_call_duration: _duration_pb2.Duration | None = ...,
+        max_in_flight: _builtins.int = ...,
+        shed_retry_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes", "_max_send_message_bytes", b"_max_send_message_bytes", "_port", b"_port", "_reflection", b"_reflection", "keepalive", b"keepalive", "max_call_duration", b"max_call_duration", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "port", b"port", "reflection", b"reflection", "shutdown_grace", b"shutdown_grace"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes", "_max_send_message_bytes", b"_max_send_message_bytes", "_port", b"_port", "_reflection", b"_reflection", "keepalive", b"keepalive", "max_call_duration", b"max_call_duration", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "port", b"port", "reflection", b"reflection", "shed_retry_after", b"shed_retry_after", "shutdown_grace", b"shutdown_grace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes", "_max_send_message_bytes", b"_max_send_message_bytes", "_port", b"_port", "_reflection", b"_reflection", "host", b"host", "keepalive", b"keepalive", "max_call_duration", b"max_call_duration", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "port", b"port", "reflection", b"reflection", "shutdown_grace", b"shutdown_grace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes", "_max_send_message_bytes", b"_max_send_message_bytes", "_port", b"_port", "_reflection", b"_reflection", "host", b"host", "keepalive", b"keepalive", "max_call_duration", b"max_call_duration", "max_in_flight", b"max_in_flight", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "port", b"port", "reflection", b"reflection", "shed_retry_after", b"shed_retry_after", "shutdown_grace", b"shutdown_grace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_receive_message_bytes: _TypeAlias = _typing.Literal["max_receive_message_bytes"]  # noqa: Y015
     _WhichOneofArgType__max_receive_message_bytes: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes"]  # noqa: Y015
@@ -274,6 +503,8 @@ class ProviderConfig(_message.Message):
     TIMEOUTS_FIELD_NUMBER: _builtins.int
     POOL_FIELD_NUMBER: _builtins.int
     MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    BREAKER_FIELD_NUMBER: _builtins.int
     MOCK_FIELD_NUMBER: _builtins.int
     OPENAI_FIELD_NUMBER: _builtins.int
     AZURE_OPENAI_FIELD_NUMBER: _builtins.int
@@ -310,6 +541,14 @@ class ProviderConfig(_message.Message):
     @_builtins.property
     def pool(self) -> Global___PoolConfig:
         """OPTIONAL. Connection pool of the provider's HTTP client."""
+
+    @_builtins.property
+    def retry(self) -> Global___RetryConfig:
+        """OPTIONAL. Replaces routing.retry for this provider."""
+
+    @_builtins.property
+    def breaker(self) -> Global___BreakerConfig:
+        """OPTIONAL. Replaces routing.breaker for this provider's deployments."""
 
     @_builtins.property
     def mock(self) -> Global___MockProviderConfig:
@@ -354,6 +593,8 @@ class ProviderConfig(_message.Message):
         timeouts: Global___TimeoutConfig | None = ...,
         pool: Global___PoolConfig | None = ...,
         max_response_bytes: _builtins.int | None = ...,
+        retry: Global___RetryConfig | None = ...,
+        breaker: Global___BreakerConfig | None = ...,
         mock: Global___MockProviderConfig | None = ...,
         openai: Global___OpenAIProviderConfig | None = ...,
         azure_openai: Global___AzureOpenAIProviderConfig | None = ...,
@@ -363,9 +604,9 @@ class ProviderConfig(_message.Message):
         openai_compatible: Global___OpenAICompatibleProviderConfig | None = ...,
         custom: Global___CustomProviderConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "custom", b"custom", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "retry", b"retry", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "custom", b"custom", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "retry", b"retry", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_response_bytes: _TypeAlias = _typing.Literal["max_response_bytes"]  # noqa: Y015
     _WhichOneofArgType__max_response_bytes: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes"]  # noqa: Y015
@@ -663,6 +904,8 @@ class TimeoutConfig(_message.Message):
     CONNECT_FIELD_NUMBER: _builtins.int
     READ_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
+    FIRST_TOKEN_FIELD_NUMBER: _builtins.int
+    IDLE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def connect(self) -> _duration_pb2.Duration:
         """OPTIONAL. TCP and TLS connect; default 5s."""
@@ -675,16 +918,30 @@ class TimeoutConfig(_message.Message):
     def total(self) -> _duration_pb2.Duration:
         """OPTIONAL. Whole attempt, bounded further by the caller's deadline; default 600s."""
 
+    @_builtins.property
+    def first_token(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Streams: time from the start of an attempt to its first chunk;
+        unset: only the other limits apply. A stream that misses it is retried.
+        """
+
+    @_builtins.property
+    def idle(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Streams: longest gap between two chunks (keep-alive comments do not
+        count); unset: only `read` applies.
+        """
+
     def __init__(
         self,
         *,
         connect: _duration_pb2.Duration | None = ...,
         read: _duration_pb2.Duration | None = ...,
         total: _duration_pb2.Duration | None = ...,
+        first_token: _duration_pb2.Duration | None = ...,
+        idle: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connect", b"connect", "read", b"read", "total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connect", b"connect", "first_token", b"first_token", "idle", b"idle", "read", b"read", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect", b"connect", "read", b"read", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect", b"connect", "first_token", b"first_token", "idle", b"idle", "read", b"read", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -844,6 +1101,9 @@ class ModelConfig(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     CONTEXT_WINDOW_FIELD_NUMBER: _builtins.int
     PRICING_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    CONTEXT_FALLBACKS_FIELD_NUMBER: _builtins.int
+    TIMEOUTS_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """REQUIRED. The name callers use; unique; letters, digits and ".-_:/"."""
     provider: _builtins.str
@@ -860,6 +1120,22 @@ class ModelConfig(_message.Message):
     def pricing(self) -> Global___PricingConfig:
         """OPTIONAL. Prices; without them Usage.cost_usd stays unset."""
 
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """OPTIONAL. Aliases tried in order when this one fails with a retryable error
+        or its circuit is open. They share the call's deadline and attempt cap.
+        """
+
+    @_builtins.property
+    def context_fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """OPTIONAL. Aliases (with larger context windows) tried when the upstream says
+        the conversation is too long.
+        """
+
+    @_builtins.property
+    def timeouts(self) -> Global___TimeoutConfig:
+        """OPTIONAL. Replaces the provider's timeouts for this model, field by field."""
+
     def __init__(
         self,
         *,
@@ -869,10 +1145,13 @@ class ModelConfig(_message.Message):
         capabilities: Global___CapabilitiesConfig | None = ...,
         context_window: _builtins.int = ...,
         pricing: Global___PricingConfig | None = ...,
+        fallbacks: _abc.Iterable[_builtins.str] | None = ...,
+        context_fallbacks: _abc.Iterable[_builtins.str] | None = ...,
+        timeouts: Global___TimeoutConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "pricing", b"pricing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "pricing", b"pricing", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "context_window", b"context_window", "pricing", b"pricing", "provider", b"provider", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

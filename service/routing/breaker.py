@@ -1,0 +1,133 @@
+"""Circuit breaker per deployment: closed → open → half-open with exactly one probe.
+
+Pure state machine; the clock is a parameter. Only failures that say something about
+the deployment count (errors that allow failover: 5xx, 429, timeouts, connect
+failures, bad credentials); caller mistakes, cancellations and deadlines do not.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llmgateway.config.v1 import config_pb2
+
+from service.config import seconds_or
+
+MAX_TRANSITIONS = 20
+
+
+class State(enum.Enum):
+    CLOSED = "CLOSED"
+    OPEN = "OPEN"
+    HALF_OPEN = "HALF_OPEN"
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    enabled: bool = True
+    consecutive_failures: int = 5
+    failure_rate: float = 0.5
+    minimum_calls: int = 20
+    window: float = 30.0
+    cool_down: float = 5.0
+    max_cool_down: float = 300.0
+
+    @classmethod
+    def from_config(cls, config: config_pb2.BreakerConfig) -> BreakerSettings:
+        return cls(
+            enabled=not config.disabled,
+            consecutive_failures=(
+                config.consecutive_failures if config.HasField("consecutive_failures") else 5
+            ),
+            failure_rate=config.failure_rate if config.HasField("failure_rate") else 0.5,
+            minimum_calls=config.minimum_calls if config.HasField("minimum_calls") else 20,
+            window=seconds_or(config, "window", 30.0),
+            cool_down=seconds_or(config, "cool_down", 5.0),
+            max_cool_down=seconds_or(config, "max_cool_down", 300.0),
+        )
+
+
+class CircuitBreaker:
+    def __init__(self, settings: BreakerSettings, clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self._clock = clock
+        self.state = State.CLOSED
+        self.consecutive_failures = 0
+        self.times_opened = 0
+        self.transitions: collections.deque[str] = collections.deque(maxlen=MAX_TRANSITIONS)
+        self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
+        self._open_until = 0.0
+        self._cool_down = settings.cool_down
+        self._probe_out = False
+
+    def _move(self, state: State) -> None:
+        if state is not self.state:
+            self.transitions.append(f"{self.state.value}->{state.value}")
+            self.state = state
+
+    def open_remaining(self) -> float:
+        if self.state is State.OPEN:
+            return max(0.0, self._open_until - self._clock())
+        return 0.0
+
+    def allow(self) -> bool:
+        """May a call go to this deployment now? In half-open, only one probe may."""
+        if not self.settings.enabled or self.state is State.CLOSED:
+            return True
+        if self.state is State.OPEN:
+            if self._clock() < self._open_until:
+                return False
+            self._move(State.HALF_OPEN)
+        if self._probe_out:
+            return False
+        self._probe_out = True
+        return True
+
+    def release(self) -> None:
+        """The call that was let through ended without a verdict (cancelled, caller
+        error): a later call may probe instead."""
+        self._probe_out = False
+
+    def success(self) -> None:
+        self._probe_out = False
+        self.consecutive_failures = 0
+        self._record(ok=True)
+        if self.state is State.HALF_OPEN:
+            self._cool_down = self.settings.cool_down
+            self._outcomes.clear()
+            self._move(State.CLOSED)
+
+    def failure(self) -> None:
+        self._probe_out = False
+        self.consecutive_failures += 1
+        self._record(ok=False)
+        if not self.settings.enabled:
+            return
+        if self.state is State.HALF_OPEN:
+            self._cool_down = min(self._cool_down * 2, self.settings.max_cool_down)
+            self._open()
+        elif self.state is State.CLOSED and self._should_open():
+            self._open()
+
+    def _open(self) -> None:
+        self._open_until = self._clock() + self._cool_down
+        self.times_opened += 1
+        self._move(State.OPEN)
+
+    def _record(self, ok: bool) -> None:
+        now = self._clock()
+        self._outcomes.append((now, ok))
+        while self._outcomes and self._outcomes[0][0] <= now - self.settings.window:
+            self._outcomes.popleft()
+
+    def _should_open(self) -> bool:
+        if self.consecutive_failures >= self.settings.consecutive_failures:
+            return True
+        calls = len(self._outcomes)
+        if calls < self.settings.minimum_calls:
+            return False
+        failures = sum(1 for _, ok in self._outcomes if not ok)
+        return failures / calls >= self.settings.failure_rate
