@@ -28,7 +28,7 @@ from service.validation import validate_chat, validate_embed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-DEADLINE_MARGIN = 0.1
+DEADLINE_MARGIN = 0.25  # at most; 10 % of the budget, at least 50 ms
 
 
 def _metadata(context: grpc.aio.ServicerContext[object, object]) -> dict[str, str]:
@@ -47,11 +47,13 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
     def _call_context(self, context: grpc.aio.ServicerContext[object, object]) -> CallContext:
         metadata = _metadata(context)
         remaining = context.time_remaining()
-        budget = (
-            self._max_call_duration
-            if remaining is None
-            else min(remaining, self._max_call_duration)
-        )
+        if remaining is None:
+            budget = self._max_call_duration
+        else:
+            # Finish a little before the caller's own timer fires, so that the caller
+            # gets our DEADLINE_EXCEEDED with its details rather than a bare local one.
+            margin = min(DEADLINE_MARGIN, max(0.05, remaining * 0.1))
+            budget = min(remaining - margin, self._max_call_duration)
         return CallContext(
             request_id=metadata.get("x-request-id") or uuid.uuid4().hex,
             deadline=asyncio.get_running_loop().time() + budget,

@@ -27,6 +27,7 @@ from service.providers.framing import SseEvent
 from service.providers.http import HttpRequestSpec, HttpResponse
 from service.providers.retry_hints import retry_after_seconds, should_retry_header
 from service.providers.upstream_errors import UpstreamFailure, from_upstream
+from service.validation import IMAGE_MIME_TYPES
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
 DEFAULT_VERSION = "2023-06-01"
@@ -108,6 +109,11 @@ def _image_block(image: content_pb2.Image, path: str) -> dict[str, Any]:
     media_type, _, encoding = header.partition(";")
     if not comma or encoding != "base64":
         raise invalid_argument([FieldViolation(f"{path}.url", "data URLs must be base64 encoded")])
+    if media_type not in IMAGE_MIME_TYPES:
+        described = ", ".join(sorted(IMAGE_MIME_TYPES))
+        raise invalid_argument(
+            [FieldViolation(f"{path}.url", f"the data URL's media type must be one of {described}")]
+        )
     try:
         base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):

@@ -35,7 +35,7 @@ from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2, route_pb2
 from service.errors import FieldViolation, GatewayError, invalid_argument
 from service.providers import factory
 from service.providers.base import Capabilities, Deployment, Provider
-from service.providers.dialect import Dialect, StreamParser, usage
+from service.providers.dialect import Dialect, StreamParser, has_content, usage
 from service.providers.http import HttpRequestSpec, HttpResponse
 from service.providers.retry_hints import (
     go_duration_seconds,
@@ -79,6 +79,24 @@ _CONTEXT_LENGTH = re.compile(
 _API_KEY_INVALID = re.compile(r"api key not valid", re.IGNORECASE)
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)(?:;[^,;]*)*;base64,(?P<data>.*)$", re.S)
 _TYPE_PREFIX = "type.googleapis.com/google.rpc."
+# google.rpc.Code names and their HTTP equivalents, for error bodies without a code.
+_HTTP_BY_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ABORTED": 409,
+    "ALREADY_EXISTS": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNKNOWN": 500,
+    "DATA_LOSS": 500,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
 
 
 def finish_reason(raw: str, has_tool_calls: bool) -> chat_pb2.FinishReason.ValueType:
@@ -153,6 +171,7 @@ class _Contents:
         self.contents: list[dict[str, Any]] = []
         self.system: list[dict[str, Any]] = []
         self.violations: list[FieldViolation] = []
+        self._open_tool_turn = False
         self._names = {
             part.tool_call.id: part.tool_call.name
             for message in request.messages
@@ -162,17 +181,15 @@ class _Contents:
         for i, message in enumerate(request.messages):
             self._message(message, f"messages[{i}]")
 
-    def _append(self, role: str, parts: list[dict[str, Any]], merge: bool) -> None:
+    def _append(self, role: str, parts: list[dict[str, Any]], tool_results: bool) -> None:
+        """Adds a turn; tool results right after tool results join their `user` turn."""
         if not parts:
             return
-        last = self.contents[-1] if self.contents else None
-        if merge and last is not None and last.get("_tool"):
-            last["parts"].extend(parts)
+        if tool_results and self._open_tool_turn:
+            self.contents[-1]["parts"].extend(parts)
             return
-        content: dict[str, Any] = {"role": role, "parts": parts}
-        if merge:
-            content["_tool"] = True
-        self.contents.append(content)
+        self.contents.append({"role": role, "parts": parts})
+        self._open_tool_turn = tool_results
 
     def _message(self, message: content_pb2.Message, path: str) -> None:
         role = message.role
@@ -209,11 +226,11 @@ class _Contents:
         if signature:
             parts.append({"text": "", "thoughtSignature": signature})
         if role == content_pb2.ROLE_ASSISTANT:
-            self._append("model", parts, merge=False)
+            self._append("model", parts, tool_results=False)
         elif role == content_pb2.ROLE_TOOL:
-            self._append("user", parts, merge=True)
+            self._append("user", parts, tool_results=True)
         else:
-            self._append("user", parts, merge=False)
+            self._append("user", parts, tool_results=False)
 
     def _image(self, image: content_pb2.Image, path: str) -> dict[str, Any] | None:
         if image.WhichOneof("source") == "data":
@@ -270,11 +287,6 @@ class _Contents:
         else:
             response = {"output": value}
         return {"functionResponse": {"name": name, "response": response}}
-
-    def finished(self) -> list[dict[str, Any]]:
-        for content in self.contents:
-            content.pop("_tool", None)
-        return self.contents
 
 
 def _generation_config(config: chat_pb2.GenerationConfig) -> dict[str, Any]:
@@ -445,9 +457,15 @@ def upstream_error(
     reason = str(info.get("reason") or "") if info else ""
     body_code = error.get("code")
     status = http_status
-    if isinstance(body_code, int) and 400 <= body_code <= 599 and http_status in (200, 502):
-        # A 200 stream carrying an error, which the transport reports as 502.
-        status = body_code
+    if http_status in (200, 502):
+        # An error inside a 200 stream (200), or a 200 JSON error where a stream was
+        # expected, which the transport reports as 502: the body knows better.
+        if isinstance(body_code, int) and 400 <= body_code <= 599:
+            status = body_code
+        elif status_name in _HTTP_BY_STATUS:
+            status = _HTTP_BY_STATUS[status_name]
+        elif http_status == 200:
+            status = 500
     retry_after = retry_after_seconds(headers, now)
     if retry_after is None:
         retry_info = _detail(details, "RetryInfo")
@@ -462,18 +480,17 @@ def upstream_error(
         UpstreamFailure(
             provider=provider,
             model=model,
-            http_status=401 if auth_failed else status,
+            http_status=status,
             upstream_type=status_name,
             upstream_code=reason,
             request_id=headers.get(REQUEST_ID_HEADER, ""),
             retry_after=retry_after,
             context_length_exceeded=status == 400 and bool(_CONTEXT_LENGTH.search(message)),
             should_retry=should_retry_header(headers),
+            auth_failed=auth_failed,
+            failed_precondition=status_name == "FAILED_PRECONDITION",
         )
     )
-    if auth_failed:
-        # Gemini says "bad key" with a 400; classified as 401, reported as sent.
-        gateway_error.with_metadata(upstreamStatus=str(status))
     return gateway_error
 
 
@@ -497,7 +514,7 @@ class GeminiDialect(Dialect):
         body: dict[str, Any] = {}
         if contents.system:
             body["systemInstruction"] = {"parts": contents.system}
-        body["contents"] = contents.finished()
+        body["contents"] = contents.contents
         generation = _generation_config(request.generation_config)
         if generation:
             body["generationConfig"] = generation
@@ -616,9 +633,8 @@ class GeminiStreamParser(StreamParser):
             self.usage = usage_from(body["usageMetadata"])
         response_id = str(body.get("responseId") or "")
         candidate = _candidate(body)
-        chunks: list[chat_pb2.StreamChatResponse] = []
-        for part in _parts(candidate):
-            chunks.extend(self._part(part, response_id))
+        chunks = [c for part in _parts(candidate) for c in self._part(part, response_id)]
+        chunks = [c for c in chunks if has_content(c)]
         if chunks and self.finished:
             raise ValueError("content arrived after the finish reason")
         raw = str(candidate.get("finishReason") or "") if candidate is not None else ""
@@ -635,7 +651,7 @@ class GeminiStreamParser(StreamParser):
             chunks[-1].raw_finish_reason = raw
         if chunks and response_id and not self._request_id_sent:
             self._request_id_sent = True
-            pass
+            chunks[0].route.upstream_request_id = response_id
         return chunks
 
     def _part(self, part: Mapping[str, Any], response_id: str) -> list[chat_pb2.StreamChatResponse]:

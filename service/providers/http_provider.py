@@ -65,7 +65,10 @@ class HttpProvider(Provider):
         if not 200 <= response.status < 300:
             raise self._error(response, deployment)
         result = self._parsed(deployment, lambda: self.dialect.parse_chat(response, deployment))
-        result.route.upstream_request_id = self._request_id(response.headers)
+        # The header wins; a dialect may have found an id in the body (Gemini's responseId).
+        result.route.upstream_request_id = (
+            self._request_id(response.headers) or result.route.upstream_request_id
+        )
         return result
 
     async def stream_chat(
@@ -110,7 +113,9 @@ class HttpProvider(Provider):
         if not 200 <= response.status < 300:
             raise self._error(response, deployment)
         result = self._parsed(deployment, lambda: self.dialect.parse_embed(response, deployment))
-        result.route.upstream_request_id = self._request_id(response.headers)
+        result.route.upstream_request_id = (
+            self._request_id(response.headers) or result.route.upstream_request_id
+        )
         return result
 
     async def aclose(self) -> None:

@@ -27,6 +27,8 @@ class UpstreamFailure:
     context_length_exceeded: bool = False
     quota_exhausted: bool = False
     content_filtered: bool = False  # the provider refused the prompt by policy
+    auth_failed: bool = False  # the gateway's own key was refused, whatever the status
+    failed_precondition: bool = False  # e.g. billing or region not enabled (Gemini)
     should_retry: bool | None = None  # the x-should-retry header, when sent
 
 
@@ -172,7 +174,20 @@ _FILTERED = _Rule(
 )
 
 
+_PRECONDITION = _Rule(
+    grpc.StatusCode.FAILED_PRECONDITION,
+    "UPSTREAM_FAILED_PRECONDITION",
+    "the provider account is not set up for this request",
+    False,
+    True,
+)
+
+
 def _rule_for(failure: UpstreamFailure) -> _Rule:
+    if failure.auth_failed:
+        return _BY_STATUS[401]
+    if failure.failed_precondition:
+        return _PRECONDITION
     if failure.context_length_exceeded:
         return _CONTEXT
     if failure.content_filtered:

@@ -849,10 +849,16 @@ async def test_connections_are_pooled_and_recover_after_close(world: World) -> N
     assert world.openai.connections_accepted == before, "keep-alive reuses one connection"
     from tests.fakes.openai_fake import completion
 
-    closing = FakeResponse.json(completion({"model": "m", "messages": [{"role": "user", "content": "bye"}]}))
+    closing = FakeResponse.json(
+        completion({"model": "m", "messages": [{"role": "user", "content": "bye"}]})
+    )
     closing.close = True
     world.openai.script(closing)
-    assert (await world.gateway.stub.Chat(chat_request("bye", model="gpt"), timeout=10)).message.parts[0].text == "bye"
-    after_close = await world.gateway.stub.Chat(chat_request("new connection", model="gpt"), timeout=10)
+    assert (
+        await world.gateway.stub.Chat(chat_request("bye", model="gpt"), timeout=10)
+    ).message.parts[0].text == "bye"
+    after_close = await world.gateway.stub.Chat(
+        chat_request("new connection", model="gpt"), timeout=10
+    )
     assert after_close.message.parts[0].text == "new connection"
     assert world.openai.connections_accepted == before + 1

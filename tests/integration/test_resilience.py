@@ -1,0 +1,546 @@
+"""Fault injection that counts: upstream attempts per call, connections, statuses and
+details, chunks delivered, breaker transitions, time spent against the deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from llmgateway.v1 import models_pb2
+
+from tests.fakes.fault_proxy import Fault, FaultProxy
+from tests.fakes.http_server import FakeHttpServer, FakeRequest, FakeResponse, Write
+from tests.fakes.openai_fake import (
+    OpenAIFake,
+    OpenAIFakeConfig,
+    chunk,
+    error_body,
+    sse_body,
+    stream_response,
+)
+from tests.support import Gateway, chat_request, details_of, free_port, running_gateway
+
+CONFIG = """
+server: {{host: 127.0.0.1, port: 0{server_extra}}}
+routing:
+  retry:
+    max_attempts: 3
+    initial_backoff: 0.02s
+    max_backoff: 0.05s
+    max_retry_after: 2s
+    min_attempt_time: 0.02s
+    budget: {{ratio: 1.0, min_retries_per_second: 1000}}
+  breaker: {{consecutive_failures: 3, minimum_calls: 1000, cool_down: 0.4s, max_cool_down: 2s}}
+  max_total_attempts: 6
+providers:
+  - {{name: primary, api_key_env: K, base_url: "{primary}/v1", timeouts: {{read: 1s}}, openai: {{}}}}
+  - {{name: secondary, api_key_env: K, base_url: "{secondary}/v1", openai: {{}}}}
+  - {{name: proxied, api_key_env: K, base_url: "{proxy}/v1", timeouts: {{read: 0.5s}}, openai: {{}}}}
+  - {{name: refused, api_key_env: K, base_url: "http://127.0.0.1:{closed}/v1", openai: {{}}}}
+  - {{name: flaky, mock: {{faults_from_metadata: true}}}}
+  - {{name: steady, mock: {{}}}}
+models:
+  - {{alias: main, provider: primary, upstream_model: m-main, fallbacks: [backup]}}
+  - {{alias: backup, provider: secondary, upstream_model: m-backup}}
+  - {{alias: solo, provider: primary, upstream_model: m-solo}}
+  - {{alias: small, provider: primary, upstream_model: m-small, context_fallbacks: [large]}}
+  - {{alias: large, provider: secondary, upstream_model: m-large}}
+  - {{alias: proxy, provider: proxied, upstream_model: m-proxy}}
+  - {{alias: refused, provider: refused, upstream_model: m-refused}}
+  - {{alias: flaky, provider: flaky, fallbacks: [steady]}}
+  - {{alias: steady, provider: steady}}
+  - {{alias: first-token, provider: primary, upstream_model: m-ft, timeouts: {{first_token: 0.3s}}}}
+"""
+
+
+@dataclass
+class World:
+    gateway: Gateway
+    primary: FakeHttpServer
+    secondary: FakeHttpServer
+    proxy: FaultProxy
+
+    def primary_calls(self, model: str) -> int:
+        return sum(1 for r in self.primary.requests if r.json().get("model") == model)
+
+
+@contextlib.asynccontextmanager
+async def world(server_extra: str = "") -> AsyncIterator[World]:
+    async with (
+        FakeHttpServer(OpenAIFake(OpenAIFakeConfig(key="k")).handle) as primary,
+        FakeHttpServer(
+            OpenAIFake(OpenAIFakeConfig(key="k", request_id="req_secondary")).handle
+        ) as secondary,
+        FaultProxy(primary.port) as proxy,
+    ):
+        config = CONFIG.format(
+            primary=primary.url,
+            secondary=secondary.url,
+            proxy=proxy.url,
+            closed=free_port(),
+            server_extra=server_extra,
+        )
+        async with running_gateway(config, environ={"K": "k"}) as gateway:
+            yield World(gateway, primary, secondary, proxy)
+
+
+def always(status: int, headers: dict[str, str] | None = None) -> object:
+    def handler(request: FakeRequest) -> FakeResponse:
+        return FakeResponse.json(error_body("failing", "server_error"), status, headers)
+
+    return handler
+
+
+def rate_limited(retry_after: str) -> FakeResponse:
+    return FakeResponse.json(
+        error_body("Rate limit reached", "requests", "rate_limit_exceeded"),
+        429,
+        {"retry-after": retry_after},
+    )
+
+
+async def stats(gateway: Gateway, provider: str) -> models_pb2.ProviderStats:
+    reply = await gateway.stub.GetProviderStats(
+        models_pb2.GetProviderStatsRequest(provider=provider), timeout=5
+    )
+    return reply.providers[0]
+
+
+async def test_429_with_a_short_retry_after_is_waited_for_then_retried() -> None:
+    async with world() as w:
+        w.primary.script(rate_limited("0.3"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reply = await w.gateway.stub.Chat(chat_request("hi", model="solo"), timeout=10)
+        elapsed = loop.time() - started
+        assert reply.message.parts[0].text == "hi"
+        assert reply.route.attempts == 2 and not reply.route.fallback_used
+        assert w.primary_calls("m-solo") == 2
+        assert elapsed >= 0.3, "Retry-After is a floor for the backoff"
+        assert (await stats(w.gateway, "primary")).retries == 1
+
+
+async def test_429_with_a_too_long_retry_after_goes_to_the_fallback_at_once() -> None:
+    async with world() as w:
+        w.primary.script(rate_limited("120"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reply = await w.gateway.stub.Chat(chat_request("hi", model="main"), timeout=10)
+        assert loop.time() - started < 1.0
+        assert (reply.route.provider, reply.route.attempts, reply.route.fallback_used) == (
+            "secondary",
+            2,
+            True,
+        )
+        assert reply.route.upstream_request_id == "req_secondary"
+        assert w.primary_calls("m-main") == 1
+
+
+async def test_429_too_long_without_fallback_fails_fast_with_retry_info() -> None:
+    async with world() as w:
+        w.primary.script(rate_limited("120"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="solo"), timeout=10)
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "RATE_LIMITED",
+        )
+        assert details.retry_info is not None and details.retry_info.retry_delay.seconds == 120
+        assert details.error_info.metadata["attempts"] == "1"
+        assert w.primary_calls("m-solo") == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_each_5xx_is_retried_up_to_the_attempt_cap(status: int) -> None:
+    async with world() as w:
+        w.primary.handler = always(status)  # type: ignore[assignment]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="solo"), timeout=10)
+        details = details_of(caught.value)
+        assert details.code == grpc.StatusCode.UNAVAILABLE
+        assert details.error_info.metadata["attempts"] == "3"
+        assert details.error_info.metadata["tried"].count("primary/m-solo:") == 3
+        assert w.primary_calls("m-solo") == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+async def test_non_retryable_4xx_gets_exactly_one_attempt(status: int) -> None:
+    async with world() as w:
+        w.primary.handler = always(status)  # type: ignore[assignment]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="solo"), timeout=10)
+        assert w.primary_calls("m-solo") == 1
+        assert details_of(caught.value).error_info.metadata["attempts"] == "1"
+
+
+async def test_quota_exhausted_429_is_not_retried() -> None:
+    async with world() as w:
+        w.primary.script(
+            FakeResponse.json(
+                error_body(
+                    "You exceeded your current quota", "insufficient_quota", "insufficient_quota"
+                ),
+                429,
+            )
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="solo"), timeout=10)
+        assert details_of(caught.value).error_info.reason == "UPSTREAM_QUOTA_EXHAUSTED"
+        assert w.primary_calls("m-solo") == 1
+
+
+async def test_529_until_the_fallback_serves() -> None:
+    async with world() as w:
+        metadata = (("x-mock-fail-status", "529"), ("x-mock-target", "flaky"))
+        reply = await w.gateway.stub.Chat(
+            chat_request("hi", model="flaky"), metadata=metadata, timeout=10
+        )
+        assert (reply.route.provider, reply.route.attempts, reply.route.fallback_used) == (
+            "steady",
+            4,
+            True,
+        )
+        flaky = await stats(w.gateway, "flaky")
+        assert (flaky.requests, flaky.failures, flaky.retries) == (3, 3, 2)
+
+
+async def test_context_length_goes_to_the_larger_model() -> None:
+    async with world() as w:
+        w.primary.script(
+            FakeResponse.json(
+                error_body(
+                    "This model's maximum context length is 8192 tokens.",
+                    "invalid_request_error",
+                    "context_length_exceeded",
+                ),
+                400,
+            )
+        )
+        reply = await w.gateway.stub.Chat(chat_request("long", model="small"), timeout=10)
+        assert (reply.route.provider, reply.route.upstream_model, reply.route.fallback_used) == (
+            "secondary",
+            "m-large",
+            True,
+        )
+        assert w.primary_calls("m-small") == 1
+
+
+async def test_stream_that_dies_before_its_first_chunk_is_retried() -> None:
+    async with world() as w:
+        w.primary.script(FakeResponse.stream([b"data: ", b""], reset_after=1))
+        chunks = [
+            c
+            async for c in w.gateway.stub.StreamChat(chat_request("a b", model="solo"), timeout=10)
+        ]
+        assert "".join(c.text_delta for c in chunks) == "a b"
+        assert chunks[0].route.attempts == 2
+        assert w.primary_calls("m-solo") == 2
+
+
+async def test_stream_failing_after_its_first_chunk_is_not_retried() -> None:
+    async with world() as w:
+        events: list[dict[str, object] | str] = [
+            chunk("m", {"content": "Hel"}),
+            {"error": {"message": "boom", "type": "server_error"}},
+        ]
+        w.primary.script(stream_response(sse_body(events)))
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for c in w.gateway.stub.StreamChat(chat_request(model="main"), timeout=10):
+                received.append(c.text_delta)
+        assert received == ["Hel"]
+        details = details_of(caught.value)
+        assert details.code == grpc.StatusCode.UNAVAILABLE
+        assert details.error_info.metadata["partialOutput"] == "true"
+        assert details.error_info.metadata["chunksDelivered"] == "1"
+        assert w.primary_calls("m-main") == 1 and len(w.secondary.requests) == 0, (
+            "no retry, no fallback"
+        )
+
+
+async def test_first_token_timeout_retries_the_stream() -> None:
+    async with world() as w:
+        slow = stream_response(
+            sse_body([chunk("m", {"content": "late"}), chunk("m", {}, "stop"), "[DONE]"])
+        )
+        slow.writes[0] = Write(slow.writes[0].data, delay=0.8)
+        w.primary.script(slow)
+        chunks = [
+            c
+            async for c in w.gateway.stub.StreamChat(
+                chat_request("fast", model="first-token"), timeout=10
+            )
+        ]
+        assert "".join(c.text_delta for c in chunks) == "fast"
+        assert chunks[0].route.attempts == 2
+        assert await w.primary.wait_for(lambda: w.primary.client_disconnects >= 1), (
+            "the slow attempt was closed"
+        )
+
+
+async def test_cancelled_stream_closes_the_upstream_request() -> None:
+    async with world() as w:
+        body = sse_body([chunk("m", {"content": "one"})])
+        never_ending = FakeResponse.stream([body, b"data: [DONE]\n\n"])
+        never_ending.writes[1] = Write(never_ending.writes[1].data, delay=30)
+        w.primary.script(never_ending)
+        idle_before = w.primary.open_connections
+        call = w.gateway.stub.StreamChat(chat_request(model="solo"), timeout=20)
+        first = await call.read()
+        assert first.text_delta == "one"
+        assert w.primary.open_connections == idle_before + 1
+        call.cancel()
+        assert await w.primary.wait_for(lambda: w.primary.client_disconnects == 1, 3)
+        assert await w.primary.wait_for(lambda: w.primary.open_connections == idle_before, 3)
+        assert (await stats(w.gateway, "primary")).cancelled == 1
+
+
+async def test_cancelled_unary_call_closes_the_upstream_request() -> None:
+    async with world() as w:
+        w.primary.script(FakeResponse(hang=True))
+        call = w.gateway.stub.Chat(chat_request(model="solo"), timeout=20)
+        assert await w.primary.wait_for(lambda: len(w.primary.requests) == 1, 3)
+        call.cancel()
+        assert await w.primary.wait_for(lambda: w.primary.client_disconnects == 1, 3)
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+
+async def test_deadline_shorter_than_the_upstream() -> None:
+    async with world() as w:
+        w.primary.script(FakeResponse(hang=True))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="solo"), timeout=0.6)
+        elapsed = loop.time() - started
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "DEADLINE_EXCEEDED",
+        )
+        assert details.error_info.metadata["attempts"] == "1"
+        assert elapsed < 0.6, "the gateway answers before the caller's own timer"
+        assert await w.primary.wait_for(lambda: w.primary.client_disconnects == 1, 3)
+        assert (await stats(w.gateway, "primary")).failures == 0, (
+            "a deadline is not a provider failure"
+        )
+
+
+async def test_backoff_that_does_not_fit_the_deadline_is_not_started() -> None:
+    async with world() as w:
+        w.primary.script(rate_limited("1.5"))  # fits max_retry_after, not the deadline
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="solo"), timeout=1.0)
+        assert loop.time() - started < 0.5, "failed at once instead of sleeping into the deadline"
+        assert details_of(caught.value).error_info.reason == "RATE_LIMITED"
+        assert w.primary_calls("m-solo") == 1
+
+
+async def test_outage_opens_the_breaker_serves_from_fallback_and_recovers_with_one_probe() -> None:
+    async with world() as w:
+        w.primary.handler = always(503)  # type: ignore[assignment]
+        reply = await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
+        assert (reply.route.provider, reply.route.attempts) == ("secondary", 4)
+        assert w.primary_calls("m-main") == 3
+        deployment = (await stats(w.gateway, "primary")).deployments[0]
+        assert deployment.upstream_model == "m-main"
+        assert deployment.circuit_state == models_pb2.CIRCUIT_STATE_OPEN
+        # While open: straight to the fallback, no upstream call to the primary.
+        for _ in range(3):
+            reply = await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
+            assert (reply.route.provider, reply.route.attempts) == ("secondary", 1)
+        assert w.primary_calls("m-main") == 3
+        # The primary recovers; after the cool-down exactly one probe goes through.
+        w.primary.handler = OpenAIFake(OpenAIFakeConfig(key="k")).handle  # type: ignore[assignment]
+        await asyncio.sleep(0.45)
+        slow_probe = FakeResponse.json(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "m-main",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "probe"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
+        slow_probe.header_delay = 0.3
+        w.primary.script(slow_probe)
+        replies = await asyncio.gather(
+            *(w.gateway.stub.Chat(chat_request(model="main"), timeout=10) for _ in range(5))
+        )
+        assert sorted(r.route.provider for r in replies) == [
+            "primary",
+            "secondary",
+            "secondary",
+            "secondary",
+            "secondary",
+        ]
+        assert w.primary_calls("m-main") == 4, "exactly one probe"
+        deployment = (await stats(w.gateway, "primary")).deployments[0]
+        assert deployment.circuit_state == models_pb2.CIRCUIT_STATE_CLOSED
+        assert list(deployment.transitions) == [
+            "CLOSED->OPEN",
+            "OPEN->HALF_OPEN",
+            "HALF_OPEN->CLOSED",
+        ]
+        reply = await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
+        assert reply.route.provider == "primary"
+
+
+async def test_outage_of_every_deployment_fails_fast_with_bounded_attempts() -> None:
+    async with world() as w:
+        w.primary.handler = always(503)  # type: ignore[assignment]
+        w.secondary.handler = always(503)  # type: ignore[assignment]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "ALL_DEPLOYMENTS_FAILED",
+        )
+        assert details.error_info.metadata["attempts"] == "6", (
+            "the attempt cap holds across fallbacks"
+        )
+        assert len(w.primary.requests) + len(w.secondary.requests) == 6
+        # Both circuits are open now: the next call fails fast with no upstream call.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
+        assert loop.time() - started < 0.2
+        details = details_of(caught.value)
+        assert details.code == grpc.StatusCode.UNAVAILABLE
+        assert (
+            details.retry_info is not None
+            and 0 < details.retry_info.retry_delay.ToMilliseconds() <= 400
+        )
+        assert len(w.primary.requests) + len(w.secondary.requests) == 6
+
+
+async def test_retry_budget_caps_retries_during_an_outage() -> None:
+    async with world() as w:
+        config = CONFIG.replace(
+            "budget: {{ratio: 1.0, min_retries_per_second: 1000}}",
+            "budget: {{ratio: 0.1, min_retries_per_second: 0.1, window: 60s}}",
+        )
+        config = config.replace(
+            "breaker: {{consecutive_failures: 3,",
+            "breaker: {{disabled: true, consecutive_failures: 3,",
+        )
+        text = config.format(
+            primary=w.primary.url,
+            secondary=w.secondary.url,
+            proxy=w.proxy.url,
+            closed=free_port(),
+            server_extra="",
+        )
+        w.primary.handler = always(503)  # type: ignore[assignment]
+        async with running_gateway(text, environ={"K": "k"}) as gateway:
+            for _ in range(30):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await gateway.stub.Chat(chat_request(model="solo"), timeout=10)
+            primary = await stats(gateway, "primary")
+        # 30 calls; retries allowed: max(0.1/s x 60 s, 0.1 x calls) = at most 6, not 60.
+        assert primary.retries <= 6
+        assert primary.retries_denied >= 24
+        assert w.primary_calls("m-solo") == 30 + primary.retries
+
+
+async def test_connection_refused_is_retried_then_unavailable() -> None:
+    async with world() as w:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="refused"), timeout=10)
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "UPSTREAM_CONNECT_FAILED",
+        )
+        assert details.error_info.metadata["attempts"] == "3"
+
+
+async def test_accept_and_never_answer_times_out_and_closes() -> None:
+    async with world() as w:
+        w.proxy.fault = Fault("blackhole")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="proxy"), timeout=10)
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "UPSTREAM_TIMEOUT",
+        )
+        assert w.proxy.connections == 3
+        assert await w.primary.wait_for(lambda: w.proxy.open_connections == 0, 3)
+
+
+async def test_reset_mid_stream_after_the_first_chunk() -> None:
+    async with world() as w:
+        events: list[dict[str, object] | str] = [
+            chunk("m", {"content": "x" * 50}),
+            chunk("m", {"content": "y" * 2000}),
+            chunk("m", {}, "stop"),
+            "[DONE]",
+        ]
+        w.primary.script(stream_response(sse_body(events), piece=256, delay=0.05))
+        w.proxy.fault = Fault("reset_after", after_bytes=700)
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for c in w.gateway.stub.StreamChat(chat_request(model="proxy"), timeout=10):
+                received.append(c.text_delta)
+        assert received == ["x" * 50]
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "UPSTREAM_CONNECTION_LOST",
+        )
+        assert details.error_info.metadata["partialOutput"] == "true"
+
+
+async def test_slow_first_byte_through_the_proxy_within_the_read_timeout() -> None:
+    async with world() as w:
+        w.proxy.fault = Fault("delay_first_byte", delay=0.2)
+        reply = await w.gateway.stub.Chat(chat_request("patience", model="proxy"), timeout=10)
+        assert reply.message.parts[0].text == "patience" and reply.route.attempts == 1
+
+
+async def test_load_shedding_refuses_over_the_cap_and_keeps_admitted_calls() -> None:
+    async with world(server_extra=", max_in_flight: 2, shed_retry_after: 0.5s") as w:
+        stall = (("x-mock-stall", "0.5"), ("x-mock-target", "flaky"))
+        admitted = [
+            asyncio.ensure_future(
+                w.gateway.stub.Chat(chat_request("kept", model="flaky"), metadata=stall, timeout=10)
+            )
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="steady"), timeout=10)
+        assert loop.time() - started < 0.2, "refused at once"
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "OVERLOADED",
+        )
+        assert (
+            details.retry_info is not None
+            and details.retry_info.retry_delay.ToMilliseconds() == 500
+        )
+        assert details.quota_failure is not None
+        replies = await asyncio.gather(*admitted)
+        assert [r.message.parts[0].text for r in replies] == ["kept", "kept"]
+        after = await w.gateway.stub.Chat(chat_request("again", model="steady"), timeout=10)
+        assert after.message.parts[0].text == "again"
