@@ -171,8 +171,12 @@ class GatewayProcess:
 
 @contextlib.contextmanager
 def gateway_process(config_path: Path, tmp: Path, port: int) -> Iterator[GatewayProcess]:
-    """`python -m service --config FILE` as a real process; waits until it listens."""
+    """`python -m service --config FILE` as a real process; waits until it listens.
+
+    Provider keys of the developer's own environment are left out, so that the default
+    config serves exactly the mock provider here."""
     log_path = tmp / "gateway.log"
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [PYTHON, "-m", "service", "--config", str(config_path)],
@@ -180,6 +184,7 @@ def gateway_process(config_path: Path, tmp: Path, port: int) -> Iterator[Gateway
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
+            env=env,
         )
     running = GatewayProcess(process, port, log_path)
     try:

@@ -442,6 +442,7 @@ class AnthropicDialect(Dialect):
     default_capabilities = Capabilities(
         streaming=True, tools=True, vision=True, json_output=True, embeddings=False
     )
+    default_context_window = 200_000
 
     def __init__(self, provider: str, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
         super().__init__(provider)

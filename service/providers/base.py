@@ -97,6 +97,7 @@ class Provider(abc.ABC):
 
     kind: str = ""
     default_capabilities: Capabilities = Capabilities()
+    default_context_window: int = 0  # tokens; 0 = unknown (aliases may say)
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -82,6 +82,7 @@ class Dialect(abc.ABC):
     framing: ClassVar[str] = "sse"  # or "ndjson"
     request_id_header: ClassVar[str] = "x-request-id"
     default_capabilities: ClassVar[Capabilities] = Capabilities(vision=True)
+    default_context_window: ClassVar[int] = 0
 
     def __init__(self, provider: str) -> None:
         self.provider = provider

@@ -504,6 +504,7 @@ class GeminiDialect(Dialect):
     default_capabilities = Capabilities(
         streaming=True, tools=True, vision=True, json_output=True, embeddings=False
     )
+    default_context_window = 1_048_576
 
     def chat_request(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, stream: bool

@@ -24,6 +24,7 @@ class HttpProvider(Provider):
         super().__init__(name)
         self.kind = dialect.kind
         self.default_capabilities = dialect.default_capabilities
+        self.default_context_window = dialect.default_context_window
         self.dialect = dialect
         self.client = client
 

@@ -25,6 +25,7 @@ class MockProvider(Provider):
     default_capabilities = Capabilities(
         streaming=True, tools=True, vision=True, json_output=True, embeddings=False
     )
+    default_context_window = 32_768
 
     def __init__(self, name: str, config: config_pb2.MockProviderConfig) -> None:
         super().__init__(name)

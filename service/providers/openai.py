@@ -465,6 +465,7 @@ class OpenAIStreamParser(StreamParser):
 
 class OpenAIDialect(Dialect):
     kind = "openai"
+    default_context_window = 128_000
 
     def __init__(self, provider: str, options: OpenAIOptions | None = None) -> None:
         super().__init__(provider)
@@ -520,6 +521,7 @@ class CompatibleDialect(OpenAIDialect):
     kind = "openai_compatible"
     # Local models are often text-only: vision is opted into per model alias.
     default_capabilities = Capabilities(vision=False)
+    default_context_window = 0  # whatever the server was started with
 
 
 def create_openai(config: config_pb2.ProviderConfig, environ: Mapping[str, str]) -> Provider:

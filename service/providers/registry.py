@@ -110,7 +110,7 @@ class Registry:
                 provider_type=provider.kind,
                 upstream_model=model.upstream_model or model.alias,
                 capabilities=capabilities_for(provider, model.capabilities),
-                context_window=model.context_window,
+                context_window=model.context_window or provider.default_context_window,
                 pricing=pricing_from(model) if model.HasField("pricing") else None,
                 timeouts=timeouts_for(provider_configs[model.provider].timeouts, model.timeouts),
                 fallbacks=tuple(model.fallbacks),
