@@ -22,13 +22,9 @@ def transport_settings(
     config: config_pb2.ProviderConfig, default_base_url: str, headers: Mapping[str, str]
 ) -> TransportSettings:
     pool = config.pool
-    timeouts = config.timeouts
     return TransportSettings(
         base_url=(config.base_url or default_base_url).rstrip("/") + "/",
         headers={**config.headers, **headers},
-        connect_timeout=seconds_or(timeouts, "connect", 5.0),
-        read_timeout=seconds_or(timeouts, "read", 60.0),
-        total_timeout=seconds_or(timeouts, "total", 600.0),
         max_connections=pool.max_connections if pool.HasField("max_connections") else 100,
         max_keepalive_connections=(
             pool.max_keepalive_connections if pool.HasField("max_keepalive_connections") else 20

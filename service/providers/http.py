@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from service.errors import GatewayError
+from service.providers.base import Timeouts
 from service.providers.upstream_errors import transport_failure
 
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
@@ -42,9 +43,6 @@ class HttpResponse:
 class TransportSettings:
     base_url: str
     headers: Mapping[str, str]
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    total_timeout: float = 600.0
     max_connections: int = 100
     max_keepalive_connections: int = 20
     keepalive_expiry: float = 30.0
@@ -76,12 +74,8 @@ class UpstreamClient:
         self._client = httpx.AsyncClient(
             base_url=settings.base_url,
             headers=dict(settings.headers),
-            timeout=httpx.Timeout(
-                connect=settings.connect_timeout,
-                read=settings.read_timeout,
-                write=settings.read_timeout,
-                pool=settings.connect_timeout,
-            ),
+            # Every request carries its deployment's own limits (see _timeout).
+            timeout=httpx.Timeout(Timeouts().read, connect=Timeouts().connect),
             limits=httpx.Limits(
                 max_connections=settings.max_connections,
                 max_keepalive_connections=settings.max_keepalive_connections,
@@ -91,16 +85,16 @@ class UpstreamClient:
             trust_env=False,
         )
 
-    def _timeout(self, deadline: float) -> httpx.Timeout:
-        """The configured limits, never longer than the time left (plus the slack)."""
+    def _timeout(self, deadline: float, timeouts: Timeouts) -> httpx.Timeout:
+        """The deployment's connect and read limits, never longer than the time left
+        (plus the slack)."""
         remaining = deadline - asyncio.get_running_loop().time() + DEADLINE_SLACK
-        remaining = max(0.001, min(remaining, self.settings.total_timeout))
-        s = self.settings
+        remaining = max(0.001, remaining)
         return httpx.Timeout(
-            connect=min(s.connect_timeout, remaining),
-            read=min(s.read_timeout, remaining),
-            write=min(s.read_timeout, remaining),
-            pool=min(s.connect_timeout, remaining),
+            connect=min(timeouts.connect, remaining),
+            read=min(timeouts.read, remaining),
+            write=min(timeouts.read, remaining),
+            pool=min(timeouts.connect, remaining),
         )
 
     def _error(self, exc: Exception, model: str) -> GatewayError:
@@ -112,13 +106,13 @@ class UpstreamClient:
             return transport_failure(self.provider, model, "protocol", type(exc).__name__)
         return transport_failure(self.provider, model, "reset", type(exc).__name__)
 
-    def _build(self, spec: HttpRequestSpec, deadline: float) -> httpx.Request:
+    def _build(self, spec: HttpRequestSpec, deadline: float, timeouts: Timeouts) -> httpx.Request:
         return self._client.build_request(
             spec.method,
             spec.url,
             json=spec.json_body,
             headers=dict(spec.headers),
-            timeout=self._timeout(deadline),
+            timeout=self._timeout(deadline, timeouts),
         )
 
     async def read_capped(self, response: httpx.Response, model: str) -> bytes:
@@ -136,10 +130,12 @@ class UpstreamClient:
         except httpx.HTTPError as exc:
             raise self._error(exc, model) from None
 
-    async def request(self, spec: HttpRequestSpec, deadline: float, model: str) -> HttpResponse:
+    async def request(
+        self, spec: HttpRequestSpec, deadline: float, model: str, timeouts: Timeouts
+    ) -> HttpResponse:
         """Sends a request and reads the whole (capped) body."""
         try:
-            response = await self._client.send(self._build(spec, deadline), stream=True)
+            response = await self._client.send(self._build(spec, deadline, timeouts), stream=True)
         except httpx.HTTPError as exc:
             raise self._error(exc, model) from None
         try:
@@ -152,11 +148,11 @@ class UpstreamClient:
 
     @asynccontextmanager
     async def stream(
-        self, spec: HttpRequestSpec, deadline: float, model: str
+        self, spec: HttpRequestSpec, deadline: float, model: str, timeouts: Timeouts
     ) -> AsyncIterator[UpstreamStream]:
         """Opens a streaming response; leaving the block (or a cancellation) closes it."""
         try:
-            response = await self._client.send(self._build(spec, deadline), stream=True)
+            response = await self._client.send(self._build(spec, deadline, timeouts), stream=True)
         except httpx.HTTPError as exc:
             raise self._error(exc, model) from None
         try:

@@ -62,7 +62,9 @@ class HttpProvider(Provider):
         self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
     ) -> chat_pb2.ChatResponse:
         spec = self.dialect.chat_request(request, deployment, stream=False)
-        response = await self.client.request(spec, ctx.deadline, deployment.upstream_model)
+        response = await self.client.request(
+            spec, ctx.deadline, deployment.upstream_model, deployment.timeouts
+        )
         if not 200 <= response.status < 300:
             raise self._error(response, deployment)
         result = self._parsed(deployment, lambda: self.dialect.parse_chat(response, deployment))
@@ -77,7 +79,7 @@ class HttpProvider(Provider):
     ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
         spec = self.dialect.chat_request(request, deployment, stream=True)
         model = deployment.upstream_model
-        async with self.client.stream(spec, ctx.deadline, model) as upstream:
+        async with self.client.stream(spec, ctx.deadline, model, deployment.timeouts) as upstream:
             content_type = upstream.headers.get("content-type", "")
             if not 200 <= upstream.status < 300 or content_type.startswith("application/json"):
                 body = await upstream.read_body()
@@ -110,7 +112,9 @@ class HttpProvider(Provider):
         self, request: embed_pb2.EmbedRequest, deployment: Deployment, ctx: CallContext
     ) -> embed_pb2.EmbedResponse:
         spec = self.dialect.embed_request(request, deployment)
-        response = await self.client.request(spec, ctx.deadline, deployment.upstream_model)
+        response = await self.client.request(
+            spec, ctx.deadline, deployment.upstream_model, deployment.timeouts
+        )
         if not 200 <= response.status < 300:
             raise self._error(response, deployment)
         result = self._parsed(deployment, lambda: self.dialect.parse_embed(response, deployment))

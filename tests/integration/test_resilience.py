@@ -54,6 +54,9 @@ models:
   - {{alias: flaky, provider: flaky, fallbacks: [steady]}}
   - {{alias: steady, provider: steady}}
   - {{alias: first-token, provider: primary, upstream_model: m-ft, timeouts: {{first_token: 0.3s}}}}
+  - {{alias: idle, provider: primary, upstream_model: m-idle, timeouts: {{idle: 0.3s}}}}
+  - {{alias: total, provider: primary, upstream_model: m-total, timeouts: {{total: 0.3s}}}}
+  - {{alias: short-read, provider: primary, upstream_model: m-read, timeouts: {{read: 0.2s}}}}
 """
 
 
@@ -544,3 +547,100 @@ async def test_load_shedding_refuses_over_the_cap_and_keeps_admitted_calls() -> 
         assert [r.message.parts[0].text for r in replies] == ["kept", "kept"]
         after = await w.gateway.stub.Chat(chat_request("again", model="steady"), timeout=10)
         assert after.message.parts[0].text == "again"
+
+
+async def test_idle_gap_between_chunks_ends_the_stream_after_its_first_chunk() -> None:
+    async with world() as w:
+        events = sse_body(
+            [
+                chunk("m", {"content": "one"}),
+                chunk("m", {"content": "two"}),
+                chunk("m", {}, "stop"),
+                "[DONE]",
+            ]
+        )
+        response = stream_response(events)
+        first_event = events.index(b"\n\n") + 2
+        response.writes = [Write(events[:first_event]), Write(events[first_event:], delay=0.8)]
+        w.primary.script(response)
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for c in w.gateway.stub.StreamChat(chat_request(model="idle"), timeout=10):
+                received.append(c.text_delta)
+        assert received == ["one"]
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "UPSTREAM_TIMEOUT",
+        )
+        assert details.error_info.metadata["detail"] == "idle"
+        assert w.primary_calls("m-idle") == 1, "nothing is retried after the first chunk"
+
+
+async def test_total_attempt_timeout_is_retried_within_the_deadline() -> None:
+    async with world() as w:
+        w.primary.script(*(FakeResponse(hang=True) for _ in range(3)))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="total"), timeout=10)
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "UPSTREAM_TIMEOUT",
+        )
+        assert details.error_info.metadata["attempts"] == "3"
+        assert await w.primary.wait_for(lambda: w.primary.client_disconnects == 3, 3)
+
+
+async def test_per_model_read_timeout_reaches_the_transport() -> None:
+    async with world() as w:
+        for _ in range(3):
+            slow = FakeResponse.json({"choices": []})
+            slow.header_delay = 0.5
+            w.primary.script(slow)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="short-read"), timeout=10)
+        assert details_of(caught.value).error_info.reason == "UPSTREAM_TIMEOUT"
+        # The same provider's other models keep the provider's 1 s read timeout.
+        patient = FakeResponse.json(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "m",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "ok"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
+        patient.header_delay = 0.5
+        w.primary.scripted.clear()
+        w.primary.script(patient)
+        reply = await w.gateway.stub.Chat(chat_request(model="solo"), timeout=10)
+        assert reply.message.parts[0].text == "ok" and reply.route.attempts == 1
+
+
+async def test_cancelled_stream_before_its_first_chunk_closes_the_upstream_request() -> None:
+    async with world() as w:
+        w.primary.script(FakeResponse(hang=True))
+        call = w.gateway.stub.StreamChat(chat_request(model="solo"), timeout=20)
+        assert await w.primary.wait_for(lambda: len(w.primary.requests) == 1, 3)
+        call.cancel()
+        assert await w.primary.wait_for(lambda: w.primary.client_disconnects == 1, 3)
+        assert await w.primary.wait_for(lambda: w.primary.open_connections == 0, 3)
+
+
+async def test_caller_mistakes_do_not_open_the_breaker() -> None:
+    async with world() as w:
+        w.primary.handler = always(400)  # type: ignore[assignment]
+        for _ in range(6):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        deployment = (await stats(w.gateway, "primary")).deployments[0]
+        assert deployment.circuit_state == models_pb2.CIRCUIT_STATE_CLOSED
+        assert deployment.times_opened == 0
+        assert len(w.secondary.requests) == 0, "a rejected request is not sent to the fallback"
