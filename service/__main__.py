@@ -24,9 +24,11 @@ def _parser() -> argparse.ArgumentParser:
         "command",
         nargs="?",
         default="serve",
-        choices=("serve", "check-config"),
-        help="serve (default) or check-config: validate the file and exit",
+        choices=("serve", "check-config", "verify-audit"),
+        help="serve (default); check-config: validate the file and exit; "
+        "verify-audit FILE: check an audit log's hash chain",
     )
+    parser.add_argument("path", nargs="?", help="the audit log, with verify-audit")
     parser.add_argument(
         "--config",
         default=os.environ.get("LLM_GATEWAY_CONFIG"),
@@ -37,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "verify-audit":
+        from service.audit.cli import verify_main
+
+        if not args.path:
+            print("error: verify-audit needs the audit log's path", file=sys.stderr)
+            return EXIT_CONFIG
+        return verify_main(args.path)
     if not args.config:
         print("error: --config FILE is required (or set LLM_GATEWAY_CONFIG)", file=sys.stderr)
         return EXIT_CONFIG

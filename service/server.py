@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from llmgateway.config.v1 import config_pb2
 from llmgateway.v1 import provider_service_pb2, provider_service_pb2_grpc
 
+from service.audit.sink import AuditSink
 from service.config import seconds_or
 from service.interceptors import build_interceptors
 from service.providers.registry import Registry
@@ -83,10 +84,15 @@ class GatewayServer:
         self.resilience = Resilience(config, time.monotonic)
         self.router = Router(self.registry, self.stats, self.resilience)
         self.health = health.aio.HealthServicer()
+        self.audit = AuditSink.from_config(config.audit)
         server_config = config.server
         self._grace = seconds_or(server_config, "shutdown_grace", 10.0)
         self._server = grpc.aio.server(
-            interceptors=build_interceptors(config) if interceptors is None else list(interceptors),
+            interceptors=(
+                build_interceptors(config, self.audit)
+                if interceptors is None
+                else list(interceptors)
+            ),
             options=server_options(server_config),
         )
         provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(
@@ -114,6 +120,7 @@ class GatewayServer:
             raise OSError(f"cannot listen on {self.address}: {exc}") from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
+        await self.audit.start()
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -127,6 +134,7 @@ class GatewayServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self._grace if grace is None else grace)
         await self.registry.aclose()
+        await self.audit.close()  # after the last call has ended: its record is in
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -1,7 +1,7 @@
 """Server interceptors: they see every RPC, unary and streaming alike.
 
-The chain, outermost first, is built by `build_interceptors`: load shedding, then the
-request-decoding guard. Authentication and audit slot in at the front.
+The chain, outermost first, is built by `build_interceptors`: audit (sees every RPC,
+refused ones included), load shedding, authentication, then the request-decoding guard.
 """
 
 from __future__ import annotations
@@ -9,15 +9,19 @@ from __future__ import annotations
 import grpc
 from llmgateway.config.v1 import config_pb2
 
+from service.audit.sink import AuditSink
 from service.config import seconds_or
 from service.interceptors.admission import AdmissionInterceptor
+from service.interceptors.audit import AuditInterceptor
 from service.interceptors.decode import DecodeGuardInterceptor
 
 PROVIDER_SERVICE_PREFIX = "/llmgateway.v1.ProviderService/"
 
 
-def build_interceptors(config: config_pb2.GatewayConfig) -> list[grpc.aio.ServerInterceptor]:
-    chain: list[grpc.aio.ServerInterceptor] = []
+def build_interceptors(
+    config: config_pb2.GatewayConfig, audit: AuditSink
+) -> list[grpc.aio.ServerInterceptor]:
+    chain: list[grpc.aio.ServerInterceptor] = [AuditInterceptor(audit)]
     if config.server.max_in_flight:
         chain.append(
             AdmissionInterceptor(

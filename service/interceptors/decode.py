@@ -8,12 +8,13 @@ raise, and a behaviour that rejects what did not decode.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from google.protobuf import message
 
 from service.errors import FieldViolation, GatewayError, to_rpc_status
+from service.interceptors.wrapping import Context, Deserializer, WrappingInterceptor
 
 
 class _Undecodable:
@@ -35,61 +36,33 @@ def _bad_request(method: str) -> grpc.Status:
     )
 
 
-def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
-    def decode(raw: bytes) -> Any:
-        if deserializer is None:
-            return raw
-        try:
-            return deserializer(raw)
-        except (message.DecodeError, ValueError, RuntimeError):
-            return _UNDECODABLE
+class DecodeGuardInterceptor(WrappingInterceptor):
+    def wrap_deserializer(self, deserializer: Deserializer) -> Deserializer:
+        def decode(raw: bytes) -> Any:
+            if deserializer is None:
+                return raw
+            try:
+                return deserializer(raw)
+            except (message.DecodeError, ValueError, RuntimeError):
+                return _UNDECODABLE
 
-    return decode
+        return decode
 
+    async def around_unary(
+        self, method: str, request: Any, context: Context, proceed: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        if request is _UNDECODABLE:
+            await context.abort_with_status(_bad_request(method))
+        return await proceed()
 
-class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
+    async def around_stream(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            return handler
-        method = handler_call_details.method
-        deserializer = _lenient(handler.request_deserializer)
-        if handler.response_streaming:
-            # The typing stubs describe sync handlers; these are grpc.aio ones.
-            stream_behavior = cast(Callable[..., Any], handler.unary_stream)
-
-            async def stream(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                if request is _UNDECODABLE:
-                    await context.abort_with_status(_bad_request(method))
-                produced = stream_behavior(request, context)
-                if hasattr(produced, "__aiter__"):
-                    async for item in produced:
-                        yield item
-                else:  # a handler that writes with context.write() (the health Watch)
-                    await produced
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        unary_behavior = cast(Callable[..., Awaitable[Any]], handler.unary_unary)
-
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            if request is _UNDECODABLE:
-                await context.abort_with_status(_bad_request(method))
-            return await unary_behavior(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary,
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        method: str,
+        request: Any,
+        context: Context,
+        proceed: Callable[[], AsyncIterator[Any]],
+    ) -> AsyncIterator[Any]:
+        if request is _UNDECODABLE:
+            await context.abort_with_status(_bad_request(method))
+        async for item in proceed():
+            yield item

@@ -21,6 +21,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _BudgetPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BudgetPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BudgetPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BUDGET_PERIOD_UNSPECIFIED: _BudgetPeriod.ValueType  # 0
+    """A month."""
+    BUDGET_PERIOD_DAY: _BudgetPeriod.ValueType  # 1
+    """A UTC day."""
+    BUDGET_PERIOD_MONTH: _BudgetPeriod.ValueType  # 2
+    """A UTC month."""
+
+class BudgetPeriod(_BudgetPeriod, metaclass=_BudgetPeriodEnumTypeWrapper):
+    """The calendar period (UTC) a budget covers."""
+
+BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod.ValueType  # 0
+"""A month."""
+BUDGET_PERIOD_DAY: BudgetPeriod.ValueType  # 1
+"""A UTC day."""
+BUDGET_PERIOD_MONTH: BudgetPeriod.ValueType  # 2
+"""A UTC month."""
+Global___BudgetPeriod: _TypeAlias = BudgetPeriod  # noqa: Y015
+
 class _AuthScheme:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -65,6 +89,9 @@ class GatewayConfig(_message.Message):
     ALLOW_DIRECT_MODEL_ADDRESSING_FIELD_NUMBER: _builtins.int
     LOGGING_FIELD_NUMBER: _builtins.int
     ROUTING_FIELD_NUMBER: _builtins.int
+    AUTH_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     allow_direct_model_addressing: _builtins.bool
     """OPTIONAL. Accept ChatRequest.model written as "provider/upstream-model"
     in addition to the aliases. Off unless set.
@@ -91,6 +118,18 @@ class GatewayConfig(_message.Message):
         (a provider may override them).
         """
 
+    @_builtins.property
+    def auth(self) -> Global___AuthConfig:
+        """REQUIRED unless auth.disabled. Who may call, and what they may do."""
+
+    @_builtins.property
+    def audit(self) -> Global___AuditConfig:
+        """OPTIONAL. The audit log: one JSON line per RPC."""
+
+    @_builtins.property
+    def limits(self) -> Global___LimitsConfig:
+        """OPTIONAL. Rate limits and spend budgets per subject and per tenant."""
+
     def __init__(
         self,
         *,
@@ -100,14 +139,445 @@ class GatewayConfig(_message.Message):
         allow_direct_model_addressing: _builtins.bool = ...,
         logging: Global___LoggingConfig | None = ...,
         routing: Global___RoutingConfig | None = ...,
+        auth: Global___AuthConfig | None = ...,
+        audit: Global___AuditConfig | None = ...,
+        limits: Global___LimitsConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["logging", b"logging", "routing", b"routing", "server", b"server"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "auth", b"auth", "limits", b"limits", "logging", b"logging", "routing", b"routing", "server", b"server"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_direct_model_addressing", b"allow_direct_model_addressing", "logging", b"logging", "models", b"models", "providers", b"providers", "routing", b"routing", "server", b"server"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_direct_model_addressing", b"allow_direct_model_addressing", "audit", b"audit", "auth", b"auth", "limits", b"limits", "logging", b"logging", "models", b"models", "providers", b"providers", "routing", b"routing", "server", b"server"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GatewayConfig: _TypeAlias = GatewayConfig  # noqa: Y015
+
+@_typing.final
+class AuthConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISABLED_FIELD_NUMBER: _builtins.int
+    ISSUERS_FIELD_NUMBER: _builtins.int
+    LEEWAY_FIELD_NUMBER: _builtins.int
+    REQUIRED_CLAIMS_FIELD_NUMBER: _builtins.int
+    EXEMPT_METHODS_FIELD_NUMBER: _builtins.int
+    REFLECTION_OPEN_FIELD_NUMBER: _builtins.int
+    MAX_TOKEN_BYTES_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_FIELD_NUMBER: _builtins.int
+    disabled: _builtins.bool
+    """OPTIONAL. Serve without authentication. Never in production: every caller
+    becomes the subject "anonymous".
+    """
+    reflection_open: _builtins.bool
+    """OPTIONAL. Serve server reflection without a token; default true."""
+    max_token_bytes: _builtins.int
+    """OPTIONAL. Longest accepted token in bytes; default 8192."""
+    @_builtins.property
+    def issuers(self) -> _containers.RepeatedCompositeFieldContainer[Global___IssuerConfig]:
+        """REQUIRED unless disabled. Accepted token issuers; a token names one with `iss`."""
+
+    @_builtins.property
+    def leeway(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Clock skew allowed on exp, nbf and iat; default 30s, at most 300s."""
+
+    @_builtins.property
+    def required_claims(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """OPTIONAL. Claims every token must carry besides exp, sub, iss and aud."""
+
+    @_builtins.property
+    def exempt_methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """OPTIONAL. Full method names ("/package.Service/Method") served without a
+        token, matched exactly. Health checks never need one.
+        """
+
+    @_builtins.property
+    def authorization(self) -> Global___AuthorizationConfig:
+        """OPTIONAL. What identities may do."""
+
+    def __init__(
+        self,
+        *,
+        disabled: _builtins.bool = ...,
+        issuers: _abc.Iterable[Global___IssuerConfig] | None = ...,
+        leeway: _duration_pb2.Duration | None = ...,
+        required_claims: _abc.Iterable[_builtins.str] | None = ...,
+        exempt_methods: _abc.Iterable[_builtins.str] | None = ...,
+        reflection_open: _builtins.bool | None = ...,
+        max_token_bytes: _builtins.int | None = ...,
+        authorization: Global___AuthorizationConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_token_bytes", b"_max_token_bytes", "_reflection_open", b"_reflection_open", "authorization", b"authorization", "leeway", b"leeway", "max_token_bytes", b"max_token_bytes", "reflection_open", b"reflection_open"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_token_bytes", b"_max_token_bytes", "_reflection_open", b"_reflection_open", "authorization", b"authorization", "disabled", b"disabled", "exempt_methods", b"exempt_methods", "issuers", b"issuers", "leeway", b"leeway", "max_token_bytes", b"max_token_bytes", "reflection_open", b"reflection_open", "required_claims", b"required_claims"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_token_bytes: _TypeAlias = _typing.Literal["max_token_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_token_bytes: _TypeAlias = _typing.Literal["_max_token_bytes", b"_max_token_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__reflection_open: _TypeAlias = _typing.Literal["reflection_open"]  # noqa: Y015
+    _WhichOneofArgType__reflection_open: _TypeAlias = _typing.Literal["_reflection_open", b"_reflection_open"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_token_bytes) -> _WhichOneofReturnType__max_token_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reflection_open) -> _WhichOneofReturnType__reflection_open | None: ...
+
+Global___AuthConfig: _TypeAlias = AuthConfig  # noqa: Y015
+
+@_typing.final
+class IssuerConfig(_message.Message):
+    """One token issuer. Symmetric (HS*) and asymmetric algorithms are never mixed
+    in one issuer.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUER_FIELD_NUMBER: _builtins.int
+    AUDIENCES_FIELD_NUMBER: _builtins.int
+    ALGORITHMS_FIELD_NUMBER: _builtins.int
+    SECRET_ENV_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
+    JWKS_URL_FIELD_NUMBER: _builtins.int
+    JWKS_REFRESH_FIELD_NUMBER: _builtins.int
+    JWKS_MIN_REFETCH_FIELD_NUMBER: _builtins.int
+    TENANT_CLAIM_FIELD_NUMBER: _builtins.int
+    SCOPE_CLAIM_FIELD_NUMBER: _builtins.int
+    MODELS_CLAIM_FIELD_NUMBER: _builtins.int
+    issuer: _builtins.str
+    """REQUIRED. The exact `iss` value."""
+    secret_env: _builtins.str
+    """With HS* algorithms: the environment variable holding the shared secret."""
+    jwks_url: _builtins.str
+    """With asymmetric algorithms: keys looked up by `kid` from this URL."""
+    tenant_claim: _builtins.str
+    """OPTIONAL. Claim holding the tenant; default "tenant"."""
+    scope_claim: _builtins.str
+    """OPTIONAL. Claim holding the scopes (space-separated string or list); default "scope"."""
+    models_claim: _builtins.str
+    """OPTIONAL. Claim holding the model aliases the caller may use (list of glob
+    patterns); default "models". When absent, authorization.tenant_models and
+    authorization.default_models decide.
+    """
+    @_builtins.property
+    def audiences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """REQUIRED. Accepted `aud` values (a token needs one of them)."""
+
+    @_builtins.property
+    def algorithms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """REQUIRED. Accepted algorithms, e.g. ["HS256"] or ["RS256", "ES256", "EdDSA"].
+        The token's header never widens this list.
+        """
+
+    @_builtins.property
+    def public_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublicKeyConfig]:
+        """With asymmetric algorithms: PEM public keys, and/or a JWKS URL."""
+
+    @_builtins.property
+    def jwks_refresh(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Refresh the JWKS this often in the background; default 300s."""
+
+    @_builtins.property
+    def jwks_min_refetch(self) -> _duration_pb2.Duration:
+        """OPTIONAL. An unknown `kid` refetches the JWKS at most this often; default 30s."""
+
+    def __init__(
+        self,
+        *,
+        issuer: _builtins.str = ...,
+        audiences: _abc.Iterable[_builtins.str] | None = ...,
+        algorithms: _abc.Iterable[_builtins.str] | None = ...,
+        secret_env: _builtins.str = ...,
+        public_keys: _abc.Iterable[Global___PublicKeyConfig] | None = ...,
+        jwks_url: _builtins.str = ...,
+        jwks_refresh: _duration_pb2.Duration | None = ...,
+        jwks_min_refetch: _duration_pb2.Duration | None = ...,
+        tenant_claim: _builtins.str = ...,
+        scope_claim: _builtins.str = ...,
+        models_claim: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["jwks_min_refetch", b"jwks_min_refetch", "jwks_refresh", b"jwks_refresh"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithms", b"algorithms", "audiences", b"audiences", "issuer", b"issuer", "jwks_min_refetch", b"jwks_min_refetch", "jwks_refresh", b"jwks_refresh", "jwks_url", b"jwks_url", "models_claim", b"models_claim", "public_keys", b"public_keys", "scope_claim", b"scope_claim", "secret_env", b"secret_env", "tenant_claim", b"tenant_claim"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssuerConfig: _TypeAlias = IssuerConfig  # noqa: Y015
+
+@_typing.final
+class PublicKeyConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KID_FIELD_NUMBER: _builtins.int
+    PEM_FILE_FIELD_NUMBER: _builtins.int
+    kid: _builtins.str
+    """OPTIONAL. The key id tokens name in `kid`; a key without one matches any token
+    of this issuer without a `kid`.
+    """
+    pem_file: _builtins.str
+    """REQUIRED. Path of a PEM public key file."""
+    def __init__(
+        self,
+        *,
+        kid: _builtins.str = ...,
+        pem_file: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kid", b"kid", "pem_file", b"pem_file"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublicKeyConfig: _TypeAlias = PublicKeyConfig  # noqa: Y015
+
+@_typing.final
+class AuthorizationConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MethodScopesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TenantModelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___ModelPatterns: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___ModelPatterns | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    METHOD_SCOPES_FIELD_NUMBER: _builtins.int
+    TENANT_MODELS_FIELD_NUMBER: _builtins.int
+    DEFAULT_MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def method_scopes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """OPTIONAL. The scope each method needs, by full method name. Defaults: Chat
+        and StreamChat "chat", Embed "embed", ListModels "models:read",
+        GetProviderStats "stats:read".
+        """
+
+    @_builtins.property
+    def tenant_models(self) -> _containers.MessageMap[_builtins.str, Global___ModelPatterns]:
+        """OPTIONAL. Model aliases (glob patterns) a tenant may use, when the token
+        carries no models claim.
+        """
+
+    @_builtins.property
+    def default_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """OPTIONAL. Model aliases (glob patterns) for everyone else; default ["*"]."""
+
+    def __init__(
+        self,
+        *,
+        method_scopes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        tenant_models: _abc.Mapping[_builtins.str, Global___ModelPatterns] | None = ...,
+        default_models: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_models", b"default_models", "method_scopes", b"method_scopes", "tenant_models", b"tenant_models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizationConfig: _TypeAlias = AuthorizationConfig  # noqa: Y015
+
+@_typing.final
+class ModelPatterns(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATTERNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        patterns: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["patterns", b"patterns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelPatterns: _TypeAlias = ModelPatterns  # noqa: Y015
+
+@_typing.final
+class AuditConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    QUEUE_SIZE_FIELD_NUMBER: _builtins.int
+    HASH_CHAIN_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """OPTIONAL. JSON-lines file to append to; unset: stderr is not used, records go
+    nowhere but are still counted. "-" writes to stdout.
+    """
+    queue_size: _builtins.int
+    """OPTIONAL. Records waiting to be written before new ones are dropped (and
+    counted); default 10000.
+    """
+    hash_chain: _builtins.bool
+    """OPTIONAL. Chain each record to the previous one with a SHA-256 hash, so that
+    `python -m service verify-audit FILE` detects edits and deletions.
+    """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        queue_size: _builtins.int | None = ...,
+        hash_chain: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_queue_size", b"_queue_size", "queue_size", b"queue_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_queue_size", b"_queue_size", "hash_chain", b"hash_chain", "path", b"path", "queue_size", b"queue_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__queue_size: _TypeAlias = _typing.Literal["queue_size"]  # noqa: Y015
+    _WhichOneofArgType__queue_size: _TypeAlias = _typing.Literal["_queue_size", b"_queue_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__queue_size) -> _WhichOneofReturnType__queue_size | None: ...
+
+Global___AuditConfig: _TypeAlias = AuditConfig  # noqa: Y015
+
+@_typing.final
+class LimitsConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SubjectsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___LimitConfig: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___LimitConfig | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TenantsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___LimitConfig: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___LimitConfig | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subject(self) -> Global___LimitConfig:
+        """OPTIONAL. Applied to every subject without an entry in `subjects`."""
+
+    @_builtins.property
+    def tenant(self) -> Global___LimitConfig:
+        """OPTIONAL. Applied to every tenant without an entry in `tenants`."""
+
+    @_builtins.property
+    def subjects(self) -> _containers.MessageMap[_builtins.str, Global___LimitConfig]:
+        """OPTIONAL. Per-subject overrides."""
+
+    @_builtins.property
+    def tenants(self) -> _containers.MessageMap[_builtins.str, Global___LimitConfig]:
+        """OPTIONAL. Per-tenant overrides."""
+
+    def __init__(
+        self,
+        *,
+        subject: Global___LimitConfig | None = ...,
+        tenant: Global___LimitConfig | None = ...,
+        subjects: _abc.Mapping[_builtins.str, Global___LimitConfig] | None = ...,
+        tenants: _abc.Mapping[_builtins.str, Global___LimitConfig] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject", "tenant", b"tenant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject", "subjects", b"subjects", "tenant", b"tenant", "tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LimitsConfig: _TypeAlias = LimitsConfig  # noqa: Y015
+
+@_typing.final
+class LimitConfig(_message.Message):
+    """Unset or zero fields mean "no limit"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    BUDGET_PERIOD_FIELD_NUMBER: _builtins.int
+    requests_per_minute: _builtins.int
+    """OPTIONAL. Calls per minute."""
+    tokens_per_minute: _builtins.int
+    """OPTIONAL. Tokens (input + output) per minute, charged with an estimate
+    before the call and reconciled with the real usage after it.
+    """
+    budget_usd: _builtins.float
+    """OPTIONAL. Spend in US dollars per budget_period, from Usage.cost_usd."""
+    budget_period: Global___BudgetPeriod.ValueType
+    """OPTIONAL. Default BUDGET_PERIOD_MONTH."""
+    def __init__(
+        self,
+        *,
+        requests_per_minute: _builtins.int = ...,
+        tokens_per_minute: _builtins.int = ...,
+        budget_usd: _builtins.float = ...,
+        budget_period: Global___BudgetPeriod.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_period", b"budget_period", "budget_usd", b"budget_usd", "requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LimitConfig: _TypeAlias = LimitConfig  # noqa: Y015
 
 @_typing.final
 class RoutingConfig(_message.Message):
@@ -332,6 +802,7 @@ class ServerConfig(_message.Message):
     MAX_CALL_DURATION_FIELD_NUMBER: _builtins.int
     MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     SHED_RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     """OPTIONAL. Address to bind; default "0.0.0.0"."""
     port: _builtins.int
@@ -362,6 +833,10 @@ class ServerConfig(_message.Message):
     def shed_retry_after(self) -> _duration_pb2.Duration:
         """OPTIONAL. RetryInfo sent with shed calls; default 1s."""
 
+    @_builtins.property
+    def tls(self) -> Global___TlsConfig:
+        """OPTIONAL. Serve TLS (and mutual TLS) instead of plaintext."""
+
     def __init__(
         self,
         *,
@@ -375,10 +850,11 @@ class ServerConfig(_message.Message):
         max_call_duration: _duration_pb2.Duration | None = ...,
         max_in_flight: _builtins.int = ...,
         shed_retry_after: _duration_pb2.Duration | None = ...,
+        tls: Global___TlsConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes", "_max_send_message_bytes", b"_max_send_message_bytes", "_port", b"_port", "_reflection", b"_reflection", "keepalive", b"keepalive", "max_call_duration", b"max_call_duration", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "port", b"port", "reflection", b"reflection", "shed_retry_after", b"shed_retry_after", "shutdown_grace", b"shutdown_grace"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes", "_max_send_message_bytes", b"_max_send_message_bytes", "_port", b"_port", "_reflection", b"_reflection", "keepalive", b"keepalive", "max_call_duration", b"max_call_duration", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "port", b"port", "reflection", b"reflection", "shed_retry_after", b"shed_retry_after", "shutdown_grace", b"shutdown_grace", "tls", b"tls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes", "_max_send_message_bytes", b"_max_send_message_bytes", "_port", b"_port", "_reflection", b"_reflection", "host", b"host", "keepalive", b"keepalive", "max_call_duration", b"max_call_duration", "max_in_flight", b"max_in_flight", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "port", b"port", "reflection", b"reflection", "shed_retry_after", b"shed_retry_after", "shutdown_grace", b"shutdown_grace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes", "_max_send_message_bytes", b"_max_send_message_bytes", "_port", b"_port", "_reflection", b"_reflection", "host", b"host", "keepalive", b"keepalive", "max_call_duration", b"max_call_duration", "max_in_flight", b"max_in_flight", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "port", b"port", "reflection", b"reflection", "shed_retry_after", b"shed_retry_after", "shutdown_grace", b"shutdown_grace", "tls", b"tls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_receive_message_bytes: _TypeAlias = _typing.Literal["max_receive_message_bytes"]  # noqa: Y015
     _WhichOneofArgType__max_receive_message_bytes: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes"]  # noqa: Y015
@@ -398,6 +874,44 @@ class ServerConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__reflection) -> _WhichOneofReturnType__reflection | None: ...
 
 Global___ServerConfig: _TypeAlias = ServerConfig  # noqa: Y015
+
+@_typing.final
+class TlsConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERT_FILE_FIELD_NUMBER: _builtins.int
+    KEY_FILE_FIELD_NUMBER: _builtins.int
+    CLIENT_CA_FILE_FIELD_NUMBER: _builtins.int
+    REQUIRE_CLIENT_CERT_FIELD_NUMBER: _builtins.int
+    cert_file: _builtins.str
+    """REQUIRED. PEM certificate chain of the server."""
+    key_file: _builtins.str
+    """REQUIRED. PEM private key of the server."""
+    client_ca_file: _builtins.str
+    """OPTIONAL. PEM CA bundle that client certificates must chain to; enables
+    mutual TLS.
+    """
+    require_client_cert: _builtins.bool
+    """OPTIONAL. With client_ca_file: refuse clients without a valid certificate;
+    default true.
+    """
+    def __init__(
+        self,
+        *,
+        cert_file: _builtins.str = ...,
+        key_file: _builtins.str = ...,
+        client_ca_file: _builtins.str = ...,
+        require_client_cert: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_require_client_cert", b"_require_client_cert", "require_client_cert", b"require_client_cert"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_require_client_cert", b"_require_client_cert", "cert_file", b"cert_file", "client_ca_file", b"client_ca_file", "key_file", b"key_file", "require_client_cert", b"require_client_cert"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__require_client_cert: _TypeAlias = _typing.Literal["require_client_cert"]  # noqa: Y015
+    _WhichOneofArgType__require_client_cert: _TypeAlias = _typing.Literal["_require_client_cert", b"_require_client_cert"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__require_client_cert) -> _WhichOneofReturnType__require_client_cert | None: ...
+
+Global___TlsConfig: _TypeAlias = TlsConfig  # noqa: Y015
 
 @_typing.final
 class KeepaliveConfig(_message.Message):

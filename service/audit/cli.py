@@ -1,0 +1,7 @@
+"""PLACEHOLDER: `python -m service verify-audit FILE`."""
+
+from __future__ import annotations
+
+
+def verify_main(path: str) -> int:
+    raise NotImplementedError
