@@ -4,10 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/default.yaml
+# Development only: the secret the default config's dev issuer signs tokens with.
+# Production configs name their own variable and never use this value.
+export LLM_GATEWAY_DEV_SECRET ?= dev-only-insecure-secret-change-me-0123456789
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: run test lint fmt proto proto-check proto-lint clean
+.PHONY: run token test lint fmt proto proto-check proto-lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +19,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	@echo "LLM Gateway on :50051. A development token: make token (or: $(BIN)/python -m service token --sub alice --config $(CONFIG))"
 	$(BIN)/python -m service --config $(CONFIG)
+
+# A development token for subject $(SUB) (default alice), valid for an hour.
+SUB ?= alice
+token: $(STAMP)
+	@$(BIN)/python -m service token --sub $(SUB) --config $(CONFIG)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from service.auth.devtoken import mint
+from service.auth.verifier import DEFAULT_SCOPES
 from service.config import ConfigError, load_config
 from service.logs import setup_logging
 from service.server import serve
@@ -24,11 +26,18 @@ def _parser() -> argparse.ArgumentParser:
         "command",
         nargs="?",
         default="serve",
-        choices=("serve", "check-config", "verify-audit"),
+        choices=("serve", "check-config", "verify-audit", "token"),
         help="serve (default); check-config: validate the file and exit; "
-        "verify-audit FILE: check an audit log's hash chain",
+        "verify-audit FILE: check an audit log's hash chain; "
+        "token: print a development token (HS* issuer of the config)",
     )
     parser.add_argument("path", nargs="?", help="the audit log, with verify-audit")
+    token = parser.add_argument_group("token")
+    token.add_argument("--sub", default="developer", help="subject (default: developer)")
+    token.add_argument("--tenant", default="", help="tenant claim")
+    token.add_argument("--scope", default=" ".join(DEFAULT_SCOPES), help="space-separated scopes")
+    token.add_argument("--models", default=None, help="comma-separated model patterns")
+    token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
     parser.add_argument(
         "--config",
         default=os.environ.get("LLM_GATEWAY_CONFIG"),
@@ -56,6 +65,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         print(f"{args.config}: ok")
+        return 0
+    if args.command == "token":
+        try:
+            print(
+                mint(
+                    loaded.config.auth,
+                    os.environ,
+                    args.sub,
+                    tenant=args.tenant,
+                    scopes=args.scope.split(),
+                    models=args.models.split(",") if args.models else None,
+                    ttl=args.ttl,
+                )
+            )
+        except ConfigError as exc:
+            print(f"configuration error in {args.config}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         return 0
     setup_logging(loaded.config.logging.level or "info")
     for name in loaded.skipped_providers:

@@ -18,6 +18,8 @@ import yaml
 from google.protobuf import descriptor, json_format, message, message_factory
 from llmgateway.config.v1 import config_pb2
 
+from service.auth.algorithms import ASYMMETRIC, SYMMETRIC
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -71,7 +73,7 @@ def parse_config(text: str, environ: Mapping[str, str]) -> LoadedConfig:
     config = config_pb2.GatewayConfig()
     _check_message(data, config.DESCRIPTOR, "")
     json_format.ParseDict(data, config)
-    _validate(config)
+    _validate(config, environ)
     _validate_fallbacks(config)
     return _drop_providers_without_keys(config, environ)
 
@@ -152,7 +154,83 @@ def _plain_reason(text: str, field: descriptor.FieldDescriptor) -> str:
 # --- meaning: references, ranges, names --------------------------------------------
 
 
-def _validate(config: config_pb2.GatewayConfig) -> None:
+def _validate_auth(auth: config_pb2.AuthConfig, environ: Mapping[str, str]) -> None:
+    if auth.disabled:
+        return
+    if not auth.issuers:
+        raise ConfigError("auth", "configure at least one issuer, or set disabled: true")
+    if seconds_or(auth, "leeway", 0.0) > 300 or seconds_or(auth, "leeway", 0.0) < 0:
+        raise ConfigError("auth.leeway", "must be 0 to 300s")
+    if auth.HasField("max_token_bytes") and not 256 <= auth.max_token_bytes <= 65536:
+        raise ConfigError("auth.max_token_bytes", "must be 256 to 65536")
+    for k, method in enumerate(auth.exempt_methods):
+        if not _FULL_METHOD.match(method):
+            raise ConfigError(
+                f"auth.exempt_methods[{k}]", 'must be a full name "/pkg.Service/Method"'
+            )
+    for method in auth.authorization.method_scopes:
+        if not _FULL_METHOD.match(method):
+            raise ConfigError(
+                f"auth.authorization.method_scopes.{method}",
+                'keys are full names "/pkg.Service/Method"',
+            )
+    seen: set[str] = set()
+    for index, issuer in enumerate(auth.issuers):
+        path = f"auth.issuers[{index}]"
+        if not issuer.issuer:
+            raise ConfigError(f"{path}.issuer", "is required")
+        if issuer.issuer in seen:
+            raise ConfigError(f"{path}.issuer", f'"{issuer.issuer}" is configured twice')
+        seen.add(issuer.issuer)
+        if not issuer.audiences:
+            raise ConfigError(f"{path}.audiences", "at least one audience is required")
+        algorithms = set(issuer.algorithms)
+        if not algorithms:
+            raise ConfigError(f"{path}.algorithms", "at least one algorithm is required")
+        unknown = algorithms - SYMMETRIC - ASYMMETRIC
+        if unknown:
+            raise ConfigError(f"{path}.algorithms", f"not supported: {', '.join(sorted(unknown))}")
+        if algorithms & SYMMETRIC and algorithms & ASYMMETRIC:
+            raise ConfigError(
+                f"{path}.algorithms", "symmetric (HS*) and asymmetric algorithms cannot be mixed"
+            )
+        if algorithms <= SYMMETRIC:
+            if not issuer.secret_env:
+                raise ConfigError(f"{path}.secret_env", "is required with HS* algorithms")
+            if not environ.get(issuer.secret_env):
+                raise ConfigError(
+                    f"{path}.secret_env", f"environment variable {issuer.secret_env} is not set"
+                )
+            if issuer.public_keys or issuer.jwks_url:
+                raise ConfigError(path, "HS* issuers take a secret, not public keys")
+            continue
+        if issuer.secret_env:
+            raise ConfigError(f"{path}.secret_env", "asymmetric issuers take public keys")
+        if not issuer.public_keys and not issuer.jwks_url:
+            raise ConfigError(path, "set public_keys or jwks_url")
+        if issuer.jwks_url and not _secure_or_loopback(issuer.jwks_url):
+            raise ConfigError(f"{path}.jwks_url", "must be https (http only on loopback)")
+
+
+def _secure_or_loopback(url: str) -> bool:
+    if url.startswith("https://"):
+        return True
+    host = url.removeprefix("http://").split("/", 1)[0].rsplit(":", 1)[0]
+    return url.startswith("http://") and host in ("127.0.0.1", "localhost", "[::1]")
+
+
+def _validate_tls(tls: config_pb2.TlsConfig) -> None:
+    if not (tls.cert_file or tls.key_file or tls.client_ca_file):
+        return
+    for name in ("cert_file", "key_file", "client_ca_file"):
+        value = getattr(tls, name)
+        if name != "client_ca_file" and not value:
+            raise ConfigError(f"server.tls.{name}", "is required for TLS")
+        if value and not Path(value).is_file():
+            raise ConfigError(f"server.tls.{name}", f"no readable file at {value}")
+
+
+def _validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> None:
     server = config.server
     if server.HasField("port") and server.port > 65535:
         raise ConfigError("server.port", "must be at most 65535")
@@ -194,6 +272,8 @@ def _validate(config: config_pb2.GatewayConfig) -> None:
     if config.server.max_in_flight and seconds_or(config.server, "shed_retry_after", 1.0) <= 0:
         raise ConfigError("server.shed_retry_after", "must be positive")
 
+    _validate_tls(config.server.tls)
+
     if not config.models:
         raise ConfigError("models", "at least one model is required")
     aliases: set[str] = set()
@@ -222,11 +302,13 @@ def _validate(config: config_pb2.GatewayConfig) -> None:
             ):
                 if getattr(prices, name) < 0:
                     raise ConfigError(f"{path}.pricing.{name}", "must not be negative")
+    _validate_auth(config.auth, environ)
 
 
 _SECRET_HEADERS = frozenset(
     {"authorization", "api-key", "x-api-key", "x-goog-api-key", "proxy-authorization"}
 )
+_FULL_METHOD = re.compile(r"^/[A-Za-z0-9_.]+/[A-Za-z0-9_]+$")
 _CLASS_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from llmgateway.config.v1 import config_pb2
 from llmgateway.v1 import provider_service_pb2, provider_service_pb2_grpc
 
 from service.audit.sink import AuditSink
+from service.auth.verifier import TokenVerifier
 from service.config import seconds_or
 from service.interceptors import build_interceptors
 from service.providers.registry import Registry
@@ -85,19 +87,20 @@ class GatewayServer:
         self.router = Router(self.registry, self.stats, self.resilience)
         self.health = health.aio.HealthServicer()
         self.audit = AuditSink.from_config(config.audit)
+        env = os.environ if environ is None else environ
+        self.verifier = None if config.auth.disabled else TokenVerifier(config.auth, env)
         server_config = config.server
         self._grace = seconds_or(server_config, "shutdown_grace", 10.0)
         self._server = grpc.aio.server(
             interceptors=(
-                build_interceptors(config, self.audit)
+                build_interceptors(config, self.audit, self.verifier)
                 if interceptors is None
                 else list(interceptors)
             ),
             options=server_options(server_config),
         )
         provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(
-            ProviderServicer(self.router, seconds_or(server_config, "max_call_duration", 300.0)),
-            self._server,
+            ProviderServicer.from_config(self.router, config), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if not server_config.HasField("reflection") or server_config.reflection:
@@ -121,6 +124,8 @@ class GatewayServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
         await self.audit.start()
+        if self.verifier is not None:
+            await self.verifier.start()
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -134,6 +139,8 @@ class GatewayServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self._grace if grace is None else grace)
         await self.registry.aclose()
+        if self.verifier is not None:
+            await self.verifier.close()
         await self.audit.close()  # after the last call has ended: its record is in
 
     async def wait_stopped(self) -> None:
@@ -150,6 +157,13 @@ async def serve(config: config_pb2.GatewayConfig) -> None:
         "listening",
         extra={"fields": {"address": f"{host}:{port}", "port": port, "service": SERVICE_NAME}},
     )
+    if config.auth.disabled:
+        log.warning("authentication is disabled: every caller is 'anonymous'")
+    else:
+        log.info(
+            "callers need a bearer token; for development: "
+            "python -m service token --sub alice --config FILE (or make token)"
+        )
     loop = asyncio.get_running_loop()
     stop_task: list[asyncio.Task[None]] = []
 

@@ -1,8 +1,8 @@
-"""ProviderService: validate, hand to the router, return the result or a status.
+"""ProviderService: validate, authorize, admit, hand to the router, return the result.
 
 The only place that ends an RPC with an error status. Any GatewayError becomes its
 google.rpc.Status; anything unexpected becomes a generic INTERNAL (details logged,
-never sent).
+never sent). What happened is noted in the call state for the audit record.
 """
 
 from __future__ import annotations
@@ -10,25 +10,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import grpc
+from llmgateway.config.v1 import config_pb2
 from llmgateway.v1 import (
     chat_pb2,
     embed_pb2,
     models_pb2,
+    provider_service_pb2,
     provider_service_pb2_grpc,
 )
 
+from service.auth.identity import ANONYMOUS, Identity
+from service.callstate import CallState, call_state
 from service.errors import GatewayError, internal, to_rpc_status
 from service.providers.base import CallContext
-from service.routing.router import Router
+from service.routing.router import CallRecord, Router
 from service.validation import validate_chat, validate_embed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEADLINE_MARGIN = 0.25  # at most; 10 % of the budget, at least 50 ms
+
+_SERVICE = provider_service_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
+DEFAULT_METHOD_SCOPES = {
+    f"/{_SERVICE}/Chat": "chat",
+    f"/{_SERVICE}/StreamChat": "chat",
+    f"/{_SERVICE}/Embed": "embed",
+    f"/{_SERVICE}/ListModels": "models:read",
+    f"/{_SERVICE}/GetProviderStats": "stats:read",
+}
 
 
 def _metadata(context: grpc.aio.ServicerContext[object, object]) -> dict[str, str]:
@@ -39,12 +52,52 @@ def _metadata(context: grpc.aio.ServicerContext[object, object]) -> dict[str, st
     }
 
 
+def _permission_denied(message: str, reason: str, **metadata: str) -> GatewayError:
+    return GatewayError(grpc.StatusCode.PERMISSION_DENIED, reason, message, metadata=metadata)
+
+
+def _note_record(state: CallState | None, record: CallRecord) -> None:
+    if state is None:
+        return
+    state.attempts = record.attempts
+    state.fallback_used = record.fallback_used
+    if record.served_by is not None:
+        state.provider = record.served_by.provider
+        state.upstream_model = record.served_by.upstream_model
+    elif record.tried:
+        state.provider, _, rest = record.tried[-1].partition("/")
+        state.upstream_model = rest.rsplit(":", 1)[0]
+
+
 class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
-    def __init__(self, router: Router, max_call_duration: float) -> None:
+    def __init__(
+        self,
+        router: Router,
+        max_call_duration: float,
+        method_scopes: Mapping[str, str] | None = None,
+        auth_enabled: bool = True,
+    ) -> None:
         self._router = router
         self._max_call_duration = max_call_duration
+        self._scopes = {**DEFAULT_METHOD_SCOPES, **(method_scopes or {})}
+        self._auth_enabled = auth_enabled
 
-    def _call_context(self, context: grpc.aio.ServicerContext[object, object]) -> CallContext:
+    @classmethod
+    def from_config(cls, router: Router, config: config_pb2.GatewayConfig) -> ProviderServicer:
+        from service.config import seconds_or
+
+        return cls(
+            router,
+            seconds_or(config.server, "max_call_duration", 300.0),
+            dict(config.auth.authorization.method_scopes),
+            auth_enabled=not config.auth.disabled,
+        )
+
+    # --- per call ----------------------------------------------------------------------
+
+    def _call_context(
+        self, context: grpc.aio.ServicerContext[object, object], identity: Identity
+    ) -> CallContext:
         metadata = _metadata(context)
         remaining = context.time_remaining()
         if remaining is None:
@@ -54,11 +107,38 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             # gets our DEADLINE_EXCEEDED with its details rather than a bare local one.
             margin = min(DEADLINE_MARGIN, max(0.05, remaining * 0.1))
             budget = min(remaining - margin, self._max_call_duration)
+        state = call_state()
         return CallContext(
-            request_id=metadata.get("x-request-id") or uuid.uuid4().hex,
+            request_id=state.request_id
+            if state is not None
+            else metadata.get("x-request-id") or uuid.uuid4().hex,
             deadline=asyncio.get_running_loop().time() + budget,
             metadata=metadata,
+            identity=identity,
         )
+
+    def _authorize(self, method: str, model: str | None) -> Identity:
+        """The caller's identity, if it may call this method (and use this model)."""
+        state = call_state()
+        identity = state.identity if state is not None else None
+        if identity is None:
+            if self._auth_enabled:  # defence in depth: never serve an unverified caller
+                raise _permission_denied("the caller is not authenticated", "NO_IDENTITY")
+            identity = ANONYMOUS
+        scope = self._scopes.get(method)
+        if scope and not identity.has_scope(scope):
+            if state is not None:
+                state.denied_reason = f"missing scope {scope}"
+            raise _permission_denied(
+                "the caller may not call this method", "METHOD_NOT_ALLOWED", scope=scope
+            )
+        if model is not None and not identity.may_use(model):
+            if state is not None:
+                state.denied_reason = f"model {model} not allowed"
+            raise _permission_denied(
+                f'the caller may not use model "{model}"', "MODEL_NOT_ALLOWED", model=model
+            )
+        return identity
 
     async def _unary(
         self, context: grpc.aio.ServicerContext[object, object], call: Callable[[], Awaitable[T]]
@@ -68,19 +148,31 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         except GatewayError as error:
             await context.abort_with_status(to_rpc_status(error))
         except Exception:
-            log.exception("unexpected error in %s", "unary call")
+            log.exception("unexpected error in a unary call")
             await context.abort_with_status(to_rpc_status(internal()))
         raise AssertionError("abort_with_status always raises")
+
+    # --- RPCs --------------------------------------------------------------------------
 
     async def Chat(
         self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> chat_pb2.ChatResponse:
+        state = call_state()
+
         async def run() -> chat_pb2.ChatResponse:
+            _note_request(state, request.model, request.labels)
             validate_chat(request)
-            ctx = self._call_context(context)
-            response = await self._router.chat(request, ctx)
+            identity = self._authorize(f"/{_SERVICE}/Chat", request.model)
+            ctx = self._call_context(context, identity)
+            record = CallRecord()
+            try:
+                response = await self._router.chat(request, ctx, record)
+            finally:
+                _note_record(state, record)
             response.id = f"chat-{ctx.request_id}"
             response.model = request.model
+            if state is not None:
+                state.usage = response.usage
             return response
 
         return await self._unary(context, run)
@@ -88,26 +180,51 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
     async def StreamChat(
         self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+        state = call_state()
+        record = CallRecord()
         try:
+            _note_request(state, request.model, request.labels)
             validate_chat(request)
-            ctx = self._call_context(context)
+            identity = self._authorize(f"/{_SERVICE}/StreamChat", request.model)
+            ctx = self._call_context(context, identity)
             stream_id = f"chat-{ctx.request_id}"
-            async for chunk in self._router.stream_chat(request, ctx):
+            loop = asyncio.get_running_loop()
+            async for chunk in self._router.stream_chat(request, ctx, record):
                 chunk.id = stream_id
+                if state is not None:
+                    if state.first_chunk_at is None:
+                        state.first_chunk_at = loop.time()
+                        _note_record(state, record)
+                    if chunk.HasField("usage"):
+                        state.usage = chunk.usage
                 yield chunk
         except GatewayError as error:
             await context.abort_with_status(to_rpc_status(error))
         except Exception:
             log.exception("unexpected error in StreamChat")
             await context.abort_with_status(to_rpc_status(internal()))
+        finally:
+            _note_record(state, record)
 
     async def Embed(
         self, request: embed_pb2.EmbedRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> embed_pb2.EmbedResponse:
+        state = call_state()
+
         async def run() -> embed_pb2.EmbedResponse:
+            _note_request(state, request.model, request.labels)
             validate_embed(request)
-            response = await self._router.embed(request, self._call_context(context))
+            identity = self._authorize(f"/{_SERVICE}/Embed", request.model)
+            record = CallRecord()
+            try:
+                response = await self._router.embed(
+                    request, self._call_context(context, identity), record
+                )
+            finally:
+                _note_record(state, record)
             response.model = request.model
+            if state is not None:
+                state.usage = response.usage
             return response
 
         return await self._unary(context, run)
@@ -117,28 +234,43 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         request: models_pb2.ListModelsRequest,
         context: grpc.aio.ServicerContext[object, object],
     ) -> models_pb2.ListModelsResponse:
-        return models_pb2.ListModelsResponse(
-            models=[
-                models_pb2.ModelInfo(
-                    alias=d.alias,
-                    provider=d.provider,
-                    provider_type=d.provider_type,
-                    upstream_model=d.upstream_model,
-                    capabilities=d.capabilities.to_proto(),
-                    context_window=d.context_window,
-                )
-                for d in self._router.registry.deployments()
-                if not request.provider or d.provider == request.provider
-            ]
-        )
+        async def run() -> models_pb2.ListModelsResponse:
+            identity = self._authorize(f"/{_SERVICE}/ListModels", None)
+            return models_pb2.ListModelsResponse(
+                models=[
+                    models_pb2.ModelInfo(
+                        alias=d.alias,
+                        provider=d.provider,
+                        provider_type=d.provider_type,
+                        upstream_model=d.upstream_model,
+                        capabilities=d.capabilities.to_proto(),
+                        context_window=d.context_window,
+                    )
+                    for d in self._router.registry.deployments()
+                    if (not request.provider or d.provider == request.provider)
+                    and identity.may_use(d.alias)
+                ]
+            )
+
+        return await self._unary(context, run)
 
     async def GetProviderStats(
         self,
         request: models_pb2.GetProviderStatsRequest,
         context: grpc.aio.ServicerContext[object, object],
     ) -> models_pb2.GetProviderStatsResponse:
-        return models_pb2.GetProviderStatsResponse(
-            providers=self._router.stats.snapshot(
-                request.provider, self._router.resilience.breakers
+        async def run() -> models_pb2.GetProviderStatsResponse:
+            self._authorize(f"/{_SERVICE}/GetProviderStats", None)
+            return models_pb2.GetProviderStatsResponse(
+                providers=self._router.stats.snapshot(
+                    request.provider, self._router.resilience.breakers
+                )
             )
-        )
+
+        return await self._unary(context, run)
+
+
+def _note_request(state: CallState | None, model: str, labels: Mapping[str, str]) -> None:
+    if state is not None:
+        state.model = model
+        state.labels = dict(labels)

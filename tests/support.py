@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,6 +26,17 @@ from service.server import GatewayServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+DEV_SECRET = "test-only-dev-secret-0123456789abcdef0123456789"
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of gateway subprocesses: the default config's development secret,
+    and none of the developer's own provider keys, so the default config serves exactly
+    the mock provider."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["LLM_GATEWAY_DEV_SECRET"] = DEV_SECRET
+    return env
+
 
 # Retries and breakers off: these tests look at one attempt at a time. The resilience
 # tests configure them.
@@ -84,6 +96,9 @@ async def running_gateway(
 
     `environ` stands in for the process environment (API keys of fake upstreams)."""
     env = {**os.environ, **(environ or {})}
+    if not re.search(r"^auth:", config_text, flags=re.M):
+        # Tests that are not about authentication say so once, here.
+        config_text += "\nauth: {disabled: true}\n"
     loaded = parse_config(config_text, env)
     server = GatewayServer(loaded.config, environ=env)
     port = await server.start()
@@ -164,6 +179,7 @@ class GatewayProcess:
     process: subprocess.Popen[str]
     port: int
     log_path: Path
+    config_path: Path
 
     def logs(self) -> str:
         return self.log_path.read_text()
@@ -171,12 +187,9 @@ class GatewayProcess:
 
 @contextlib.contextmanager
 def gateway_process(config_path: Path, tmp: Path, port: int) -> Iterator[GatewayProcess]:
-    """`python -m service --config FILE` as a real process; waits until it listens.
-
-    Provider keys of the developer's own environment are left out, so that the default
-    config serves exactly the mock provider here."""
+    """`python -m service --config FILE` as a real process; waits until it listens."""
     log_path = tmp / "gateway.log"
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env = subprocess_env()
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [PYTHON, "-m", "service", "--config", str(config_path)],
@@ -186,7 +199,7 @@ def gateway_process(config_path: Path, tmp: Path, port: int) -> Iterator[Gateway
             text=True,
             env=env,
         )
-    running = GatewayProcess(process, port, log_path)
+    running = GatewayProcess(process, port, log_path, config_path)
     try:
         deadline = time.monotonic() + 20
         while '"listening"' not in running.logs():

@@ -10,16 +10,18 @@ import grpc
 from llmgateway.config.v1 import config_pb2
 
 from service.audit.sink import AuditSink
+from service.auth.verifier import TokenVerifier
 from service.config import seconds_or
 from service.interceptors.admission import AdmissionInterceptor
 from service.interceptors.audit import AuditInterceptor
+from service.interceptors.auth import AuthInterceptor
 from service.interceptors.decode import DecodeGuardInterceptor
 
 PROVIDER_SERVICE_PREFIX = "/llmgateway.v1.ProviderService/"
 
 
 def build_interceptors(
-    config: config_pb2.GatewayConfig, audit: AuditSink
+    config: config_pb2.GatewayConfig, audit: AuditSink, verifier: TokenVerifier | None
 ) -> list[grpc.aio.ServerInterceptor]:
     chain: list[grpc.aio.ServerInterceptor] = [AuditInterceptor(audit)]
     if config.server.max_in_flight:
@@ -28,6 +30,15 @@ def build_interceptors(
                 PROVIDER_SERVICE_PREFIX,
                 config.server.max_in_flight,
                 seconds_or(config.server, "shed_retry_after", 1.0),
+            )
+        )
+    if verifier is not None:
+        auth = config.auth
+        chain.append(
+            AuthInterceptor(
+                verifier,
+                tuple(auth.exempt_methods),
+                auth.reflection_open if auth.HasField("reflection_open") else True,
             )
         )
     chain.append(DecodeGuardInterceptor())

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from llmgateway.v1 import chat_pb2, embed_pb2, models_pb2
 
+from service.auth.identity import ANONYMOUS, Identity
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -90,6 +92,7 @@ class CallContext:
     deadline: float  # absolute, on the event loop's clock
     attempt: int = 1
     metadata: Mapping[str, str] = field(default_factory=dict)  # lower-case keys
+    identity: Identity = ANONYMOUS  # who is calling; fallbacks are limited to what it may use
 
 
 class Provider(abc.ABC):

@@ -83,12 +83,12 @@ class Router:
 
     # --- planning --------------------------------------------------------------------
 
-    def _chain(self, model: str, check: Check) -> list[Deployment]:
+    def _chain(self, model: str, check: Check, ctx: CallContext) -> list[Deployment]:
         primary = self.registry.resolve(model)
         check(primary)  # the caller's own request must fit the model asked for
         chain = [primary]
         for candidate in self.registry.chain(primary.fallbacks):
-            if candidate not in chain and _fits(check, candidate):
+            if candidate not in chain and _fits(check, candidate, ctx):
                 chain.append(candidate)
         return chain
 
@@ -151,7 +151,7 @@ class Router:
                         extra = [
                             d
                             for d in self.registry.chain(deployment.context_fallbacks)
-                            if d not in chain and _fits(check, d)
+                            if d not in chain and _fits(check, d, ctx)
                         ]
                         chain[position:position] = extra
                         break
@@ -230,7 +230,7 @@ class Router:
             return await self.registry.provider(d.provider).chat(request, d, actx)
 
         response, deployment = await self._run(
-            self._chain(request.model, check), ctx, record, check, attempt
+            self._chain(request.model, check, ctx), ctx, record, check, attempt
         )
         response.route.CopyFrom(record.route(response.route.upstream_request_id))
         apply_cost(response.usage, deployment.pricing)
@@ -245,7 +245,7 @@ class Router:
             return await self.registry.provider(d.provider).embed(request, d, actx)
 
         response, deployment = await self._run(
-            self._chain(request.model, check_embed), ctx, record, check_embed, attempt
+            self._chain(request.model, check_embed, ctx), ctx, record, check_embed, attempt
         )
         response.route.CopyFrom(record.route(response.route.upstream_request_id))
         apply_cost(response.usage, deployment.pricing)
@@ -279,7 +279,12 @@ class Router:
             return _Opened(first, stream, started)
 
         opened, deployment = await self._run(
-            self._chain(request.model, check), ctx, record, check, open_stream, count_success=False
+            self._chain(request.model, check, ctx),
+            ctx,
+            record,
+            check,
+            open_stream,
+            count_success=False,
         )
         started = opened.started
         route = record.route()
@@ -354,7 +359,10 @@ async def _close(stream: AsyncIterator[object]) -> None:
         await aclose()
 
 
-def _fits(check: Check, deployment: Deployment) -> bool:
+def _fits(check: Check, deployment: Deployment, ctx: CallContext) -> bool:
+    """May this fallback serve the call: is the caller allowed it, and can it do it?"""
+    if not ctx.identity.may_use(deployment.alias):
+        return False
     try:
         check(deployment)
     except GatewayError:

@@ -11,6 +11,7 @@ from tests.support import PYTHON, ROOT, chat_request, running_gateway
 
 CONFIG = """
 server: {host: 127.0.0.1, port: 0}
+auth: {disabled: true}
 providers:
   - name: inhouse
     custom:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import PYTHON, ROOT, GatewayProcess, free_port, gateway_process
+from tests.support import PYTHON, ROOT, GatewayProcess, free_port, gateway_process, subprocess_env
 
 GRPCURL = Path(PYTHON).parent / "grpcurl"
 
@@ -36,13 +35,22 @@ def default_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
         yield running
 
 
-def grpcurl(command: str, port: int) -> subprocess.CompletedProcess[str]:
-    args = shlex.split(command.replace("localhost:50051", f"localhost:{port}"))
-    assert args[0] == "grpcurl"
-    env = dict(os.environ, PATH=f"{GRPCURL.parent}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run(
-        [str(GRPCURL), *args[1:]], capture_output=True, text=True, timeout=30, env=env
-    )
+def grpcurl(command: str, gateway: GatewayProcess) -> subprocess.CompletedProcess[str]:
+    """Runs a README line as a shell would, with $TOKEN from `service token` (make token)."""
+    assert command.startswith("grpcurl ")
+    env = subprocess_env()
+    env["PATH"] = f"{GRPCURL.parent}{os.pathsep}{env['PATH']}"
+    env["TOKEN"] = subprocess.run(
+        [PYTHON, "-m", "service", "token", "--sub", "alice", "--config", str(gateway.config_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        check=True,
+    ).stdout.strip()
+    line = command.replace("localhost:50051", f"localhost:{gateway.port}")
+    return subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=30, env=env)
 
 
 def json_documents(text: str) -> list[dict[str, object]]:
@@ -73,8 +81,13 @@ def test_readme_lists_every_rpc() -> None:
 
 @pytest.mark.parametrize("command", readme_grpcurl_commands())
 def test_readme_grpcurl_command(default_gateway: GatewayProcess, command: str) -> None:
-    result = grpcurl(command, default_gateway.port)
+    result = grpcurl(command, default_gateway)
     method = command.rsplit(" ", 1)[-1]
+    if "authorization" not in command and "ProviderService/" in command:
+        assert result.returncode != 0
+        assert "Code: Unauthenticated" in result.stderr
+        assert '"reason":"INVALID_CREDENTIALS"' in result.stderr
+        return
     if "x-mock-fail-status: 429" in command:
         assert result.returncode != 0
         assert "Code: ResourceExhausted" in result.stderr

@@ -12,10 +12,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmgateway.v1 import provider_service_pb2_grpc
 
-from tests.support import PYTHON, ROOT, chat_request, free_port, gateway_process
+from tests.support import PYTHON, ROOT, chat_request, free_port, gateway_process, subprocess_env
 
 CONFIG = """
 server: {{host: 127.0.0.1, port: {port}, shutdown_grace: 5s}}
+auth: {{disabled: true}}
 providers:
   - name: mock
     mock: {{token_delay: 0.05s}}
@@ -37,7 +38,7 @@ def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Compl
         capture_output=True,
         text=True,
         timeout=30,
-        env=env,
+        env=subprocess_env() if env is None else env,
     )
 
 
@@ -122,7 +123,7 @@ def test_config_errors_exit_non_zero_before_serving(
 def test_missing_config_file_and_flag() -> None:
     missing = _run(["--config", "/nonexistent/gateway.yaml"])
     assert missing.returncode == 2 and "cannot read" in missing.stderr
-    env = {k: v for k, v in __import__("os").environ.items() if k != "LLM_GATEWAY_CONFIG"}
+    env = {k: v for k, v in subprocess_env().items() if k != "LLM_GATEWAY_CONFIG"}
     no_flag = _run([], env=env)
     assert no_flag.returncode == 2 and "--config" in no_flag.stderr
 

@@ -10,7 +10,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service.config import parse_config
 from service.server import server_options
-from tests.support import BASE_CONFIG, PYTHON, ROOT, chat_request, running_gateway
+from tests.support import (
+    BASE_CONFIG,
+    PYTHON,
+    ROOT,
+    chat_request,
+    running_gateway,
+    subprocess_env,
+)
 
 
 async def test_max_receive_message_bytes_is_enforced() -> None:
@@ -75,6 +82,7 @@ def test_console_script_is_installed() -> None:
         capture_output=True,
         text=True,
         timeout=30,
+        env=subprocess_env(),
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "config/default.yaml: ok"

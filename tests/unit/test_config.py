@@ -7,6 +7,7 @@ import pytest
 from service.config import ConfigError, parse_config, seconds_or
 
 GOOD = """
+auth: {disabled: true}
 providers:
   - name: mock
     mock: {token_delay: 0.5s}
@@ -129,7 +130,7 @@ def test_errors_name_the_field_path(text: str, path: str, problem: str) -> None:
 
 def test_camel_case_keys_are_accepted_like_json() -> None:
     loaded = parse_config(
-        "providers:\n  - {name: m, mock: {tokenDelay: 1s}}\nmodels:\n  - {alias: a, provider: m}\n",
+        "auth: {disabled: true}\nproviders:\n  - {name: m, mock: {tokenDelay: 1s}}\nmodels:\n  - {alias: a, provider: m}\n",
         {},
     )
     assert loaded.config.providers[0].mock.token_delay.seconds == 1

@@ -1,0 +1,232 @@
+"""Verifies bearer tokens (JWT) against the configured issuers and yields an Identity.
+
+Strict by construction: the accepted algorithms come from the issuer's configuration,
+never from the token; symmetric and asymmetric keys never serve one issuer; keys are
+never fetched from a URL named in the token (`jku`, `x5u`, `jwk`, `x5c` are refused);
+`crit` headers are refused; `exp`, `sub`, `iss` and `aud` (plus configured claims) are
+required; the issuer must match exactly. Every refusal carries a precise reason for the
+audit log; callers only ever see a generic UNAUTHENTICATED.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from llmgateway.config.v1 import config_pb2
+
+from service.auth.algorithms import SYMMETRIC
+from service.auth.identity import Identity
+from service.auth.jwks import JwksCache
+from service.config import ConfigError, seconds_or
+
+FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
+DEFAULT_SCOPES = ("chat", "embed", "models:read", "stats:read")
+
+
+class AuthFailure(Exception):
+    """A refused credential; `reason` is for the audit log only."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Issuer:
+    config: config_pb2.IssuerConfig
+    algorithms: list[str]
+    secret: bytes | None
+    pem_keys: dict[str, Any]  # kid ("" = no kid) → public key object
+    jwks: JwksCache | None
+
+
+def _b64_json(segment: str) -> Any:
+    padded = segment + "=" * (-len(segment) % 4)
+    try:
+        return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (binascii.Error, ValueError, UnicodeError) as exc:
+        raise AuthFailure("malformed token") from exc
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        config: config_pb2.AuthConfig,
+        environ: Mapping[str, str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.leeway = seconds_or(config, "leeway", 30.0)
+        self.max_token_bytes = (
+            config.max_token_bytes if config.HasField("max_token_bytes") else 8192
+        )
+        self.required = ["exp", "sub", "iss", "aud", *config.required_claims]
+        self._issuers: dict[str, _Issuer] = {}
+        for index, issuer in enumerate(config.issuers):
+            path = f"auth.issuers[{index}]"
+            self._issuers[issuer.issuer] = _load_issuer(issuer, environ, clock, path)
+
+    async def start(self) -> None:
+        for issuer in self._issuers.values():
+            if issuer.jwks is not None:
+                await issuer.jwks.start()
+
+    async def close(self) -> None:
+        for issuer in self._issuers.values():
+            if issuer.jwks is not None:
+                await issuer.jwks.close()
+
+    def _bearer(self, metadata: Sequence[tuple[str, str | bytes]]) -> str:
+        values = [value for key, value in metadata if key.lower() == "authorization"]
+        if not values:
+            raise AuthFailure("no authorization metadata")
+        if len(values) > 1:
+            raise AuthFailure("more than one authorization entry")
+        value = values[0]
+        if not isinstance(value, str):
+            raise AuthFailure("binary authorization metadata")
+        if len(value) > self.max_token_bytes:
+            raise AuthFailure("token larger than the configured maximum")
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise AuthFailure("authorization scheme is not Bearer")
+        token = token.strip()
+        if not token or " " in token:
+            raise AuthFailure("empty or malformed bearer token")
+        return token
+
+    async def verify(self, metadata: Sequence[tuple[str, str | bytes]]) -> Identity:
+        token = self._bearer(metadata)
+        segments = token.split(".")
+        if len(segments) != 3 or not all(segments[:2]):
+            raise AuthFailure("malformed token")
+        header = _b64_json(segments[0])
+        payload = _b64_json(segments[1])
+        if not isinstance(header, dict) or not isinstance(payload, dict):
+            raise AuthFailure("malformed token")
+        for name in FORBIDDEN_HEADERS:
+            if name in header:
+                raise AuthFailure(f"forbidden token header {name}")
+        claimed_issuer = payload.get("iss")
+        issuer = self._issuers.get(claimed_issuer) if isinstance(claimed_issuer, str) else None
+        if issuer is None:
+            raise AuthFailure("unknown issuer")
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in issuer.algorithms:
+            raise AuthFailure(f"algorithm {str(algorithm)[:16]!r} not allowed for this issuer")
+        key = await self._key(issuer, header)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=issuer.algorithms,
+                audience=list(issuer.config.audiences),
+                issuer=issuer.config.issuer,
+                leeway=self.leeway,
+                options={"require": self.required, "strict_aud": False},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthFailure("token expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise AuthFailure("token not yet valid") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise AuthFailure("wrong audience") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise AuthFailure("wrong issuer") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthFailure(f"missing claim {exc.claim}") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise AuthFailure("bad signature") from exc
+        except jwt.InvalidAlgorithmError as exc:
+            raise AuthFailure("algorithm not allowed") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthFailure(f"invalid token ({type(exc).__name__})") from exc
+        return self._identity(issuer, claims)
+
+    async def _key(self, issuer: _Issuer, header: Mapping[str, Any]) -> Any:
+        if issuer.secret is not None:
+            return issuer.secret
+        kid = header.get("kid", "")
+        if not isinstance(kid, str) or len(kid) > 256:
+            raise AuthFailure("malformed kid")
+        if kid in issuer.pem_keys:
+            return issuer.pem_keys[kid]
+        if kid and issuer.jwks is not None:
+            found = await issuer.jwks.key(kid)
+            if found is not None:
+                return found.key
+        raise AuthFailure("unknown kid")
+
+    def _identity(self, issuer: _Issuer, claims: Mapping[str, Any]) -> Identity:
+        config = issuer.config
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise AuthFailure("empty subject")
+        tenant = claims.get(config.tenant_claim or "tenant", "")
+        tenant = tenant if isinstance(tenant, str) else ""
+        raw_scopes = claims.get(config.scope_claim or "scope", "")
+        if isinstance(raw_scopes, str):
+            scopes = frozenset(raw_scopes.split())
+        elif isinstance(raw_scopes, list):
+            scopes = frozenset(s for s in raw_scopes if isinstance(s, str))
+        else:
+            scopes = frozenset()
+        models = self._models(claims.get(config.models_claim or "models"), tenant)
+        return Identity(
+            subject=subject, tenant=tenant, issuer=config.issuer, scopes=scopes, models=models
+        )
+
+    def _models(self, claim: Any, tenant: str) -> tuple[str, ...] | None:
+        authorization = self.config.authorization
+        if isinstance(claim, list):
+            patterns = tuple(p for p in claim if isinstance(p, str))
+        elif tenant and tenant in authorization.tenant_models:
+            patterns = tuple(authorization.tenant_models[tenant].patterns)
+        elif authorization.default_models:
+            patterns = tuple(authorization.default_models)
+        else:
+            return None
+        return None if "*" in patterns else patterns
+
+
+def _load_issuer(
+    config: config_pb2.IssuerConfig,
+    environ: Mapping[str, str],
+    clock: Callable[[], float],
+    path: str,
+) -> _Issuer:
+    algorithms = list(config.algorithms)
+    secret = None
+    if set(algorithms) <= SYMMETRIC:
+        secret = environ.get(config.secret_env, "").encode()
+        if len(secret) < 32:
+            raise ConfigError(
+                f"{path}.secret_env", f"{config.secret_env} must hold at least 32 bytes"
+            )
+        return _Issuer(config, algorithms, secret, {}, None)
+    pem_keys: dict[str, Any] = {}
+    for k, key in enumerate(config.public_keys):
+        try:
+            pem_keys[key.kid] = load_pem_public_key(Path(key.pem_file).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{path}.public_keys[{k}].pem_file", f"cannot load a PEM public key: {exc}"
+            ) from exc
+    jwks = None
+    if config.jwks_url:
+        jwks = JwksCache(
+            config.jwks_url,
+            refresh=seconds_or(config, "jwks_refresh", 300.0),
+            min_refetch=seconds_or(config, "jwks_min_refetch", 30.0),
+            clock=clock,
+        )
+    return _Issuer(config, algorithms, None, pem_keys, jwks)

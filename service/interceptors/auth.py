@@ -1,0 +1,75 @@
+"""Authentication for every RPC, unary and streaming alike.
+
+The bearer token in the `authorization` metadata is verified before the handler runs;
+the Identity goes into the call state for the servicer's authorization. Refusals are
+UNAUTHENTICATED with a generic message; the precise reason goes to the audit log only.
+Health checks never need a token; reflection is open or closed by configuration;
+further exemptions match full method names exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health
+from grpc_reflection.v1alpha import reflection
+
+from service.auth.verifier import AuthFailure, TokenVerifier
+from service.callstate import call_state
+from service.errors import GatewayError, to_rpc_status
+from service.interceptors.wrapping import Context, WrappingInterceptor
+
+_UNAUTHENTICATED = to_rpc_status(
+    GatewayError(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "INVALID_CREDENTIALS",
+        "missing or invalid credentials: send 'authorization: Bearer <token>'",
+    )
+)
+_REFLECTION_SERVICES = (reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection")
+
+
+class AuthInterceptor(WrappingInterceptor):
+    def __init__(
+        self, verifier: TokenVerifier, exempt_methods: tuple[str, ...], reflection_open: bool
+    ) -> None:
+        self._verifier = verifier
+        self._exempt = frozenset(exempt_methods)
+        prefixes = [f"/{health.SERVICE_NAME}/"]
+        if reflection_open:
+            prefixes.extend(f"/{name}/" for name in _REFLECTION_SERVICES)
+        self._open_prefixes = tuple(prefixes)
+
+    def applies(self, method: str) -> bool:
+        return method not in self._exempt and not method.startswith(self._open_prefixes)
+
+    async def _authenticate(self, context: Context) -> None:
+        state = call_state()
+        try:
+            identity = await self._verifier.verify(tuple(context.invocation_metadata() or ()))
+        except AuthFailure as failure:
+            if state is not None:
+                state.denied_reason = failure.reason
+            await context.abort_with_status(_UNAUTHENTICATED)
+            raise AssertionError("abort_with_status always raises") from failure
+        if state is not None:
+            state.identity = identity
+
+    async def around_unary(
+        self, method: str, request: Any, context: Context, proceed: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        await self._authenticate(context)
+        return await proceed()
+
+    async def around_stream(
+        self,
+        method: str,
+        request: Any,
+        context: Context,
+        proceed: Callable[[], AsyncIterator[Any]],
+    ) -> AsyncIterator[Any]:
+        await self._authenticate(context)
+        async for item in proceed():
+            yield item
