@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,7 +18,7 @@ from llmgateway.v1 import provider_service_pb2, provider_service_pb2_grpc
 
 from service.audit.sink import AuditSink
 from service.auth.verifier import TokenVerifier
-from service.config import seconds_or
+from service.config import ConfigError, seconds_or
 from service.interceptors import build_interceptors
 from service.providers.registry import Registry
 from service.routing.resilience import Resilience
@@ -116,9 +117,30 @@ class GatewayServer:
         port = self.config.server.port if self.config.server.HasField("port") else DEFAULT_PORT
         return f"{host}:{port}"
 
-    async def start(self) -> int:
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        tls = self.config.server.tls
+        if not tls.cert_file:
+            return None
         try:
-            self.port = self._server.add_insecure_port(self.address)
+            key = Path(tls.key_file).read_bytes()
+            chain = Path(tls.cert_file).read_bytes()
+            client_ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+        except OSError as exc:
+            raise ConfigError("server.tls", f"cannot read a certificate file: {exc}") from exc
+        require = tls.require_client_cert if tls.HasField("require_client_cert") else True
+        return grpc.ssl_server_credentials(
+            [(key, chain)],
+            root_certificates=client_ca,
+            require_client_auth=bool(client_ca) and require,
+        )
+
+    async def start(self) -> int:
+        credentials = self._credentials()
+        try:
+            if credentials is None:
+                self.port = self._server.add_insecure_port(self.address)
+            else:
+                self.port = self._server.add_secure_port(self.address, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {self.address}: {exc}") from exc
         if self.port == 0:
