@@ -7,6 +7,7 @@ environment variable (`api_key_env`), which is checked here too.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -109,8 +110,11 @@ def _check_field(
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         if not isinstance(value, dict):
             raise ConfigError(path, "must be a mapping")
+        value_type = field.message_type.fields_by_name["value"].message_type
         for key, item in value.items():
-            if not isinstance(item, str | int | float | bool):
+            if value_type is not None:
+                _check_message(item, value_type, f"{path}.{key}")
+            elif not isinstance(item, str | int | float | bool):
                 raise ConfigError(f"{path}.{key}", "must be a single value")
         return
     if _is_repeated(field):
@@ -303,6 +307,22 @@ def _validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> N
                 if getattr(prices, name) < 0:
                     raise ConfigError(f"{path}.pricing.{name}", "must not be negative")
     _validate_auth(config.auth, environ)
+    _validate_limits(config.limits)
+
+
+def _validate_limits(limits: config_pb2.LimitsConfig) -> None:
+    entries: list[tuple[str, config_pb2.LimitConfig]] = [
+        ("limits.subject", limits.subject),
+        ("limits.tenant", limits.tenant),
+    ]
+    for kind in ("subjects", "tenants"):
+        for name, limit in getattr(limits, kind).items():
+            if not name:
+                raise ConfigError(f"limits.{kind}", "names must not be empty")
+            entries.append((f"limits.{kind}.{name}", limit))
+    for path, limit in entries:
+        if not math.isfinite(limit.budget_usd) or limit.budget_usd < 0:
+            raise ConfigError(f"{path}.budget_usd", "must be a positive amount (or 0 for none)")
 
 
 _SECRET_HEADERS = frozenset(

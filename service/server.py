@@ -20,6 +20,7 @@ from service.audit.sink import AuditSink
 from service.auth.verifier import TokenVerifier
 from service.config import ConfigError, seconds_or
 from service.interceptors import build_interceptors
+from service.limits import Limiter
 from service.providers.registry import Registry
 from service.routing.resilience import Resilience
 from service.routing.router import Router
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = provider_service_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
 DEFAULT_PORT = 50051
 DEFAULT_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_METADATA_BYTES = 96 * 1024
 
 
 def _ms(holder: config_pb2.KeepaliveConfig, field: str, default: float) -> int:
@@ -62,6 +64,9 @@ def server_options(server: config_pb2.ServerConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         # A second process on the same port must fail to start, not share it silently.
         ("grpc.so_reuseport", 0),
+        # Room for bearer tokens up to auth.max_token_bytes (and then some), so that an
+        # oversized token reaches authentication and gets a proper, audited refusal.
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
     ]
     if keepalive.HasField("max_connection_age"):
         options.append(("grpc.max_connection_age_ms", _ms(keepalive, "max_connection_age", 0)))
@@ -86,6 +91,7 @@ class GatewayServer:
         # time.monotonic is the event loop's clock, so deadlines and breakers agree.
         self.resilience = Resilience(config, time.monotonic)
         self.router = Router(self.registry, self.stats, self.resilience)
+        self.limiter = Limiter.from_config(config.limits)
         self.health = health.aio.HealthServicer()
         self.audit = AuditSink.from_config(config.audit)
         env = os.environ if environ is None else environ
@@ -101,7 +107,7 @@ class GatewayServer:
             options=server_options(server_config),
         )
         provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(
-            ProviderServicer.from_config(self.router, config), self._server
+            ProviderServicer.from_config(self.router, config, self.limiter), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if not server_config.HasField("reflection") or server_config.reflection:

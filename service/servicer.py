@@ -21,11 +21,13 @@ from llmgateway.v1 import (
     models_pb2,
     provider_service_pb2,
     provider_service_pb2_grpc,
+    route_pb2,
 )
 
 from service.auth.identity import ANONYMOUS, Identity
 from service.callstate import CallState, call_state
 from service.errors import GatewayError, internal, to_rpc_status
+from service.limits import Limiter, Reservation, estimate_tokens
 from service.providers.base import CallContext
 from service.routing.router import CallRecord, Router
 from service.validation import validate_chat, validate_embed
@@ -76,14 +78,18 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         max_call_duration: float,
         method_scopes: Mapping[str, str] | None = None,
         auth_enabled: bool = True,
+        limiter: Limiter | None = None,
     ) -> None:
         self._router = router
+        self._limiter = limiter
         self._max_call_duration = max_call_duration
         self._scopes = {**DEFAULT_METHOD_SCOPES, **(method_scopes or {})}
         self._auth_enabled = auth_enabled
 
     @classmethod
-    def from_config(cls, router: Router, config: config_pb2.GatewayConfig) -> ProviderServicer:
+    def from_config(
+        cls, router: Router, config: config_pb2.GatewayConfig, limiter: Limiter | None = None
+    ) -> ProviderServicer:
         from service.config import seconds_or
 
         return cls(
@@ -91,6 +97,7 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             seconds_or(config.server, "max_call_duration", 300.0),
             dict(config.auth.authorization.method_scopes),
             auth_enabled=not config.auth.disabled,
+            limiter=limiter,
         )
 
     # --- per call ----------------------------------------------------------------------
@@ -140,6 +147,14 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             )
         return identity
 
+    async def _admit(
+        self, identity: Identity, request: chat_pb2.ChatRequest | embed_pb2.EmbedRequest
+    ) -> Reservation | None:
+        """Rate limits and budgets, charged with an estimate before any upstream call."""
+        if self._limiter is None or not self._limiter.enabled:
+            return None
+        return await self._limiter.admit(identity, estimate_tokens(request))
+
     async def _unary(
         self, context: grpc.aio.ServicerContext[object, object], call: Callable[[], Awaitable[T]]
     ) -> T:
@@ -163,12 +178,16 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             _note_request(state, request.model, request.labels)
             validate_chat(request)
             identity = self._authorize(f"/{_SERVICE}/Chat", request.model)
+            reservation = await self._admit(identity, request)
             ctx = self._call_context(context, identity)
             record = CallRecord()
+            response = None
             try:
                 response = await self._router.chat(request, ctx, record)
             finally:
                 _note_record(state, record)
+                if reservation is not None:
+                    await reservation.settle(response.usage if response is not None else None)
             response.id = f"chat-{ctx.request_id}"
             response.model = request.model
             if state is not None:
@@ -182,20 +201,24 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
     ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
         state = call_state()
         record = CallRecord()
+        reservation: Reservation | None = None
+        usage: route_pb2.Usage | None = None
         try:
             _note_request(state, request.model, request.labels)
             validate_chat(request)
             identity = self._authorize(f"/{_SERVICE}/StreamChat", request.model)
+            reservation = await self._admit(identity, request)
             ctx = self._call_context(context, identity)
             stream_id = f"chat-{ctx.request_id}"
             loop = asyncio.get_running_loop()
             async for chunk in self._router.stream_chat(request, ctx, record):
                 chunk.id = stream_id
-                if state is not None:
-                    if state.first_chunk_at is None:
-                        state.first_chunk_at = loop.time()
-                        _note_record(state, record)
-                    if chunk.HasField("usage"):
+                if state is not None and state.first_chunk_at is None:
+                    state.first_chunk_at = loop.time()
+                    _note_record(state, record)
+                if chunk.HasField("usage"):
+                    usage = chunk.usage
+                    if state is not None:
                         state.usage = chunk.usage
                 yield chunk
         except GatewayError as error:
@@ -205,6 +228,8 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             await context.abort_with_status(to_rpc_status(internal()))
         finally:
             _note_record(state, record)
+            if reservation is not None:
+                await reservation.settle(usage)
 
     async def Embed(
         self, request: embed_pb2.EmbedRequest, context: grpc.aio.ServicerContext[object, object]
@@ -215,13 +240,17 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             _note_request(state, request.model, request.labels)
             validate_embed(request)
             identity = self._authorize(f"/{_SERVICE}/Embed", request.model)
+            reservation = await self._admit(identity, request)
             record = CallRecord()
+            response = None
             try:
                 response = await self._router.embed(
                     request, self._call_context(context, identity), record
                 )
             finally:
                 _note_record(state, record)
+                if reservation is not None:
+                    await reservation.settle(response.usage if response is not None else None)
             response.model = request.model
             if state is not None:
                 state.usage = response.usage

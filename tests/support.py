@@ -48,6 +48,7 @@ server:
 routing:
   retry: {max_attempts: 1}
   breaker: {disabled: true}
+auth: {disabled: true}
 providers:
   - name: mock
     mock:

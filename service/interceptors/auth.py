@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
+from service.auth.identity import ANONYMOUS
 from service.auth.verifier import AuthFailure, TokenVerifier
 from service.callstate import call_state
 from service.errors import GatewayError, to_rpc_status
@@ -37,18 +38,25 @@ class AuthInterceptor(WrappingInterceptor):
     ) -> None:
         self._verifier = verifier
         self._exempt = frozenset(exempt_methods)
-        prefixes = [f"/{health.SERVICE_NAME}/"]
-        if reflection_open:
-            prefixes.extend(f"/{name}/" for name in _REFLECTION_SERVICES)
-        self._open_prefixes = tuple(prefixes)
+        self._health_prefix = f"/{health.SERVICE_NAME}/"
+        self._open_prefixes = (
+            tuple(f"/{name}/" for name in _REFLECTION_SERVICES) if reflection_open else ()
+        )
 
     def applies(self, method: str) -> bool:
-        return method not in self._exempt and not method.startswith(self._open_prefixes)
+        return not method.startswith(self._health_prefix)
 
-    async def _authenticate(self, context: Context) -> None:
+    async def _authenticate(self, method: str, context: Context) -> None:
         state = call_state()
+        metadata = tuple(context.invocation_metadata() or ())
+        optional = method in self._exempt or method.startswith(self._open_prefixes)
+        if optional and not any(key.lower() == "authorization" for key, _ in metadata):
+            # Exempt methods need no token; one that is sent is still checked below.
+            if state is not None:
+                state.identity = ANONYMOUS
+            return
         try:
-            identity = await self._verifier.verify(tuple(context.invocation_metadata() or ()))
+            identity = await self._verifier.verify(metadata)
         except AuthFailure as failure:
             if state is not None:
                 state.denied_reason = failure.reason
@@ -60,7 +68,7 @@ class AuthInterceptor(WrappingInterceptor):
     async def around_unary(
         self, method: str, request: Any, context: Context, proceed: Callable[[], Awaitable[Any]]
     ) -> Any:
-        await self._authenticate(context)
+        await self._authenticate(method, context)
         return await proceed()
 
     async def around_stream(
@@ -70,6 +78,6 @@ class AuthInterceptor(WrappingInterceptor):
         context: Context,
         proceed: Callable[[], AsyncIterator[Any]],
     ) -> AsyncIterator[Any]:
-        await self._authenticate(context)
+        await self._authenticate(method, context)
         async for item in proceed():
             yield item

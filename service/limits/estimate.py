@@ -1,0 +1,80 @@
+"""A cheap estimate of the tokens a call will use, charged to tokens-per-minute limits
+before the call and reconciled with the real usage after it. Pure.
+
+Input: UTF-8 bytes / 4, rounded up, of every text the provider reads: message text,
+names, tool calls and results, reasoning, tool definitions (name, description and
+parameters as JSON) and a JSON response schema; plus MESSAGE_OVERHEAD tokens per
+message (role markers) and IMAGE_TOKENS per image, whatever its size. Bytes rather
+than characters: the same as characters for English (about 4 per token) and closer
+for scripts that take more tokens per character (CJK is 3 bytes a character).
+
+Output (chat): max_output_tokens when set, which is the most the call can use;
+otherwise DEFAULT_OUTPUT_TOKENS plus reasoning_budget_tokens when set. Embeddings
+have no output.
+
+Never less than 1.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import json_format, struct_pb2
+from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2
+
+BYTES_PER_TOKEN = 4
+MESSAGE_OVERHEAD = 4
+IMAGE_TOKENS = 1000
+DEFAULT_OUTPUT_TOKENS = 256
+
+
+def text_tokens(text: str) -> int:
+    """UTF-8 bytes / 4, rounded up; 0 for the empty string."""
+    return -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN)
+
+
+def _json_tokens(value: struct_pb2.Struct) -> int:
+    if not value.fields:
+        return 0
+    return text_tokens(json_format.MessageToJson(value, indent=None))
+
+
+def _part_tokens(part: content_pb2.Part) -> int:
+    kind = part.WhichOneof("kind")
+    if kind == "text":
+        return text_tokens(part.text)
+    if kind == "image":
+        return IMAGE_TOKENS
+    if kind == "tool_call":
+        return text_tokens(part.tool_call.name) + text_tokens(part.tool_call.arguments)
+    if kind == "tool_result":
+        return text_tokens(part.tool_result.name) + text_tokens(part.tool_result.content)
+    if kind == "reasoning":
+        return text_tokens(part.reasoning.text)
+    return 0
+
+
+def _chat_tokens(request: chat_pb2.ChatRequest) -> int:
+    total = 0
+    for message in request.messages:
+        total += MESSAGE_OVERHEAD + text_tokens(message.name)
+        total += sum(_part_tokens(part) for part in message.parts)
+    for tool in request.tools:
+        total += text_tokens(tool.name) + text_tokens(tool.description)
+        total += _json_tokens(tool.parameters)
+    config = request.generation_config
+    total += _json_tokens(config.response_format.json_schema)
+    if config.HasField("max_output_tokens") and config.max_output_tokens > 0:
+        total += config.max_output_tokens
+    else:
+        total += DEFAULT_OUTPUT_TOKENS
+        if config.HasField("reasoning_budget_tokens"):
+            total += max(0, config.reasoning_budget_tokens)
+    return total
+
+
+def estimate_tokens(request: chat_pb2.ChatRequest | embed_pb2.EmbedRequest) -> int:
+    """The estimated input + output tokens of a call; at least 1."""
+    if isinstance(request, chat_pb2.ChatRequest):
+        total = _chat_tokens(request)
+    else:
+        total = sum(text_tokens(text) for text in request.inputs)
+    return max(1, total)

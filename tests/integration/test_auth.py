@@ -1,0 +1,268 @@
+"""Authentication and authorization through the running gateway: refused calls get the
+right code with no upstream call and a denied audit record; allowed calls are served."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from llmgateway.v1 import embed_pb2, models_pb2
+
+from tests.fakes.keys import HS_SECRET, claims, forge, hs256_with_public_key, rsa_pair, sign
+from tests.support import Gateway, chat_request, details_of, running_gateway
+
+RSA = rsa_pair("rsa-1")
+CONFIG = """
+server: {{host: 127.0.0.1, port: 0}}
+routing: {{retry: {{max_attempts: 1}}, breaker: {{disabled: true}}}}
+audit: {{path: "{audit}"}}
+auth:
+  reflection_open: {reflection_open}
+  exempt_methods: ["/llmgateway.v1.ProviderService/ListModels"]
+  issuers:
+    - {{issuer: dev, audiences: [llm-gateway], algorithms: [HS256], secret_env: GW_SECRET}}
+    - issuer: corp
+      audiences: [llm-gateway]
+      algorithms: [RS256]
+      public_keys: [{{kid: rsa-1, pem_file: "{pem}"}}]
+  authorization:
+    tenant_models: {{acme: {{patterns: ["mock", "mock-*"]}}}}
+providers:
+  - {{name: mock, mock: {{faults_from_metadata: true}}}}
+  - {{name: vault, mock: {{script: ["secret answer"]}}}}
+models:
+  - {{alias: mock, provider: mock, fallbacks: [vault-model]}}
+  - {{alias: mock-embed, provider: mock, capabilities: {{embeddings: true}}}}
+  - {{alias: vault-model, provider: vault}}
+"""
+
+
+@dataclass
+class World:
+    gateway: Gateway
+    audit: Path
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.audit.exists():
+            return []
+        return [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+
+    async def upstream_requests(self) -> int:
+        stats = await self.gateway.stub.GetProviderStats(
+            models_pb2.GetProviderStatsRequest(), metadata=bearer(token()), timeout=5
+        )
+        return sum(p.requests for p in stats.providers)
+
+
+def token(**overrides: Any) -> str:
+    return sign(claims("dev", **overrides), HS_SECRET, "HS256")
+
+
+def bearer(value: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {value}"),)
+
+
+async def _world(tmp_path: Path, reflection_open: bool = True) -> AsyncIterator[World]:
+    pem = tmp_path / "corp.pem"
+    pem.write_bytes(RSA.public_pem)
+    audit = tmp_path / "audit.jsonl"
+    config = CONFIG.format(audit=audit, pem=pem, reflection_open=str(reflection_open).lower())
+    async with running_gateway(config, environ={"GW_SECRET": HS_SECRET}) as gateway:
+        yield World(gateway, audit)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async for w in _world(tmp_path):
+        yield w
+
+
+async def _flushed(world: World, count: int) -> list[dict[str, Any]]:
+    """The audit records, once `count` of them reached the file (bounded wait)."""
+    import asyncio
+
+    for _ in range(200):
+        records = world.records()
+        if len(records) >= count:
+            return records
+        await asyncio.sleep(0.01)
+    return world.records()
+
+
+HOSTILE = {
+    "none": lambda: forge({"alg": "none"}, claims("dev")),
+    "key confusion": lambda: hs256_with_public_key(claims("corp"), RSA.public_pem, "rsa-1"),
+    "wrong secret": lambda: sign(claims("dev"), HS_SECRET + "x", "HS256"),
+    "expired": lambda: token(exp=1),
+    "wrong audience": lambda: token(aud="another-service"),
+    "prefix issuer": lambda: sign(claims("dev-evil"), HS_SECRET, "HS256"),
+    "no sub": lambda: token(sub=None),
+    "jku": lambda: sign(claims("dev"), HS_SECRET, "HS256", jku="https://evil.example/jwks"),
+    "unknown kid": lambda: sign(claims("corp"), RSA.private, "RS256", kid="rsa-404"),
+    "oversized": lambda: token(pad="x" * 9000),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+async def test_hostile_tokens_are_unauthenticated_without_upstream_calls(
+    world: World, kind: str
+) -> None:
+    before = await world.upstream_requests()
+    records_before = len(await _flushed(world, 0))
+    bad = HOSTILE[kind]()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await world.gateway.stub.Chat(chat_request(), metadata=bearer(bad), timeout=5)
+    details = details_of(caught.value)
+    assert (details.code, details.error_info.reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "INVALID_CREDENTIALS",
+    )
+    assert "expired" not in details.message and "signature" not in details.message, (
+        "generic message"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as streamed:
+        async for _ in world.gateway.stub.StreamChat(
+            chat_request(), metadata=bearer(bad), timeout=5
+        ):
+            pass
+    assert details_of(streamed.value).code == grpc.StatusCode.UNAUTHENTICATED
+    assert await world.upstream_requests() == before
+    records = await _flushed(world, records_before + 3)
+    denied = [r for r in records[records_before:] if r["status"] == "UNAUTHENTICATED"]
+    assert len(denied) == 2 and all(r["reason"] for r in denied)
+    assert all(bad not in json.dumps(r) for r in records)
+
+
+async def test_missing_token_and_the_audit_reason(world: World) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await world.gateway.stub.Embed(
+            embed_pb2.EmbedRequest(model="mock-embed", inputs=["x"]), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    records = await _flushed(world, 1)
+    assert records[-1]["status"] == "UNAUTHENTICATED"
+    assert records[-1]["reason"] == "no authorization metadata"
+    assert records[-1]["method"] == "/llmgateway.v1.ProviderService/Embed"
+
+
+async def test_valid_tokens_are_served_and_audited_with_the_identity(world: World) -> None:
+    reply = await world.gateway.stub.Chat(
+        chat_request("hello"), metadata=bearer(token(tenant="acme")), timeout=5
+    )
+    assert reply.message.parts[0].text == "hello"
+    corp = sign(claims("corp", sub="bob"), RSA.private, "RS256", kid="rsa-1")
+    chunks = [
+        c
+        async for c in world.gateway.stub.StreamChat(
+            chat_request("a b"), metadata=bearer(corp), timeout=5
+        )
+    ]
+    assert "".join(c.text_delta for c in chunks) == "a b"
+    records = await _flushed(world, 2)
+    served = [
+        r for r in records if r["status"] == "OK" and r["method"].endswith(("/Chat", "/StreamChat"))
+    ]
+    assert [(r["subject"], r["tenant"]) for r in served[-2:]] == [("alice", "acme"), ("bob", "")]
+
+
+async def test_missing_scope_is_permission_denied_before_any_upstream_call(world: World) -> None:
+    before = await world.upstream_requests()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await world.gateway.stub.Chat(
+            chat_request(), metadata=bearer(token(scope="embed")), timeout=5
+        )
+    details = details_of(caught.value)
+    assert (details.code, details.error_info.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "METHOD_NOT_ALLOWED",
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as stats:
+        await world.gateway.stub.GetProviderStats(
+            models_pb2.GetProviderStatsRequest(), metadata=bearer(token(scope="chat")), timeout=5
+        )
+    assert stats.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert await world.upstream_requests() == before
+    records = await _flushed(world, 1)
+    assert any(r["reason"] == "missing scope chat" for r in records)
+
+
+async def test_model_allowance_from_claims_and_tenant_mapping(world: World) -> None:
+    limited = token(models=["mock-embed"])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await world.gateway.stub.Chat(
+            chat_request(model="mock"), metadata=bearer(limited), timeout=5
+        )
+    details = details_of(caught.value)
+    assert (details.code, details.error_info.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "MODEL_NOT_ALLOWED",
+    )
+    acme = token(tenant="acme")  # no models claim: the tenant's patterns apply
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await world.gateway.stub.Chat(
+            chat_request(model="vault-model"), metadata=bearer(acme), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    listed = await world.gateway.stub.ListModels(
+        models_pb2.ListModelsRequest(), metadata=bearer(acme), timeout=5
+    )
+    assert [m.alias for m in listed.models] == ["mock", "mock-embed"]
+    everyone = await world.gateway.stub.ListModels(
+        models_pb2.ListModelsRequest(), metadata=bearer(token()), timeout=5
+    )
+    assert [m.alias for m in everyone.models] == ["mock", "mock-embed", "vault-model"]
+
+
+async def test_fallbacks_the_caller_may_not_use_are_never_tried(world: World) -> None:
+    failing = (("x-mock-fail-status", "503"), ("x-mock-target", "mock"))
+    allowed = await world.gateway.stub.Chat(
+        chat_request(), metadata=bearer(token()) + failing, timeout=5
+    )
+    assert (allowed.route.provider, allowed.route.fallback_used) == ("vault", True)
+    acme = token(tenant="acme")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await world.gateway.stub.Chat(chat_request(), metadata=bearer(acme) + failing, timeout=5)
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.UNAVAILABLE
+    assert "vault" not in details.error_info.metadata.get("tried", "")
+
+
+async def test_health_reflection_and_exact_exemptions(world: World) -> None:
+    health = health_pb2_grpc.HealthStub(world.gateway.channel)
+    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert "llmgateway.v1.ProviderService" in await _reflected(world.gateway.channel, ())
+    listed = await world.gateway.stub.ListModels(models_pb2.ListModelsRequest(), timeout=5)
+    assert len(listed.models) == 3, "ListModels is exempt by its exact name"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await world.gateway.stub.GetProviderStats(models_pb2.GetProviderStatsRequest(), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_reflection_closed_by_config(tmp_path: Path) -> None:
+    async for world in _world(tmp_path, reflection_open=False):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _reflected(world.gateway.channel, ())
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "llmgateway.v1.ProviderService" in await _reflected(
+            world.gateway.channel, bearer(token())
+        )
+
+
+async def _reflected(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> list[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo(metadata=metadata, timeout=5)
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    reply = await call.read()
+    await call.done_writing()
+    if reply is grpc.aio.EOF:
+        await call  # raises the call's status
+    return [s.name for s in reply.list_services_response.service]
