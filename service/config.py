@@ -308,6 +308,8 @@ def _validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> N
                     raise ConfigError(f"{path}.pricing.{name}", "must not be negative")
     _validate_auth(config.auth, environ)
     _validate_limits(config.limits)
+    if config.audit.HasField("queue_size") and config.audit.queue_size < 1:
+        raise ConfigError("audit.queue_size", "must be at least 1")
 
 
 def _validate_limits(limits: config_pb2.LimitsConfig) -> None:

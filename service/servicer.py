@@ -132,6 +132,8 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             if self._auth_enabled:  # defence in depth: never serve an unverified caller
                 raise _permission_denied("the caller is not authenticated", "NO_IDENTITY")
             identity = ANONYMOUS
+            if state is not None:
+                state.identity = identity
         scope = self._scopes.get(method)
         if scope and not identity.has_scope(scope):
             if state is not None:

@@ -187,10 +187,12 @@ class GatewayProcess:
 
 
 @contextlib.contextmanager
-def gateway_process(config_path: Path, tmp: Path, port: int) -> Iterator[GatewayProcess]:
+def gateway_process(
+    config_path: Path, tmp: Path, port: int, extra_env: dict[str, str] | None = None
+) -> Iterator[GatewayProcess]:
     """`python -m service --config FILE` as a real process; waits until it listens."""
     log_path = tmp / "gateway.log"
-    env = subprocess_env()
+    env = {**subprocess_env(), **(extra_env or {})}
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [PYTHON, "-m", "service", "--config", str(config_path)],

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 10000
 DEFAULT_BATCH_SIZE = 256
-DEFAULT_CLOSE_TIMEOUT = 10.0
+DEFAULT_CLOSE_TIMEOUT = 5.0  # each of: waiting for calls, draining the queue
 SYNC_INTERVAL = 1.0  # seconds between two fsyncs while records keep coming
 DROP_LOG_INTERVAL = 10.0
 TAIL_BYTES = 1 << 20  # how much of an existing file is read to find its last record

@@ -46,7 +46,7 @@ from service.audit.record import build_record
 from service.audit.sink import AuditSink
 from service.callstate import CallState, current_call
 from service.errors import GatewayError, internal, to_rpc_status
-from service.interceptors.wrapping import Context, WrappingInterceptor, _as_stream
+from service.interceptors.wrapping import Context, WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -188,45 +188,11 @@ class AuditInterceptor(WrappingInterceptor):
         method = handler_call_details.method
         if handler is None:
             return self._unknown_method(method)
-        if handler.request_streaming:
-            return self._wrap_request_streaming(method, handler)
 
         async def resolved(_: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
             return handler
 
         return await super().intercept_service(resolved, handler_call_details)
-
-    def _wrap_request_streaming(
-        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        """Client- and bidi-streaming methods (reflection): the base leaves them alone."""
-        if handler.response_streaming:
-            inner_stream = cast(Callable[..., Any], handler.stream_stream)
-
-            async def bidi(requests: Any, context: Context) -> AsyncIterator[Any]:
-                def proceed() -> AsyncIterator[Any]:
-                    return _as_stream(inner_stream(requests, context))
-
-                async for item in self.around_stream(method, requests, context, proceed):
-                    yield item
-
-            return grpc.stream_stream_rpc_method_handler(
-                bidi,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        inner_unary = cast(Callable[..., Awaitable[Any]], handler.stream_unary)
-
-        async def client_stream(requests: Any, context: Context) -> Any:
-            return await self.around_unary(
-                method, requests, context, lambda: inner_unary(requests, context)
-            )
-
-        return grpc.stream_unary_rpc_method_handler(
-            client_stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
 
     def _unknown_method(self, method: str) -> grpc.RpcMethodHandler[Any, Any]:
         """UNIMPLEMENTED, as gRPC would answer, but recorded. Any call shape fits a

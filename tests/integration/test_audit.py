@@ -279,7 +279,7 @@ async def test_every_rpc_gets_exactly_one_record_with_its_status(tmp_path: Path)
     assert record("unknown model")["model"] == "no-such"
     assert record("upstream 503")["reason"] == "UPSTREAM_UNAVAILABLE"
     assert record("unknown method")["method"].endswith("/NoSuchMethod")
-    assert record("unary deadline")["latency_ms"] >= 400
+    assert record("unary deadline")["latency_ms"] >= 200  # it waited for its deadline
     assert record("cancelled stream")["ttft_ms"] is not None
 
 

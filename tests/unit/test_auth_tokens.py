@@ -340,8 +340,7 @@ async def test_metadata_shapes(env: Env) -> None:
     assert await refused(env, [("authorization", "")]) == "authorization scheme is not Bearer"
     assert await refused(env, [("authorization", "Bearer")]) == "empty or malformed bearer token"
     assert (
-        await refused(env, [("authorization", "Bearer    ")])
-        == "empty or malformed bearer token"
+        await refused(env, [("authorization", "Bearer    ")]) == "empty or malformed bearer token"
     )
     assert (
         await refused(env, [("authorization", f"Basic {token}")])
