@@ -12,10 +12,11 @@ from service.errors import GatewayError
 from service.providers.base import CallContext, Deployment, Provider
 from service.providers.dialect import Dialect, StreamParser, has_content
 from service.providers.framing import FramingError, NdjsonDecoder, SseDecoder
-from service.providers.http import HttpResponse, UpstreamClient
+from service.providers.http import HttpRequestSpec, HttpResponse, UpstreamClient
 from service.providers.upstream_errors import UpstreamFailure, from_upstream, transport_failure
 
 T = TypeVar("T")
+R = TypeVar("R", chat_pb2.ChatResponse, embed_pb2.EmbedResponse)
 _MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError)
 
 
@@ -58,21 +59,31 @@ class HttpProvider(Provider):
         chunks = self._parsed(deployment, lambda: parser.feed(event))
         return [chunk for chunk in chunks if has_content(chunk)]
 
-    async def chat(
-        self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
-    ) -> chat_pb2.ChatResponse:
-        spec = self.dialect.chat_request(request, deployment, stream=False)
+    async def _unary(
+        self,
+        spec: HttpRequestSpec,
+        deployment: Deployment,
+        ctx: CallContext,
+        parse: Callable[[HttpResponse, Deployment], R],
+    ) -> R:
+        """One request, one whole response: sent, checked, parsed, its request id kept."""
         response = await self.client.request(
             spec, ctx.deadline, deployment.upstream_model, deployment.timeouts
         )
         if not 200 <= response.status < 300:
             raise self._error(response, deployment)
-        result = self._parsed(deployment, lambda: self.dialect.parse_chat(response, deployment))
+        result = self._parsed(deployment, lambda: parse(response, deployment))
         # The header wins; a dialect may have found an id in the body (Gemini's responseId).
         result.route.upstream_request_id = (
             self._request_id(response.headers) or result.route.upstream_request_id
         )
         return result
+
+    async def chat(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
+    ) -> chat_pb2.ChatResponse:
+        spec = self.dialect.chat_request(request, deployment, stream=False)
+        return await self._unary(spec, deployment, ctx, self.dialect.parse_chat)
 
     async def stream_chat(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
@@ -112,16 +123,7 @@ class HttpProvider(Provider):
         self, request: embed_pb2.EmbedRequest, deployment: Deployment, ctx: CallContext
     ) -> embed_pb2.EmbedResponse:
         spec = self.dialect.embed_request(request, deployment)
-        response = await self.client.request(
-            spec, ctx.deadline, deployment.upstream_model, deployment.timeouts
-        )
-        if not 200 <= response.status < 300:
-            raise self._error(response, deployment)
-        result = self._parsed(deployment, lambda: self.dialect.parse_embed(response, deployment))
-        result.route.upstream_request_id = (
-            self._request_id(response.headers) or result.route.upstream_request_id
-        )
-        return result
+        return await self._unary(spec, deployment, ctx, self.dialect.parse_embed)
 
     async def aclose(self) -> None:
         await self.client.aclose()
