@@ -10,7 +10,7 @@ export LLM_GATEWAY_DEV_SECRET ?= dev-only-insecure-secret-change-me-0123456789
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: run token test lint fmt proto proto-check proto-lint clean
+.PHONY: run token test bench lint fmt proto proto-check proto-lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,9 +30,13 @@ token: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Side by side, in one run: straight to a fake upstream vs through the gateway.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
 lint: $(STAMP) proto-lint
-	$(BIN)/ruff check service clients tests scripts
-	$(BIN)/ruff format --check service clients tests scripts
+	$(BIN)/ruff check service clients tests scripts bench
+	$(BIN)/ruff format --check service clients tests scripts bench
 	$(BIN)/mypy service clients
 
 # buf (the real binary, from npm) checks the contract's naming and comments.
@@ -43,8 +47,8 @@ proto-lint: $(BUF)
 	$(BUF) lint
 
 fmt: $(STAMP)
-	$(BIN)/ruff check --fix service clients tests scripts
-	$(BIN)/ruff format service clients tests scripts
+	$(BIN)/ruff check --fix service clients tests scripts bench
+	$(BIN)/ruff format service clients tests scripts bench
 
 # Regenerates generated/ from protos/: Python messages, gRPC stubs and typed .pyi stubs.
 proto: $(STAMP)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_MAX_EVENT_BYTES = 32 * 1024 * 1024
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class FramingError(ValueError):
@@ -47,34 +49,25 @@ class _Lines:
         if not self._started and text:
             self._started = True
             text = text.removeprefix("\ufeff")
+        if not text:
+            return self._flush() if final else []
         if self._pending_cr and text.startswith("\n"):
             text = text[1:]  # the \n of a \r\n split across two reads
-        self._pending_cr = False
-        self._buffer += text
-        lines: list[str] = []
-        start = 0
-        buffer = self._buffer
-        length = len(buffer)
-        index = 0
-        while index < length:
-            char = buffer[index]
-            if char == "\n" or char == "\r":
-                lines.append(buffer[start:index])
-                if char == "\r":
-                    if index + 1 < length:
-                        if buffer[index + 1] == "\n":
-                            index += 1
-                    else:
-                        self._pending_cr = True
-                start = index + 1
-            index += 1
-        self._buffer = buffer[start:]
+        # The buffer holds no line end, so only the new text needs splitting.
+        pieces = _LINE_END.split(text)
+        pieces[0] = self._buffer + pieces[0]
+        # The last piece has no line end yet; a trailing \r may still be the first half
+        # of a \r\n split across two reads.
+        self._buffer = pieces.pop()
+        self._pending_cr = text.endswith("\r")
+        lines = pieces
         if len(self._buffer) > self._max:
             raise FramingError("an upstream event is larger than the configured maximum")
-        if final and self._buffer:
-            lines.append(self._buffer)
-            self._buffer = ""
-        return lines
+        return lines + self._flush() if final else lines
+
+    def _flush(self) -> list[str]:
+        rest, self._buffer = self._buffer, ""
+        return [rest] if rest else []
 
 
 class SseDecoder:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TypeVar
@@ -18,6 +20,23 @@ from service.providers.upstream_errors import UpstreamFailure, from_upstream, tr
 T = TypeVar("T")
 R = TypeVar("R", chat_pb2.ChatResponse, embed_pb2.EmbedResponse)
 _MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+
+
+DRAIN_SECONDS = 1.0
+DRAIN_BYTES = 64 * 1024
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Reads what follows a stream's terminator (usually only the end of the chunked
+    body), so that the connection goes back to the pool instead of being closed.
+    Bounded: an upstream that keeps sending or stays silent loses its connection."""
+    received = 0
+    with contextlib.suppress(TimeoutError, GatewayError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for raw in chunks:
+                received += len(raw)
+                if received > DRAIN_BYTES:
+                    return
 
 
 class HttpProvider(Provider):
@@ -100,8 +119,9 @@ class HttpProvider(Provider):
             parser = self.dialect.stream_parser(deployment)
             request_id = self._request_id(upstream.headers)
             first = True
+            chunks = upstream.chunks()
             try:
-                async for raw in upstream.chunks():
+                async for raw in chunks:
                     for event in decoder.feed(raw):
                         for chunk in self._feed(parser, event, deployment):
                             if first and request_id:
@@ -116,6 +136,8 @@ class HttpProvider(Provider):
                             yield chunk
             except FramingError as exc:
                 raise transport_failure(self.name, model, "protocol", str(exc)) from None
+            if parser.terminated:
+                await _drain(chunks)
             for chunk in self._parsed(deployment, parser.finish):
                 yield chunk
 

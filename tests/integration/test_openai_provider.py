@@ -862,3 +862,19 @@ async def test_connections_are_pooled_and_recover_after_close(world: World) -> N
     )
     assert after_close.message.parts[0].text == "new connection"
     assert world.openai.connections_accepted == before + 1
+
+
+async def test_finished_streams_return_their_connection_to_the_pool(world: World) -> None:
+    await world.gateway.stub.Chat(chat_request("warm", model="gpt"), timeout=10)
+    before = world.openai.connections_accepted
+    for i in range(5):
+        chunks = [
+            c
+            async for c in world.gateway.stub.StreamChat(
+                chat_request(f"s {i}", model="gpt"), timeout=10
+            )
+        ]
+        assert chunks[-1].HasField("usage")
+    assert world.openai.connections_accepted == before, (
+        "the body after [DONE] is drained, not dropped"
+    )
