@@ -15,7 +15,10 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from service.callstate import call_state
+
 DOMAIN = "llm-gateway.local"
+REQUEST_ID_KEY = "x-request-id"
 
 
 @dataclass(frozen=True)
@@ -124,9 +127,24 @@ def to_status_proto(error: GatewayError) -> status_pb2.Status:
 
 
 def to_rpc_status(error: GatewayError) -> grpc.Status:
-    """The grpc.Status to end a call with (`context.abort_with_status`)."""
-    status: grpc.Status = rpc_status.to_status(to_status_proto(error))
-    return status
+    """The grpc.Status to end a call with (`context.abort_with_status`). The call's
+    request id rides in the trailers with it: an error has no response headers."""
+    status = rpc_status.to_status(to_status_proto(error))
+    state = call_state()
+    if state is None:
+        return status  # type: ignore[no-any-return]
+    return _Status(
+        code=status.code,
+        details=status.details,
+        trailing_metadata=(*status.trailing_metadata, (REQUEST_ID_KEY, state.request_id)),
+    )
+
+
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
 # Constructors for the errors the gateway itself raises. Upstream failures are

@@ -7,8 +7,10 @@ methods that do not exist are answered UNIMPLEMENTED here and recorded too.
 
 For each call it creates the CallState (request id, peer, start time) and sets
 `current_call` for the call's duration, so that authentication, the servicer and the
-router can fill it in; sends the request id back at once as initial metadata
-`x-request-id` (before any response or error); runs the call; and submits one record
+router can fill it in; runs the call, sending the request id back as `x-request-id`
+with the first response (headers sent earlier would commit the call and keep callers'
+gRPC retry policies from retrying an UNAVAILABLE), or in the trailers of an error
+(service.errors.to_rpc_status adds it); and submits one record
 when it ends:
 
 - a response, or a stream that ran to its end: the status the handler left (OK);
@@ -45,25 +47,27 @@ from google.rpc import error_details_pb2, status_pb2
 from service.audit.record import build_record
 from service.audit.sink import AuditSink
 from service.callstate import CallState, current_call
-from service.errors import GatewayError, internal, to_rpc_status
+from service.errors import REQUEST_ID_KEY, GatewayError, internal, to_rpc_status
 from service.interceptors.wrapping import Context, WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_KEY = "x-request-id"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # A cancellation this close to the deadline is the deadline's (the client's timer may
 # fire a moment before the server's).
 DEADLINE_TOLERANCE = 0.05
 
-_METHOD_NOT_FOUND = to_rpc_status(
-    GatewayError(
-        grpc.StatusCode.UNIMPLEMENTED,
-        "METHOD_NOT_FOUND",
-        "this server does not implement the method",
+
+def _method_not_found() -> grpc.Status:
+    return to_rpc_status(
+        GatewayError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "METHOD_NOT_FOUND",
+            "this server does not implement the method",
+        )
     )
-)
+
 
 if TYPE_CHECKING:
     Continuation = Callable[
@@ -200,7 +204,7 @@ class AuditInterceptor(WrappingInterceptor):
 
         async def unknown(requests: Any, context: Context) -> None:
             async def abort() -> None:
-                await context.abort_with_status(_METHOD_NOT_FOUND)
+                await context.abort_with_status(_method_not_found())
 
             await self.around_unary(method, requests, context, abort)
 
@@ -230,8 +234,10 @@ class AuditInterceptor(WrappingInterceptor):
         call = self._begin(method, context, streaming=False)
         token = current_call.set(call.state)
         try:
-            await _send_request_id(context, call.state.request_id)
             response = await proceed()
+            # With the response, not before: headers sent early would commit the call and
+            # stop callers' own gRPC retry policies from retrying an UNAVAILABLE.
+            await _send_request_id(context, call.state.request_id)
         except grpc.aio.AbortError:
             call.finish_from_context(grpc.StatusCode.UNKNOWN)
             raise
@@ -257,11 +263,16 @@ class AuditInterceptor(WrappingInterceptor):
     ) -> AsyncIterator[Any]:
         call = self._begin(method, context, streaming=True)
         token = current_call.set(call.state)
+        sent = False
         try:
-            await _send_request_id(context, call.state.request_id)
             async for item in proceed():
+                if not sent:
+                    await _send_request_id(context, call.state.request_id)
+                    sent = True
                 call.saw_response()
                 yield item
+            if not sent:  # an empty stream: the id travels with the trailers
+                context.set_trailing_metadata(((REQUEST_ID_KEY, call.state.request_id),))
         # GeneratorExit (grpc abandoned the stream while sending) is left to the done
         # callback: the call's outcome is known only when it has ended.
         except grpc.aio.AbortError:

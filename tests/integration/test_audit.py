@@ -64,13 +64,27 @@ def _returned_id(metadata: Any) -> str:
     return str(ids[0])
 
 
+async def _returned(call: Any) -> str:
+    """The request id: with the response headers, or with the trailers of an error.
+    A call that ran out of time on the caller's side got neither: ""."""
+    initial = await call.initial_metadata()
+    if any(k == "x-request-id" for k, _ in (initial or ())):
+        return _returned_id(initial)
+    trailing = await call.trailing_metadata()
+    if await call.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not any(
+        k == "x-request-id" for k, _ in (trailing or ())
+    ):
+        return ""
+    return _returned_id(trailing)
+
+
 async def _unary(call: Any) -> Outcome:
     try:
         await call
         code = grpc.StatusCode.OK
     except grpc.aio.AioRpcError as error:
         code = error.code()
-    return Outcome(code, _returned_id(await call.initial_metadata()))
+    return Outcome(code, await _returned(call))
 
 
 async def _stream(call: Any, cancel_after: int | None = None) -> Outcome:
@@ -79,13 +93,13 @@ async def _stream(call: Any, cancel_after: int | None = None) -> Outcome:
         async for _ in call:
             received += 1
             if received == cancel_after:
-                returned = _returned_id(await call.initial_metadata())
+                returned = await _returned(call)
                 call.cancel()
                 return Outcome(grpc.StatusCode.CANCELLED, returned)
         code = grpc.StatusCode.OK
     except grpc.aio.AioRpcError as error:
         code = error.code()
-    return Outcome(code, _returned_id(await call.initial_metadata()))
+    return Outcome(code, await _returned(call))
 
 
 def _md(request_id: str | None, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
