@@ -1,0 +1,115 @@
+"""A bounded burst of mixed calls — streams cancelled at random points, deadlines that
+expire, faults, successes — leaves exactly one audit record per call, every upstream
+connection closed, and the service healthy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from llmgateway.v1 import models_pb2
+
+from tests.fakes.http_server import FakeHttpServer
+from tests.fakes.openai_fake import OpenAIFake, OpenAIFakeConfig
+from tests.support import chat_request, running_gateway
+
+CALLS = 240
+CONFIG = """
+server: {{host: 127.0.0.1, port: 0}}
+audit: {{path: "{audit}"}}
+routing: {{retry: {{max_attempts: 2, initial_backoff: 0.01s}}, breaker: {{disabled: true}}}}
+providers:
+  - {{name: mock, mock: {{token_delay: 0.005s, faults_from_metadata: true}}}}
+  - {{name: up, api_key_env: K, base_url: "{upstream}/v1", openai: {{}}}}
+models:
+  - {{alias: mock, provider: mock}}
+  - {{alias: gpt, provider: up, upstream_model: m}}
+"""
+
+
+async def _one(stub: object, rng: random.Random, index: int) -> str:
+    kind = rng.choice(
+        [
+            "ok",
+            "stream",
+            "cancel",
+            "cancel-at-once",
+            "deadline",
+            "fault",
+            "upstream",
+            "upstream-stream",
+        ]
+    )
+    text = " ".join(f"w{i}" for i in range(rng.randint(1, 30)))
+    call_stub = stub  # ProviderServiceStub
+    try:
+        if kind == "ok":
+            await call_stub.Chat(chat_request(text), timeout=10)  # type: ignore[attr-defined]
+        elif kind == "upstream":
+            await call_stub.Chat(chat_request(text, model="gpt"), timeout=10)  # type: ignore[attr-defined]
+        elif kind in ("stream", "upstream-stream"):
+            model = "gpt" if kind == "upstream-stream" else "mock"
+            async for _ in call_stub.StreamChat(chat_request(text, model=model), timeout=10):  # type: ignore[attr-defined]
+                pass
+        elif kind == "cancel":
+            call = call_stub.StreamChat(chat_request(text), timeout=10)  # type: ignore[attr-defined]
+            for _ in range(rng.randint(1, 3)):
+                if await call.read() is grpc.aio.EOF:
+                    break
+            call.cancel()
+        elif kind == "cancel-at-once":
+            call_stub.StreamChat(chat_request(text), timeout=10).cancel()  # type: ignore[attr-defined]
+        elif kind == "deadline":
+            await call_stub.Chat(chat_request(text), metadata=(("x-mock-stall", "5"),), timeout=0.2)  # type: ignore[attr-defined]
+        else:
+            await call_stub.Chat(
+                chat_request(text), metadata=(("x-mock-fail-status", "503"),), timeout=10
+            )  # type: ignore[attr-defined]
+    except grpc.aio.AioRpcError:
+        pass
+    except asyncio.CancelledError:
+        pass
+    return kind
+
+
+async def test_mixed_burst_keeps_one_record_per_call_and_the_service_healthy(
+    tmp_path: Path,
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    async with FakeHttpServer(OpenAIFake(OpenAIFakeConfig(key="k")).handle) as upstream:
+        config = CONFIG.format(audit=audit, upstream=upstream.url)
+        async with running_gateway(config, environ={"K": "k"}) as gateway:
+            rng = random.Random(20261129)
+            semaphore = asyncio.Semaphore(48)
+
+            async def bounded(index: int) -> str:
+                async with semaphore:
+                    return await _one(gateway.stub, rng, index)
+
+            kinds = await asyncio.wait_for(asyncio.gather(*(bounded(i) for i in range(CALLS))), 60)
+            assert len(kinds) == CALLS and len(set(kinds)) == 8
+            health = health_pb2_grpc.HealthStub(gateway.channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            after = await gateway.stub.Chat(chat_request("still here"), timeout=5)
+            assert after.message.parts[0].text == "still here"
+            stats = await gateway.stub.GetProviderStats(
+                models_pb2.GetProviderStatsRequest(), timeout=5
+            )
+            assert sum(p.requests for p in stats.providers) >= CALLS // 2
+            assert await upstream.wait_for(lambda: upstream.open_connections <= 20, 5), (
+                "connections are pooled, not leaked"
+            )
+        records = [json.loads(line) for line in audit.read_text().splitlines()]
+    # Every call of the burst, plus the health check, the last Chat and the stats call. A
+    # call cancelled at once may be gone before the server hands it to the application:
+    # then nothing of the gateway ran for it, and it has no record.
+    at_once = kinds.count("cancel-at-once")
+    assert CALLS + 3 - at_once <= len(records) <= CALLS + 3
+    assert len({r["request_id"] for r in records}) == len(records)
+    statuses = {r["status"] for r in records}
+    assert {"OK", "CANCELLED", "DEADLINE_EXCEEDED", "UNAVAILABLE"} <= statuses
