@@ -4,7 +4,8 @@ right code with no upstream call and a denied audit record; allowed calls are se
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,17 +98,64 @@ async def _flushed(world: World, count: int) -> list[dict[str, Any]]:
     return world.records()
 
 
-HOSTILE = {
-    "none": lambda: forge({"alg": "none"}, claims("dev")),
-    "key confusion": lambda: hs256_with_public_key(claims("corp"), RSA.public_pem, "rsa-1"),
-    "wrong secret": lambda: sign(claims("dev"), HS_SECRET + "x", "HS256"),
-    "expired": lambda: token(exp=1),
-    "wrong audience": lambda: token(aud="another-service"),
-    "prefix issuer": lambda: sign(claims("dev-evil"), HS_SECRET, "HS256"),
-    "no sub": lambda: token(sub=None),
-    "jku": lambda: sign(claims("dev"), HS_SECRET, "HS256", jku="https://evil.example/jwks"),
-    "unknown kid": lambda: sign(claims("corp"), RSA.private, "RS256", kid="rsa-404"),
-    "oversized": lambda: token(pad="x" * 9000),
+OTHER_RSA = rsa_pair("rsa-1")  # same kid, another key
+
+
+def _flip(token: str) -> str:
+    head, payload, signature = token.split(".")
+    flipped = ("A" if signature[5] != "A" else "B").join([signature[:5], signature[6:]])
+    return f"{head}.{payload}.{flipped}"
+
+
+def _as_bearer(make: Callable[[], str]) -> Callable[[], tuple[tuple[str, str], ...]]:
+    return lambda: bearer(make())
+
+
+# kind → the metadata a hostile caller sends.
+HOSTILE: dict[str, Callable[[], tuple[tuple[str, str], ...]]] = {
+    **{
+        f"alg {spelling}": _as_bearer(
+            lambda spelling=spelling: forge({"alg": spelling}, claims("dev"))
+        )
+        for spelling in ("none", "None", "NONE", "nOnE")
+    },
+    "key confusion": _as_bearer(
+        lambda: hs256_with_public_key(claims("corp"), RSA.public_pem, "rsa-1")
+    ),
+    "algorithm outside the list": _as_bearer(lambda: sign(claims("dev"), HS_SECRET * 2, "HS512")),
+    "wrong secret": _as_bearer(lambda: sign(claims("dev"), HS_SECRET + "x", "HS256")),
+    "bit-flipped signature": _as_bearer(lambda: _flip(token())),
+    "truncated signature": _as_bearer(lambda: token()[:-10]),
+    "another key, same kid": _as_bearer(
+        lambda: sign(claims("corp"), OTHER_RSA.private, "RS256", kid="rsa-1")
+    ),
+    "expired": _as_bearer(lambda: token(exp=1)),
+    "expired past the leeway": _as_bearer(lambda: token(exp=int(time.time()) - 40)),
+    "not yet valid": _as_bearer(lambda: token(nbf=int(time.time()) + 40)),
+    "no exp": _as_bearer(lambda: token(exp=None)),
+    "no sub": _as_bearer(lambda: token(sub=None)),
+    "no aud": _as_bearer(lambda: token(aud=None)),
+    "no iss": _as_bearer(
+        lambda: sign({k: v for k, v in claims("dev").items() if k != "iss"}, HS_SECRET, "HS256")
+    ),
+    "wrong audience": _as_bearer(lambda: token(aud="another-service")),
+    "prefix issuer": _as_bearer(lambda: sign(claims("dev-evil"), HS_SECRET, "HS256")),
+    "unknown kid": _as_bearer(lambda: sign(claims("corp"), RSA.private, "RS256", kid="rsa-404")),
+    "injected kid": _as_bearer(
+        lambda: sign(claims("corp"), RSA.private, "RS256", kid="../../etc/passwd")
+    ),
+    "jku": _as_bearer(
+        lambda: sign(claims("dev"), HS_SECRET, "HS256", jku="https://evil.example/jwks")
+    ),
+    "x5u": _as_bearer(
+        lambda: sign(claims("dev"), HS_SECRET, "HS256", x5u="https://evil.example/cert")
+    ),
+    "unknown crit": _as_bearer(lambda: sign(claims("dev"), HS_SECRET, "HS256", crit=["exp-ext"])),
+    "oversized": _as_bearer(lambda: token(pad="x" * 9000)),
+    "duplicate authorization": lambda: (*bearer(token()), *bearer(token())),
+    "empty": lambda: (("authorization", ""),),
+    "basic scheme": lambda: (("authorization", f"Basic {token()}"),),
+    "bearer without token": lambda: (("authorization", "Bearer "),),
 }
 
 
@@ -117,9 +165,9 @@ async def test_hostile_tokens_are_unauthenticated_without_upstream_calls(
 ) -> None:
     before = await world.upstream_requests()
     records_before = len(await _flushed(world, 0))
-    bad = HOSTILE[kind]()
+    metadata = HOSTILE[kind]()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await world.gateway.stub.Chat(chat_request(), metadata=bearer(bad), timeout=5)
+        await world.gateway.stub.Chat(chat_request(), metadata=metadata, timeout=5)
     details = details_of(caught.value)
     assert (details.code, details.error_info.reason) == (
         grpc.StatusCode.UNAUTHENTICATED,
@@ -129,16 +177,15 @@ async def test_hostile_tokens_are_unauthenticated_without_upstream_calls(
         "generic message"
     )
     with pytest.raises(grpc.aio.AioRpcError) as streamed:
-        async for _ in world.gateway.stub.StreamChat(
-            chat_request(), metadata=bearer(bad), timeout=5
-        ):
+        async for _ in world.gateway.stub.StreamChat(chat_request(), metadata=metadata, timeout=5):
             pass
     assert details_of(streamed.value).code == grpc.StatusCode.UNAUTHENTICATED
     assert await world.upstream_requests() == before
     records = await _flushed(world, records_before + 3)
     denied = [r for r in records[records_before:] if r["status"] == "UNAUTHENTICATED"]
     assert len(denied) == 2 and all(r["reason"] for r in denied)
-    assert all(bad not in json.dumps(r) for r in records)
+    sent = [value for _, value in metadata if len(value) > 20]
+    assert all(value not in json.dumps(r) for r in records for value in sent)
 
 
 async def test_missing_token_and_the_audit_reason(world: World) -> None:
