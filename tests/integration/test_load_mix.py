@@ -64,7 +64,7 @@ async def _one(stub: object, rng: random.Random, index: int) -> str:
         elif kind == "cancel-at-once":
             call_stub.StreamChat(chat_request(text), timeout=10).cancel()  # type: ignore[attr-defined]
         elif kind == "deadline":
-            await call_stub.Chat(chat_request(text), metadata=(("x-mock-stall", "5"),), timeout=0.2)  # type: ignore[attr-defined]
+            await call_stub.Chat(chat_request(text), metadata=(("x-mock-stall", "5"),), timeout=1.0)  # type: ignore[attr-defined]
         else:
             await call_stub.Chat(
                 chat_request(text), metadata=(("x-mock-fail-status", "503"),), timeout=10
@@ -107,7 +107,8 @@ async def test_mixed_burst_keeps_one_record_per_call_and_the_service_healthy(
         records = [json.loads(line) for line in audit.read_text().splitlines()]
     # Every call of the burst, plus the health check, the last Chat and the stats call. A
     # call cancelled at once may be gone before the server hands it to the application:
-    # then nothing of the gateway ran for it, and it has no record.
+    # then nothing of the gateway ran for it, and it has no record. (So may a call whose
+    # deadline passes before dispatch: the deadlines here are long enough not to.)
     at_once = kinds.count("cancel-at-once")
     assert CALLS + 3 - at_once <= len(records) <= CALLS + 3
     assert len({r["request_id"] for r in records}) == len(records)
