@@ -228,16 +228,16 @@ class AuditInterceptor(WrappingInterceptor):
         context.add_done_callback(cast(Any, lambda _context: call.finish_interrupted()))
         return call
 
-    async def around_unary(
-        self, method: str, request: Any, context: Context, proceed: Callable[[], Awaitable[Any]]
-    ) -> Any:
-        call = self._begin(method, context, streaming=False)
+    @contextlib.asynccontextmanager
+    async def _outcome(self, call: _Call, method: str, context: Context) -> AsyncIterator[None]:
+        """Runs the call's body with `current_call` set and records how it ended.
+
+        GeneratorExit (grpc abandoned a stream while sending) passes through unrecorded:
+        the call's outcome is known only when it has ended, so the done callback has it.
+        """
         token = current_call.set(call.state)
         try:
-            response = await proceed()
-            # With the response, not before: headers sent early would commit the call and
-            # stop callers' own gRPC retry policies from retrying an UNAVAILABLE.
-            await _send_request_id(context, call.state.request_id)
+            yield
         except grpc.aio.AbortError:
             call.finish_from_context(grpc.StatusCode.UNKNOWN)
             raise
@@ -250,9 +250,19 @@ class AuditInterceptor(WrappingInterceptor):
             await context.abort_with_status(to_rpc_status(internal()))
         else:
             call.finish_from_context(grpc.StatusCode.OK)
-            return response
         finally:
             _reset(token)
+
+    async def around_unary(
+        self, method: str, request: Any, context: Context, proceed: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        call = self._begin(method, context, streaming=False)
+        async with self._outcome(call, method, context):
+            response = await proceed()
+            # With the response, not before: headers sent early would commit the call and
+            # stop callers' own gRPC retry policies from retrying an UNAVAILABLE.
+            await _send_request_id(context, call.state.request_id)
+        return response
 
     async def around_stream(
         self,
@@ -262,9 +272,8 @@ class AuditInterceptor(WrappingInterceptor):
         proceed: Callable[[], AsyncIterator[Any]],
     ) -> AsyncIterator[Any]:
         call = self._begin(method, context, streaming=True)
-        token = current_call.set(call.state)
-        sent = False
-        try:
+        async with self._outcome(call, method, context):
+            sent = False
             async for item in proceed():
                 if not sent:
                     await _send_request_id(context, call.state.request_id)
@@ -273,19 +282,3 @@ class AuditInterceptor(WrappingInterceptor):
                 yield item
             if not sent:  # an empty stream: the id travels with the trailers
                 context.set_trailing_metadata(((REQUEST_ID_KEY, call.state.request_id),))
-        # GeneratorExit (grpc abandoned the stream while sending) is left to the done
-        # callback: the call's outcome is known only when it has ended.
-        except grpc.aio.AbortError:
-            call.finish_from_context(grpc.StatusCode.UNKNOWN)
-            raise
-        except asyncio.CancelledError:
-            call.finish_interrupted()
-            raise
-        except Exception:
-            log.exception("unexpected error", extra={"fields": {"method": method[:256]}})
-            call.finish(grpc.StatusCode.INTERNAL, "INTERNAL")
-            await context.abort_with_status(to_rpc_status(internal()))
-        else:
-            call.finish_from_context(grpc.StatusCode.OK)
-        finally:
-            _reset(token)

@@ -27,6 +27,15 @@ async def _as_stream(produced: Any) -> AsyncIterator[Any]:
         await produced
 
 
+# (request streaming, response streaming) -> the handler attribute that holds the behaviour
+_KINDS = {
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
+
+
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
     def applies(self, method: str) -> bool:
         return True
@@ -59,67 +68,31 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not self.applies(method):
             return handler
-        deserializer = self.wrap_deserializer(handler.request_deserializer)
-        if handler.request_streaming:
-            return self._wrap_request_streaming(method, handler, deserializer)
-        if handler.response_streaming:
-            # The typing stubs describe sync handlers; these are grpc.aio ones.
-            inner_stream = cast(Callable[..., Any], handler.unary_stream)
+        kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
+        # The typing stubs describe sync handlers; these are grpc.aio ones. For client-
+        # and bidirectional-streaming methods (server reflection is one) the request the
+        # hooks see is the iterator of requests.
+        inner = cast(Callable[..., Any], getattr(handler, kind))
 
-            async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                def proceed() -> AsyncIterator[Any]:
-                    return _as_stream(inner_stream(request, context))
+        async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+            def proceed() -> AsyncIterator[Any]:
+                return _as_stream(inner(request, context))
 
-                async for item in self.around_stream(method, request, context, proceed):
-                    yield item
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        inner_unary = cast(Callable[..., Awaitable[Any]], handler.unary_unary)
+            async for item in self.around_stream(method, request, context, proceed):
+                yield item
 
         async def unary(request: Any, context: Context) -> Any:
             return await self.around_unary(
-                method, request, context, lambda: inner_unary(request, context)
+                method, request, context, lambda: inner(request, context)
             )
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary,
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-    def _wrap_request_streaming(
-        self, method: str, handler: grpc.RpcMethodHandler[Any, Any], deserializer: Deserializer
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        """Client- and bidirectional-streaming methods (server reflection is one): the
-        request passed to the hooks is the iterator of requests."""
-        if handler.response_streaming:
-            inner_bidi = cast(Callable[..., Any], handler.stream_stream)
-
-            async def bidi(requests: Any, context: Context) -> AsyncIterator[Any]:
-                def proceed() -> AsyncIterator[Any]:
-                    return _as_stream(inner_bidi(requests, context))
-
-                async for item in self.around_stream(method, requests, context, proceed):
-                    yield item
-
-            return grpc.stream_stream_rpc_method_handler(
-                bidi,
-                request_deserializer=deserializer,
+        behaviour = streaming if handler.response_streaming else unary
+        make_handler = getattr(grpc, f"{kind}_rpc_method_handler")
+        return cast(
+            "grpc.RpcMethodHandler[Any, Any]",
+            make_handler(
+                behaviour,
+                request_deserializer=self.wrap_deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
-            )
-        inner_client = cast(Callable[..., Awaitable[Any]], handler.stream_unary)
-
-        async def client_stream(requests: Any, context: Context) -> Any:
-            return await self.around_unary(
-                method, requests, context, lambda: inner_client(requests, context)
-            )
-
-        return grpc.stream_unary_rpc_method_handler(
-            client_stream,
-            request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
+            ),
         )
