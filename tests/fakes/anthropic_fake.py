@@ -17,7 +17,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fakes.http_server import FakeHttpServer, FakeRequest, FakeResponse, Write, split_bytes
+from tests.fakes.http_server import (
+    FakeHttpServer,
+    FakeRequest,
+    FakeResponse,
+    FakeUpstream,
+    Write,
+    split_bytes,
+)
 
 API_KEY = "sk-ant-fake-0123456789"
 IMAGE_TOKENS = 85
@@ -245,7 +252,7 @@ def raw_stream(events: list[tuple[str, str]], **kwargs: Any) -> FakeResponse:
 
 
 @dataclass
-class AnthropicFake:
+class AnthropicFake(FakeUpstream):
     """`async with AnthropicFake() as fake:`; base_url for the gateway is `fake.url + "/v1"`."""
 
     api_key: str = API_KEY
@@ -263,24 +270,6 @@ class AnthropicFake:
 
     def __post_init__(self) -> None:
         self.server = FakeHttpServer(self._handle)
-
-    async def __aenter__(self) -> AnthropicFake:
-        await self.server.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.server.__aexit__(*exc)
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        return self.server.requests
-
-    def script(self, *responses: FakeResponse) -> None:
-        self.server.script(*responses)
 
     def reset(self) -> None:
         """Back to plain behaviour between tests that share one fake."""

@@ -14,8 +14,10 @@ import json
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.loopback import LoopbackServer
 
 REASONS = {
     200: "OK",
@@ -101,42 +103,19 @@ class FakeResponse:
 Handler = Callable[[FakeRequest], "FakeResponse | Awaitable[FakeResponse]"]
 
 
-class FakeHttpServer:
+class FakeHttpServer(LoopbackServer):
     """`async with FakeHttpServer(handler) as fake:` then `fake.url`."""
 
     def __init__(self, handler: Handler) -> None:
+        super().__init__()
         self.handler = handler
         self.requests: list[FakeRequest] = []
         self.scripted: deque[FakeResponse] = deque()
-        self.open_connections = 0
-        self.connections_accepted = 0
         self.client_disconnects = 0  # the client went away before a response was complete
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def script(self, *responses: FakeResponse) -> None:
         """The next requests get these responses, in order, before the default handler."""
         self.scripted.extend(responses)
-
-    async def __aenter__(self) -> FakeHttpServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
-        await self._server.wait_closed()
 
     async def wait_for(self, condition: Callable[[], bool], seconds: float = 5.0) -> bool:
         """Polls a condition about the server's counters, bounded in time."""
@@ -148,33 +127,19 @@ class FakeHttpServer:
             await asyncio.sleep(0.01)
         return condition()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.open_connections += 1
-        self.connections_accepted += 1
-        try:
-            while True:
-                request = await self._read_request(reader)
-                if request is None:
-                    return
-                self.requests.append(request)
-                if self.scripted:
-                    response = self.scripted.popleft()
-                else:
-                    produced = self.handler(request)
-                    response = await produced if asyncio.iscoroutine(produced) else produced  # type: ignore[assignment]
-                keep = await self._respond(writer, reader, response)
-                if not keep:
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        finally:
-            self.open_connections -= 1
-            self._tasks.discard(task)
-            with contextlib.suppress(Exception):
-                writer.close()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await self._read_request(reader)
+            if request is None:
+                return
+            self.requests.append(request)
+            if self.scripted:
+                response = self.scripted.popleft()
+            else:
+                produced = self.handler(request)
+                response = await produced if asyncio.iscoroutine(produced) else produced  # type: ignore[assignment]
+            if not await self._respond(writer, reader, response):
+                return
 
     @staticmethod
     async def _read_request(reader: asyncio.StreamReader) -> FakeRequest | None:
@@ -285,3 +250,27 @@ def sse(
 def split_bytes(data: bytes, size: int) -> list[bytes]:
     """Cuts a body into pieces of `size` bytes (inside lines, escapes, UTF-8 sequences)."""
     return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+class FakeUpstream:
+    """A fake provider that owns a FakeHttpServer (set `self.server` in __init__)."""
+
+    server: FakeHttpServer
+
+    async def __aenter__(self) -> Self:
+        await self.server.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.__aexit__(*exc)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def requests(self) -> list[FakeRequest]:
+        return self.server.requests
+
+    def script(self, *responses: FakeResponse) -> None:
+        self.server.script(*responses)

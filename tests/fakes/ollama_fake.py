@@ -30,7 +30,14 @@ import hashlib
 import json
 from typing import Any
 
-from tests.fakes.http_server import FakeHttpServer, FakeRequest, FakeResponse, Write, split_bytes
+from tests.fakes.http_server import (
+    FakeHttpServer,
+    FakeRequest,
+    FakeResponse,
+    FakeUpstream,
+    Write,
+    split_bytes,
+)
 
 NDJSON = "application/x-ndjson"
 CREATED_AT = "2026-01-01T00:00:00.{:03d}Z"
@@ -180,7 +187,7 @@ def _example(schema: dict[str, Any], text: str) -> Any:
     return text
 
 
-class OllamaFake:
+class OllamaFake(FakeUpstream):
     """`async with OllamaFake(api_key="k") as fake:` then point a provider at `fake.url`."""
 
     def __init__(
@@ -195,24 +202,6 @@ class OllamaFake:
         self.dimensions = dimensions
         self.tool_call_ids = tool_call_ids
         self.server = FakeHttpServer(self.handle)
-
-    async def __aenter__(self) -> OllamaFake:
-        await self.server.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.server.__aexit__(*exc)
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def requests(self) -> list[FakeRequest]:
-        return self.server.requests
-
-    def script(self, *responses: FakeResponse) -> None:
-        self.server.script(*responses)
 
     def reset(self) -> None:
         self.server.requests.clear()

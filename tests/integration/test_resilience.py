@@ -484,7 +484,7 @@ async def test_accept_and_never_answer_times_out_and_closes() -> None:
             grpc.StatusCode.UNAVAILABLE,
             "UPSTREAM_TIMEOUT",
         )
-        assert w.proxy.connections == 3
+        assert w.proxy.connections_accepted == 3
         assert await w.primary.wait_for(lambda: w.proxy.open_connections == 0, 3)
 
 
