@@ -10,7 +10,7 @@ export LLM_GATEWAY_DEV_SECRET ?= dev-only-insecure-secret-change-me-0123456789
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: run token test bench lint fmt proto proto-check proto-lint clean
+.PHONY: run token test test-deps bench lint fmt proto proto-check proto-lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,16 @@ SUB ?= alice
 token: $(STAMP)
 	@$(BIN)/python -m service token --sub $(SUB) --config $(CONFIG)
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q
+
+# The shared-limits tests run a real redis-server: Debian's package, installed when missing.
+test-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian's package) for the shared-limits tests"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq redis-server >/dev/null; }
 
 # Side by side, in one run: straight to a fake upstream vs through the gateway.
 bench: $(STAMP)

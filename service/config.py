@@ -307,12 +307,14 @@ def _validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> N
                 if getattr(prices, name) < 0:
                     raise ConfigError(f"{path}.pricing.{name}", "must not be negative")
     _validate_auth(config.auth, environ)
-    _validate_limits(config.limits)
+    _validate_limits(config.limits, environ)
     if config.audit.HasField("queue_size") and config.audit.queue_size < 1:
         raise ConfigError("audit.queue_size", "must be at least 1")
 
 
-def _validate_limits(limits: config_pb2.LimitsConfig) -> None:
+def _validate_limits(limits: config_pb2.LimitsConfig, environ: Mapping[str, str]) -> None:
+    if limits.HasField("redis"):
+        _validate_redis(limits.redis, environ)
     entries: list[tuple[str, config_pb2.LimitConfig]] = [
         ("limits.subject", limits.subject),
         ("limits.tenant", limits.tenant),
@@ -325,6 +327,26 @@ def _validate_limits(limits: config_pb2.LimitsConfig) -> None:
     for path, limit in entries:
         if not math.isfinite(limit.budget_usd) or limit.budget_usd < 0:
             raise ConfigError(f"{path}.budget_usd", "must be a positive amount (or 0 for none)")
+
+
+def _validate_redis(redis: config_pb2.RedisStoreConfig, environ: Mapping[str, str]) -> None:
+    path = "limits.redis"
+    if not redis.url_env:
+        raise ConfigError(f"{path}.url_env", "is required (the variable that holds the URL)")
+    url = environ.get(redis.url_env, "")
+    if not url:
+        raise ConfigError(f"{path}.url_env", f"environment variable {redis.url_env} is not set")
+    scheme = url.partition("://")[0]
+    if scheme not in ("redis", "rediss", "unix"):
+        # The value may hold a password: only its scheme is named.
+        raise ConfigError(
+            f"{path}.url_env",
+            f"{redis.url_env} must hold a redis://, rediss:// or unix:// URL",
+        )
+    if redis.HasField("timeout") and seconds_or(redis, "timeout", 0.0) <= 0:
+        raise ConfigError(f"{path}.timeout", "must be positive")
+    if redis.HasField("max_connections") and redis.max_connections < 1:
+        raise ConfigError(f"{path}.max_connections", "must be at least 1")
 
 
 _SECRET_HEADERS = frozenset(

@@ -21,6 +21,7 @@ from service.auth.verifier import TokenVerifier
 from service.config import ConfigError, seconds_or
 from service.interceptors import build_interceptors
 from service.limits import Limiter
+from service.limits.redis_store import RedisLimitStore
 from service.providers.registry import Registry
 from service.routing.resilience import Resilience
 from service.routing.router import Router
@@ -91,10 +92,15 @@ class GatewayServer:
         # time.monotonic is the event loop's clock, so deadlines and breakers agree.
         self.resilience = Resilience(config, time.monotonic)
         self.router = Router(self.registry, self.stats, self.resilience)
-        self.limiter = Limiter.from_config(config.limits)
+        env = os.environ if environ is None else environ
+        self.limit_store = (
+            RedisLimitStore.from_config(config.limits.redis, env)
+            if config.limits.HasField("redis")
+            else None
+        )
+        self.limiter = Limiter.from_config(config.limits, store=self.limit_store)
         self.health = health.aio.HealthServicer()
         self.audit = AuditSink.from_config(config.audit)
-        env = os.environ if environ is None else environ
         self.verifier = None if config.auth.disabled else TokenVerifier(config.auth, env)
         server_config = config.server
         self._grace = seconds_or(server_config, "shutdown_grace", 10.0)
@@ -154,6 +160,9 @@ class GatewayServer:
         await self.audit.start()
         if self.verifier is not None:
             await self.verifier.start()
+        if self.limit_store is not None and not await self.limit_store.reachable():
+            # Not fatal: a store that comes back later is used from then on.
+            log.warning("limit store unreachable at start")
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -167,6 +176,8 @@ class GatewayServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self._grace if grace is None else grace)
         await self.registry.aclose()
+        if self.limit_store is not None:
+            await self.limit_store.aclose()
         if self.verifier is not None:
             await self.verifier.close()
         await self.audit.close()  # after the last call has ended: its record is in

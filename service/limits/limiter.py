@@ -11,6 +11,10 @@ Budgets are checked at admission and charged at settlement, when the cost is kno
 calls admitted while the budget still had room all finish and are all counted, so a
 budget can be overshot by the calls in flight when it is reached.
 
+When the store cannot answer (a shared store during an outage), the call is let
+through unlimited or refused with UNAVAILABLE (LIMITS_UNAVAILABLE), as configured;
+every such failure is counted in `Limiter.failures` and logged.
+
 A `LimitConfig` override for a subject (or tenant) replaces the default for it as a
 whole; zero or unset fields mean no limit. Callers without authentication are
 limited as the subject "anonymous".
@@ -18,6 +22,7 @@ limited as the subject "anonymous".
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -31,11 +36,16 @@ from service.errors import GatewayError, QuotaViolation
 from service.limits import budgets
 from service.limits.buckets import Rate
 from service.limits.budgets import Period
-from service.limits.store import InMemoryLimitStore, LimitStore
+from service.limits.store import InMemoryLimitStore, LimitStore, LimitStoreError
+
+log = logging.getLogger(__name__)
 
 ANONYMOUS_SUBJECT = "anonymous"
 BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
 CALLER_RATE_LIMITED = "CALLER_RATE_LIMITED"
+LIMITS_UNAVAILABLE = "LIMITS_UNAVAILABLE"
+# A failing store is logged at most this often; every failure is counted.
+FAILURE_LOG_INTERVAL = 10.0
 # Spends are kept this long after their period ends (replicas' clocks may differ).
 SPEND_TTL_SLACK = 3600.0
 
@@ -84,6 +94,33 @@ class _Scope:
         return f"usd:{self.label}:{period_key}"
 
 
+class StoreFailures:
+    """What the limiter does when its store fails, and how often it has failed."""
+
+    def __init__(self, deny: bool, clock: Callable[[], float] = time.monotonic) -> None:
+        self.deny = deny
+        self.count = 0
+        self._clock = clock
+        self._logged_at: float | None = None
+
+    def record(self, error: LimitStoreError, during: str) -> None:
+        self.count += 1
+        now = self._clock()
+        if self._logged_at is None or now - self._logged_at >= FAILURE_LOG_INTERVAL:
+            self._logged_at = now
+            log.warning(
+                "limit store failed",
+                extra={
+                    "fields": {
+                        "during": during,
+                        "error": str(error),
+                        "failures_total": self.count,
+                        "calls": "refused" if self.deny else "let through unlimited",
+                    }
+                },
+            )
+
+
 @dataclass(frozen=True)
 class _Charge:
     """What one bucket was charged at admission."""
@@ -103,6 +140,7 @@ class Reservation:
         store: LimitStore,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
+        failures: StoreFailures,
         estimated_tokens: int = 0,
         token_charges: Iterable[_Charge] = (),
         budget_scopes: Iterable[_Scope] = (),
@@ -111,6 +149,7 @@ class Reservation:
         self._store = store
         self._clock = clock
         self._wall_clock = wall_clock
+        self._failures = failures
         self._token_charges = tuple(token_charges)
         self._budget_scopes = tuple(budget_scopes)
         self._settled = False
@@ -139,6 +178,12 @@ class Reservation:
         self._settled = True
         if usage is None:
             return
+        try:
+            await self._reconcile(usage)
+        except LimitStoreError as error:
+            self._failures.record(error, "settlement")
+
+    async def _reconcile(self, usage: route_pb2.Usage) -> None:
         actual = usage.total_tokens or usage.input_tokens + usage.output_tokens
         delta = actual - self.estimated_tokens
         if actual > 0 and delta and self._token_charges:
@@ -166,12 +211,14 @@ class Limiter:
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         store: LimitStore,
+        deny_on_store_failure: bool = False,
     ) -> None:
         self._defaults = {"subject": subject_default, "tenant": tenant_default}
         self._overrides = {"subject": dict(subjects), "tenant": dict(tenants)}
         self._clock = clock
         self._wall_clock = wall_clock
         self._store = store
+        self.failures = StoreFailures(deny_on_store_failure, clock)
         self._enabled = any(
             limits.any
             for limits in (subject_default, tenant_default, *subjects.values(), *tenants.values())
@@ -187,6 +234,7 @@ class Limiter:
     ) -> Limiter:
         """`clock` times the per-minute buckets, `wall_clock` (Unix time) places spend
         in its UTC day or month. Without a store, state is kept in this process."""
+        deny = config.redis.on_failure == config_pb2.STORE_FAILURE_MODE_DENY
         return cls(
             subject_default=Limits.from_config(config.subject),
             tenant_default=Limits.from_config(config.tenant),
@@ -195,6 +243,7 @@ class Limiter:
             clock=clock,
             wall_clock=wall_clock,
             store=store if store is not None else InMemoryLimitStore(clock),
+            deny_on_store_failure=deny,
         )
 
     @property
@@ -238,6 +287,12 @@ class Limiter:
                 if tpm:
                     charge = await self._take(scope, "tokens", tpm, estimate, metadata, taken)
                     token_charges.append(charge)
+        except LimitStoreError as error:
+            self.failures.record(error, "admission")
+            await self._give_back(taken)
+            if self.failures.deny:
+                raise _limits_unavailable() from None
+            return self._reservation(estimate, (), ())
         except BaseException:
             await self._give_back(taken)
             raise
@@ -251,6 +306,7 @@ class Limiter:
             store=self._store,
             clock=self._clock,
             wall_clock=self._wall_clock,
+            failures=self.failures,
             estimated_tokens=estimate,
             token_charges=token_charges,
             budget_scopes=budget_scopes,
@@ -283,8 +339,11 @@ class Limiter:
 
     async def _give_back(self, taken: list[_Charge]) -> None:
         now = self._clock()
-        for charge in reversed(taken):
-            await self._store.adjust(charge.key, -charge.amount, charge.rate, now)
+        try:
+            for charge in reversed(taken):
+                await self._store.adjust(charge.key, -charge.amount, charge.rate, now)
+        except LimitStoreError as error:
+            self.failures.record(error, "giving back")
 
 
 def _subject_name(identity: Identity) -> str:
@@ -338,4 +397,13 @@ def _rate_limited(
         metadata={**metadata, "limit": f"{unit}_per_minute"},
         retry_after=retry_after,
         quota_violations=[QuotaViolation(scope.label, description)],
+    )
+
+
+def _limits_unavailable() -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.UNAVAILABLE,
+        LIMITS_UNAVAILABLE,
+        "rate limits cannot be checked right now; try again shortly",
+        retry_after=1.0,
     )

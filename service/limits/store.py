@@ -12,6 +12,8 @@ Bucket times (`now`) come from the limiter's clock. A store shared by replicas n
 a clock they share: give the limiter `clock=time.time`, or let the store use its
 server's time and ignore `now`. Keys are opaque strings chosen by the limiter.
 
+A store that cannot answer raises LimitStoreError.
+
 Several keys are not updated atomically together: the limiter gives back what it
 took when a later key refuses.
 """
@@ -28,6 +30,11 @@ from service.limits.buckets import BucketState, Decision, Rate
 # The in-memory store forgets full buckets and expired spends every this many
 # operations, so that memory follows the active callers, not every caller ever seen.
 SWEEP_EVERY = 1024
+
+
+class LimitStoreError(Exception):
+    """The store could not answer (unreachable, timed out, refused). The limiter decides
+    what the call gets; the message never holds credentials."""
 
 
 class LimitStore(Protocol):

@@ -18,6 +18,7 @@ from llmgateway.v1 import embed_pb2, provider_service_pb2_grpc
 from tests.fakes.http_server import FakeHttpServer, FakeRequest, FakeResponse
 from tests.fakes.keys import HS_SECRET, claims, sign
 from tests.fakes.openai_fake import OpenAIFake, OpenAIFakeConfig, error_body
+from tests.fakes.redis_server import REDIS_PASSWORD
 from tests.support import DEV_SECRET, chat_request, free_port, gateway_process
 
 PROMPT_MARKER = "PROMPT-MARKER-7f3a9c"
@@ -32,6 +33,7 @@ KNOWN_SECRETS = (
     "az-key",
     "vllm-key",
     "dev-only-insecure-secret",
+    REDIS_PASSWORD,
 )
 
 CONFIG = """

@@ -134,3 +134,57 @@ def test_camel_case_keys_are_accepted_like_json() -> None:
         {},
     )
     assert loaded.config.providers[0].mock.token_delay.seconds == 1
+
+
+REDIS_BASE = "auth: {disabled: true}\nproviders:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m}\nlimits:\n  redis: "
+
+
+@pytest.mark.parametrize(
+    ("redis", "environ", "path", "problem"),
+    [
+        ("{key_prefix: x}", {}, "limits.redis.url_env", "is required"),
+        ("{url_env: LIMITS_URL}", {}, "limits.redis.url_env", "LIMITS_URL is not set"),
+        (
+            "{url_env: LIMITS_URL}",
+            {"LIMITS_URL": "http://:hunter2@127.0.0.1:6379"},
+            "limits.redis.url_env",
+            "redis://",
+        ),
+        (
+            "{url_env: LIMITS_URL, timeout: 0s}",
+            {"LIMITS_URL": "redis://127.0.0.1:6379"},
+            "limits.redis.timeout",
+            "positive",
+        ),
+        (
+            "{url_env: LIMITS_URL, max_connections: 0}",
+            {"LIMITS_URL": "redis://127.0.0.1:6379"},
+            "limits.redis.max_connections",
+            "at least 1",
+        ),
+        (
+            "{url_env: LIMITS_URL, on_failure: SOMETIMES}",
+            {"LIMITS_URL": "redis://127.0.0.1:6379"},
+            "limits.redis.on_failure",
+            "",
+        ),
+    ],
+)
+def test_redis_store_errors_name_the_field_and_never_the_url(
+    redis: str, environ: dict[str, str], path: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(REDIS_BASE + redis + "\n", environ)
+    assert caught.value.path == path
+    assert problem in caught.value.problem
+    assert "hunter2" not in str(caught.value)
+
+
+def test_redis_store_config_parses() -> None:
+    loaded = parse_config(
+        REDIS_BASE + "{url_env: LIMITS_URL, on_failure: STORE_FAILURE_MODE_DENY, timeout: 0.1s}\n",
+        {"LIMITS_URL": "rediss://user:pw@127.0.0.1:6380/2"},
+    )
+    redis = loaded.config.limits.redis
+    assert redis.url_env == "LIMITS_URL"
+    assert seconds_or(redis, "timeout", 9.0) == pytest.approx(0.1)

@@ -21,6 +21,38 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _StoreFailureMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StoreFailureModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StoreFailureMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STORE_FAILURE_MODE_UNSPECIFIED: _StoreFailureMode.ValueType  # 0
+    """STORE_FAILURE_MODE_ALLOW."""
+    STORE_FAILURE_MODE_ALLOW: _StoreFailureMode.ValueType  # 1
+    """Calls go on without limits until the store answers again; every failure is
+    counted and logged.
+    """
+    STORE_FAILURE_MODE_DENY: _StoreFailureMode.ValueType  # 2
+    """Calls are refused with UNAVAILABLE (reason LIMITS_UNAVAILABLE) until the store
+    answers again.
+    """
+
+class StoreFailureMode(_StoreFailureMode, metaclass=_StoreFailureModeEnumTypeWrapper):
+    """What the limiter does when its shared store fails."""
+
+STORE_FAILURE_MODE_UNSPECIFIED: StoreFailureMode.ValueType  # 0
+"""STORE_FAILURE_MODE_ALLOW."""
+STORE_FAILURE_MODE_ALLOW: StoreFailureMode.ValueType  # 1
+"""Calls go on without limits until the store answers again; every failure is
+counted and logged.
+"""
+STORE_FAILURE_MODE_DENY: StoreFailureMode.ValueType  # 2
+"""Calls are refused with UNAVAILABLE (reason LIMITS_UNAVAILABLE) until the store
+answers again.
+"""
+Global___StoreFailureMode: _TypeAlias = StoreFailureMode  # noqa: Y015
+
 class _BudgetPeriod:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -511,6 +543,7 @@ class LimitsConfig(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     SUBJECTS_FIELD_NUMBER: _builtins.int
     TENANTS_FIELD_NUMBER: _builtins.int
+    REDIS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subject(self) -> Global___LimitConfig:
         """OPTIONAL. Applied to every subject without an entry in `subjects`."""
@@ -527,6 +560,12 @@ class LimitsConfig(_message.Message):
     def tenants(self) -> _containers.MessageMap[_builtins.str, Global___LimitConfig]:
         """OPTIONAL. Per-tenant overrides."""
 
+    @_builtins.property
+    def redis(self) -> Global___RedisStoreConfig:
+        """OPTIONAL. Keep the limits' state (buckets and spend) in Redis, shared by every
+        replica that points at it. Unset: each process keeps its own.
+        """
+
     def __init__(
         self,
         *,
@@ -534,14 +573,61 @@ class LimitsConfig(_message.Message):
         tenant: Global___LimitConfig | None = ...,
         subjects: _abc.Mapping[_builtins.str, Global___LimitConfig] | None = ...,
         tenants: _abc.Mapping[_builtins.str, Global___LimitConfig] | None = ...,
+        redis: Global___RedisStoreConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject", "tenant", b"tenant"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["redis", b"redis", "subject", b"subject", "tenant", b"tenant"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject", "subjects", b"subjects", "tenant", b"tenant", "tenants", b"tenants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["redis", b"redis", "subject", b"subject", "subjects", b"subjects", "tenant", b"tenant", "tenants", b"tenants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LimitsConfig: _TypeAlias = LimitsConfig  # noqa: Y015
+
+@_typing.final
+class RedisStoreConfig(_message.Message):
+    """A Redis server that holds limit state for several replicas. Each operation is one
+    atomic script on one key, timed by the Redis server's clock.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_ENV_FIELD_NUMBER: _builtins.int
+    KEY_PREFIX_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    ON_FAILURE_FIELD_NUMBER: _builtins.int
+    MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    url_env: _builtins.str
+    """REQUIRED. The environment variable that holds the server's URL:
+    redis://[[user]:password@]host:port[/db], or rediss:// for TLS.
+    """
+    key_prefix: _builtins.str
+    """OPTIONAL. Prefix of every key the gateway writes; default "llmgw:"."""
+    on_failure: Global___StoreFailureMode.ValueType
+    """OPTIONAL. What calls get while the server cannot be reached."""
+    max_connections: _builtins.int
+    """OPTIONAL. Connections in the pool; default 64."""
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """OPTIONAL. The longest wait for one operation, connecting included; default 250ms."""
+
+    def __init__(
+        self,
+        *,
+        url_env: _builtins.str = ...,
+        key_prefix: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        on_failure: Global___StoreFailureMode.ValueType = ...,
+        max_connections: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections", "max_connections", b"max_connections", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections", "key_prefix", b"key_prefix", "max_connections", b"max_connections", "on_failure", b"on_failure", "timeout", b"timeout", "url_env", b"url_env"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_connections: _TypeAlias = _typing.Literal["max_connections"]  # noqa: Y015
+    _WhichOneofArgType__max_connections: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_connections) -> _WhichOneofReturnType__max_connections | None: ...
+
+Global___RedisStoreConfig: _TypeAlias = RedisStoreConfig  # noqa: Y015
 
 @_typing.final
 class LimitConfig(_message.Message):

@@ -1,0 +1,177 @@
+"""The Redis limit store against a real redis-server: the same edges as the in-memory
+store, state shared by separate clients (replicas), key expiry, and failing fast and
+recovering when the server goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.limits.buckets import Rate
+from service.limits.redis_store import RETRY_AFTER_FAILURE, RedisLimitStore
+from service.limits.store import InMemoryLimitStore, LimitStoreError
+from tests.fakes.redis_server import RedisServer, redis_server
+
+# Refills nothing measurable while a test runs: decisions do not depend on timing.
+FROZEN = Rate(per_second=1e-9, burst=10.0)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with redis_server() as running:
+        yield running
+
+
+def client_of(server: RedisServer) -> redis.Redis:
+    return redis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+@pytest_asyncio.fixture
+async def raw(server: RedisServer) -> AsyncIterator[redis.Redis]:
+    client = client_of(server)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def store(server: RedisServer, raw: redis.Redis) -> AsyncIterator[RedisLimitStore]:
+    store = RedisLimitStore(client_of(server), key_prefix="t:")
+    yield store
+    await store.aclose()
+
+
+async def test_a_per_minute_bucket_allows_its_burst_then_says_how_long_to_wait(
+    store: RedisLimitStore,
+) -> None:
+    rate = Rate.per_minute(3)
+    for _ in range(3):
+        assert (await store.take("requests:subject:alice", 1, rate, 0.0)).allowed
+    refused = await store.take("requests:subject:alice", 1, rate, 0.0)
+    assert not refused.allowed
+    # One unit refills in 20 s; a few milliseconds of it have passed.
+    assert 19.5 < refused.retry_after <= 20.0
+    assert (await store.take("requests:subject:bob", 1, rate, 0.0)).allowed
+
+
+async def test_keys_carry_the_prefix_and_expire_when_the_bucket_would_be_full(
+    store: RedisLimitStore, raw: redis.Redis
+) -> None:
+    await store.take("requests:subject:alice", 1, Rate.per_minute(6), 0.0)
+    assert await raw.keys("*") == [b"t:requests:subject:alice"]
+    ttl_ms = await raw.pttl("t:requests:subject:alice")
+    # One unit of six per minute refills in 10 s (plus a second of slack).
+    assert 10_000 < ttl_ms <= 11_000
+
+
+async def test_refill_follows_the_server_clock(store: RedisLimitStore) -> None:
+    rate = Rate(per_second=20.0, burst=1.0)  # one unit every 50 ms
+    assert (await store.take("k", 1, rate, 0.0)).allowed
+    assert not (await store.take("k", 1, rate, 0.0)).allowed
+    await asyncio.sleep(0.08)
+    # `now` is ignored: the server's TIME has moved on.
+    assert (await store.take("k", 1, rate, 0.0)).allowed
+
+
+async def test_debt_delays_and_give_back_is_capped_at_the_burst(store: RedisLimitStore) -> None:
+    assert (await store.take("tokens", 4, FROZEN, 0.0)).allowed
+    await store.adjust("tokens", 10, FROZEN, 0.0)  # used 10 more than estimated: level -4
+    refused = await store.take("tokens", 1, FROZEN, 0.0)
+    assert not refused.allowed
+    await store.adjust("tokens", -100, FROZEN, 0.0)  # give back far more than was taken
+    for _ in range(10):
+        assert (await store.take("tokens", 1, FROZEN, 0.0)).allowed
+    assert not (await store.take("tokens", 1, FROZEN, 0.0)).allowed
+
+
+async def test_a_take_above_the_burst_fits_only_a_full_bucket(store: RedisLimitStore) -> None:
+    assert (await store.take("big", 25, FROZEN, 0.0)).allowed  # full bucket: allowed, debt
+    assert not (await store.take("big", 1, FROZEN, 0.0)).allowed
+
+
+async def test_spend_adds_up_and_lives_at_least_its_ttl(
+    store: RedisLimitStore, raw: redis.Redis
+) -> None:
+    assert await store.spent("usd:subject:alice:2026-12") == 0
+    assert await store.add_spend("usd:subject:alice:2026-12", 1_500, ttl=100.0) == 1_500
+    assert await store.add_spend("usd:subject:alice:2026-12", 2_000, ttl=50.0) == 3_500
+    assert await store.spent("usd:subject:alice:2026-12") == 3_500
+    ttl_ms = await raw.pttl("t:usd:subject:alice:2026-12")
+    assert 99_000 < ttl_ms <= 100_000, "a shorter ttl never cuts the longer one"
+
+
+async def test_two_clients_share_one_bucket_as_replicas_do(
+    server: RedisServer, store: RedisLimitStore
+) -> None:
+    other = RedisLimitStore(client_of(server), key_prefix="t:")
+    try:
+        rate = Rate.per_minute(4)
+        results = await asyncio.gather(
+            *(
+                (store if i % 2 else other).take("requests:tenant:acme", 1, rate, 0.0)
+                for i in range(10)
+            )
+        )
+        assert sum(result.allowed for result in results) == 4
+        await other.add_spend("usd:tenant:acme:d", 7, ttl=60.0)
+        assert await store.spent("usd:tenant:acme:d") == 7
+    finally:
+        await other.aclose()
+
+
+OPERATIONS = st.lists(
+    st.tuples(st.sampled_from(["take", "adjust"]), st.integers(min_value=-12, max_value=25)),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(operations=OPERATIONS)
+async def test_same_decisions_as_the_in_memory_store(
+    store: RedisLimitStore, raw: redis.Redis, operations: list[tuple[str, int]]
+) -> None:
+    await raw.flushdb()
+    memory = InMemoryLimitStore()
+    for operation, amount in operations:
+        if operation == "take":
+            amount = abs(amount)
+            expected = await memory.take("k", amount, FROZEN, 0.0)
+            got = await store.take("k", amount, FROZEN, 0.0)
+            assert got.allowed == expected.allowed
+            if not got.allowed:
+                assert got.retry_after == pytest.approx(expected.retry_after, rel=1e-3)
+        else:
+            await memory.adjust("k", amount, FROZEN, 0.0)
+            await store.adjust("k", amount, FROZEN, 0.0)
+
+
+async def test_an_outage_fails_fast_and_the_store_recovers() -> None:
+    with redis_server() as server:
+        store = RedisLimitStore(client_of(server))
+        try:
+            assert await store.reachable()
+            assert (await store.take("k", 1, FROZEN, 0.0)).allowed
+            server.stop()
+            with pytest.raises(LimitStoreError) as caught:
+                await store.take("k", 1, FROZEN, 0.0)
+            assert "127.0.0.1" not in str(caught.value), "no URL in the error"
+            # Within the failure window, operations fail without going to the network.
+            for _ in range(5):
+                with pytest.raises(LimitStoreError, match="moments ago"):
+                    await store.spent("k")
+            assert not await store.reachable()
+            server.start()
+            await asyncio.sleep(RETRY_AFTER_FAILURE + 0.1)
+            assert await store.reachable()
+            assert (await store.take("k", 1, FROZEN, 0.0)).allowed
+        finally:
+            await store.aclose()
