@@ -12,16 +12,21 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from llmgateway.config.v1 import config_pb2
 from llmgateway.v1 import provider_service_pb2, provider_service_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from service.audit.sink import AuditSink
 from service.auth.verifier import TokenVerifier
 from service.config import ConfigError, seconds_or
 from service.interceptors import build_interceptors
+from service.interceptors.admission import AdmissionInterceptor
 from service.limits import Limiter
 from service.limits.redis_store import RedisLimitStore
+from service.metrics.calls import CallMetrics
+from service.metrics.endpoint import MetricsEndpoint
+from service.metrics.state import GatewaySnapshot, StateCollector, on_loop
 from service.providers.registry import Registry
 from service.routing.resilience import Resilience
 from service.routing.router import Router
@@ -77,6 +82,16 @@ def server_options(server: config_pb2.ServerConfig) -> list[tuple[str, int]]:
     return options
 
 
+def served_methods() -> list[str]:
+    """Full names of the methods of every service the server registers."""
+    services = [
+        provider_service_pb2.DESCRIPTOR.services_by_name["ProviderService"],
+        *health_pb2.DESCRIPTOR.services_by_name.values(),
+        *reflection_pb2.DESCRIPTOR.services_by_name.values(),
+    ]
+    return [f"/{svc.full_name}/{method.name}" for svc in services for method in svc.methods]
+
+
 class GatewayServer:
     """The gateway's gRPC server. `start()` binds and returns the port."""
 
@@ -104,14 +119,20 @@ class GatewayServer:
         self.verifier = None if config.auth.disabled else TokenVerifier(config.auth, env)
         server_config = config.server
         self._grace = seconds_or(server_config, "shutdown_grace", 10.0)
-        self._server = grpc.aio.server(
-            interceptors=(
-                build_interceptors(config, self.audit, self.verifier)
-                if interceptors is None
-                else list(interceptors)
-            ),
-            options=server_options(server_config),
+        self.metrics_registry = CollectorRegistry(auto_describe=True)
+        self.call_metrics = CallMetrics(
+            self.metrics_registry, served_methods(), (m.alias for m in config.models)
         )
+        chain = (
+            build_interceptors(config, self.audit, self.verifier, [self.call_metrics.observe])
+            if interceptors is None
+            else list(interceptors)
+        )
+        self._admission = next((i for i in chain if isinstance(i, AdmissionInterceptor)), None)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self.metrics_registry.register(StateCollector(self._snapshot_from_any_thread))
+        self._server = grpc.aio.server(interceptors=chain, options=server_options(server_config))
         provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(
             ProviderServicer.from_config(self.router, config, self.limiter), self._server
         )
@@ -146,7 +167,45 @@ class GatewayServer:
             require_client_auth=bool(client_ca) and require,
         )
 
+    def snapshot(self) -> GatewaySnapshot:
+        """The state the metrics report; read on the event loop."""
+        return GatewaySnapshot(
+            providers=self.router.stats.snapshot("", self.resilience.breakers),
+            audit=self.audit.stats(),
+            limit_store_failures=self.limiter.failures.count,
+            in_flight=self._admission.in_flight if self._admission else None,
+            shed=self._admission.shed if self._admission else None,
+        )
+
+    def _snapshot_from_any_thread(self) -> GatewaySnapshot | None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return None
+        try:
+            return on_loop(loop, self.snapshot)
+        except Exception:  # a loop that has stopped, or is stuck: report calls only
+            log.warning("gateway state not available to the metrics scrape")
+            return None
+
+    def _start_metrics(self) -> None:
+        metrics = self.config.metrics
+        if not metrics.HasField("port"):
+            return
+        host = metrics.host or self.config.server.host or "0.0.0.0"
+        endpoint = MetricsEndpoint(self.metrics_registry, host, metrics.port)
+        try:
+            port = endpoint.start()
+        except OSError as exc:
+            raise OSError(f"cannot serve metrics on {host}:{metrics.port}: {exc}") from exc
+        self._metrics_endpoint = endpoint
+        log.info("metrics listening", extra={"fields": {"address": f"{host}:{port}"}})
+
+    @property
+    def metrics_port(self) -> int:
+        return self._metrics_endpoint.port if self._metrics_endpoint is not None else 0
+
     async def start(self) -> int:
+        self._loop = asyncio.get_running_loop()
         credentials = self._credentials()
         try:
             if credentials is None:
@@ -157,6 +216,7 @@ class GatewayServer:
             raise OSError(f"cannot listen on {self.address}: {exc}") from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
+        self._start_metrics()
         await self.audit.start()
         if self.verifier is not None:
             await self.verifier.start()
@@ -181,6 +241,8 @@ class GatewayServer:
         if self.verifier is not None:
             await self.verifier.close()
         await self.audit.close()  # after the last call has ended: its record is in
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.stop()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

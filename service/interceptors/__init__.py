@@ -6,6 +6,8 @@ refused ones included), load shedding, authentication, then the request-decoding
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 from llmgateway.config.v1 import config_pb2
 
@@ -13,7 +15,7 @@ from service.audit.sink import AuditSink
 from service.auth.verifier import TokenVerifier
 from service.config import seconds_or
 from service.interceptors.admission import AdmissionInterceptor
-from service.interceptors.audit import AuditInterceptor
+from service.interceptors.audit import AuditInterceptor, RecordObserver
 from service.interceptors.auth import AuthInterceptor
 from service.interceptors.decode import DecodeGuardInterceptor
 
@@ -21,9 +23,12 @@ PROVIDER_SERVICE_PREFIX = "/llmgateway.v1.ProviderService/"
 
 
 def build_interceptors(
-    config: config_pb2.GatewayConfig, audit: AuditSink, verifier: TokenVerifier | None
+    config: config_pb2.GatewayConfig,
+    audit: AuditSink,
+    verifier: TokenVerifier | None,
+    observers: Sequence[RecordObserver] = (),
 ) -> list[grpc.aio.ServerInterceptor]:
-    chain: list[grpc.aio.ServerInterceptor] = [AuditInterceptor(audit)]
+    chain: list[grpc.aio.ServerInterceptor] = [AuditInterceptor(audit, observers)]
     if config.server.max_in_flight:
         chain.append(
             AdmissionInterceptor(

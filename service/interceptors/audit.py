@@ -36,7 +36,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import Token
 from typing import TYPE_CHECKING, Any, cast
 
@@ -52,6 +52,8 @@ from service.interceptors.wrapping import Context, WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
+# Sees each finished call's audit record (metrics count the outcomes the log holds).
+RecordObserver = Callable[[Mapping[str, Any]], None]
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # A cancellation this close to the deadline is the deadline's (the client's timer may
@@ -118,8 +120,16 @@ def _reset(token: Token[CallState | None]) -> None:
 class _Call:
     """One RPC being audited: its state, and the guarantee of exactly one record."""
 
-    def __init__(self, sink: AuditSink, state: CallState, context: Context, streaming: bool):
+    def __init__(
+        self,
+        sink: AuditSink,
+        state: CallState,
+        context: Context,
+        streaming: bool,
+        observers: Sequence[RecordObserver] = (),
+    ):
         self.sink = sink
+        self.observers = observers
         self.state = state
         self.context = context
         self.streaming = streaming
@@ -150,6 +160,11 @@ class _Call:
             self.sink.lose("the audit record could not be built")
         else:
             self.sink.submit(record)
+            for observe in self.observers:
+                try:
+                    observe(record)
+                except Exception:
+                    log.exception("a call observer failed")
         finally:
             self.sink.end_call()
 
@@ -180,8 +195,9 @@ async def _send_request_id(context: Context, request_id: str) -> None:
 
 
 class AuditInterceptor(WrappingInterceptor):
-    def __init__(self, sink: AuditSink) -> None:
+    def __init__(self, sink: AuditSink, observers: Sequence[RecordObserver] = ()) -> None:
         self.sink = sink
+        self.observers = tuple(observers)
 
     # --- handlers ------------------------------------------------------------------------
 
@@ -223,7 +239,7 @@ class AuditInterceptor(WrappingInterceptor):
             peer=peer if isinstance(peer, str) else "",
             started=_loop_time(),
         )
-        call = _Call(self.sink, state, context, streaming)
+        call = _Call(self.sink, state, context, streaming, self.observers)
         self.sink.begin_call()
         context.add_done_callback(cast(Any, lambda _context: call.finish_interrupted()))
         return call

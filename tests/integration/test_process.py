@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -143,3 +144,16 @@ async def test_port_in_use_exits_non_zero(tmp_path: Path) -> None:
         )
     assert result.returncode == 3
     assert "cannot start" in result.stderr
+
+
+async def test_metrics_port_in_use_exits_non_zero(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        metrics_port = taken.getsockname()[1]
+        text = CONFIG.format(port=free_port()) + (
+            f"metrics: {{host: 127.0.0.1, port: {metrics_port}}}\n"
+        )
+        result = await asyncio.to_thread(_run, ["--config", str(_write(tmp_path, text))])
+    assert result.returncode == 3
+    assert "cannot serve metrics" in result.stderr

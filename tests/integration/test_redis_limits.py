@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 from llmgateway.v1 import chat_pb2, models_pb2
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.keys import HS_SECRET
 from tests.fakes.redis_server import REDIS_PASSWORD, RedisServer, redis_server
@@ -136,6 +138,14 @@ async def test_an_outage_lets_calls_through_when_allowed_and_counts_it(
                 assert reply.message.parts[0].text == "hi"
             failures = gw.server.limiter.failures.count
             assert failures >= 3, "every call the store could not check is counted"
+            exposed = {
+                sample.name: sample.value
+                for family in text_string_to_metric_families(
+                    generate_latest(gw.server.metrics_registry).decode()
+                )
+                for sample in family.samples
+            }
+            assert exposed["llm_gateway_limit_store_failures_total"] == failures
             warnings = [r for r in caplog.records if r.getMessage() == "limit store failed"]
             assert warnings, "the failure is logged"
             assert warnings[0].fields["calls"] == "let through unlimited"  # type: ignore[attr-defined]

@@ -124,6 +124,7 @@ class GatewayConfig(_message.Message):
     AUTH_FIELD_NUMBER: _builtins.int
     AUDIT_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     allow_direct_model_addressing: _builtins.bool
     """OPTIONAL. Accept ChatRequest.model written as "provider/upstream-model"
     in addition to the aliases. Off unless set.
@@ -162,6 +163,10 @@ class GatewayConfig(_message.Message):
     def limits(self) -> Global___LimitsConfig:
         """OPTIONAL. Rate limits and spend budgets per subject and per tenant."""
 
+    @_builtins.property
+    def metrics(self) -> Global___MetricsConfig:
+        """OPTIONAL. Prometheus metrics over HTTP. Off unless `port` is set."""
+
     def __init__(
         self,
         *,
@@ -174,14 +179,43 @@ class GatewayConfig(_message.Message):
         auth: Global___AuthConfig | None = ...,
         audit: Global___AuditConfig | None = ...,
         limits: Global___LimitsConfig | None = ...,
+        metrics: Global___MetricsConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "auth", b"auth", "limits", b"limits", "logging", b"logging", "routing", b"routing", "server", b"server"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "auth", b"auth", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "routing", b"routing", "server", b"server"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_direct_model_addressing", b"allow_direct_model_addressing", "audit", b"audit", "auth", b"auth", "limits", b"limits", "logging", b"logging", "models", b"models", "providers", b"providers", "routing", b"routing", "server", b"server"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_direct_model_addressing", b"allow_direct_model_addressing", "audit", b"audit", "auth", b"auth", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "models", b"models", "providers", b"providers", "routing", b"routing", "server", b"server"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GatewayConfig: _TypeAlias = GatewayConfig  # noqa: Y015
+
+@_typing.final
+class MetricsConfig(_message.Message):
+    """The Prometheus endpoint: GET /metrics in the text exposition format."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """OPTIONAL. Address to listen on; default the server's host."""
+    port: _builtins.int
+    """OPTIONAL. Port of the endpoint (0 picks a free one); unset: no endpoint."""
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        port: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_port", b"_port", "port", b"port"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_port", b"_port", "host", b"host", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__port: _TypeAlias = _typing.Literal["port"]  # noqa: Y015
+    _WhichOneofArgType__port: _TypeAlias = _typing.Literal["_port", b"_port"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__port) -> _WhichOneofReturnType__port | None: ...
+
+Global___MetricsConfig: _TypeAlias = MetricsConfig  # noqa: Y015
 
 @_typing.final
 class AuthConfig(_message.Message):

@@ -1,0 +1,196 @@
+"""Prometheus metrics through the real endpoint: per-call counters agree with what the
+calls returned, gateway state (attempts, breakers, audit, load shedding) is read at
+scrape time, label values stay bounded, and the endpoint goes away with the server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from llmgateway.v1 import models_pb2
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import Gateway, chat_request, running_gateway
+
+CHAT = "/llmgateway.v1.ProviderService/Chat"
+STREAM = "/llmgateway.v1.ProviderService/StreamChat"
+CONFIG = """
+server: {host: 127.0.0.1, port: 0, max_in_flight: 8}
+allow_direct_model_addressing: true
+metrics: {host: 127.0.0.1, port: 0}
+routing: {retry: {max_attempts: 1}, breaker: {consecutive_failures: 2, cool_down: 30s}}
+providers:
+  - {name: primary, mock: {faults_from_metadata: true}}
+  - {name: backup, mock: {faults_from_metadata: true}}
+models:
+  - alias: main
+    provider: primary
+    upstream_model: m-main
+    fallbacks: [spare]
+    pricing: {input_per_million: 1000000, output_per_million: 2000000}
+  - {alias: spare, provider: backup, upstream_model: m-spare}
+"""
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gateway() -> AsyncIterator[Gateway]:
+    async with running_gateway(CONFIG) as running:
+        yield running
+
+
+async def scrape(gateway: Gateway) -> Samples:
+    port = gateway.server.metrics_port
+    assert port, "the endpoint listens"
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_call_counters_agree_with_what_the_calls_returned(gateway: Gateway) -> None:
+    before = await scrape(gateway)
+    replies = [
+        await gateway.stub.Chat(chat_request("one two", model="main"), timeout=5) for _ in range(3)
+    ]
+    chunks = [c async for c in gateway.stub.StreamChat(chat_request("a b c", model="main"))]
+    with pytest.raises(grpc.aio.AioRpcError):
+        await gateway.stub.Chat(chat_request("x", model="no-such-model"), timeout=5)
+    direct = await gateway.stub.Chat(chat_request("d e", model="backup/free-form-7"), timeout=5)
+    after = await scrape(gateway)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("llm_gateway_rpcs_total", method=CHAT, code="OK") == 4
+    assert grew("llm_gateway_rpcs_total", method=STREAM, code="OK") == 1
+    assert grew("llm_gateway_rpcs_total", method=CHAT, code="NOT_FOUND") == 1
+    assert grew("llm_gateway_rpc_duration_seconds_count", method=CHAT) == 5
+    assert grew("llm_gateway_stream_first_chunk_seconds_count", model="main") == 1
+    usages = [r.usage for r in replies] + [chunks[-1].usage]
+    assert grew("llm_gateway_tokens_total", model="main", direction="input") == sum(
+        u.input_tokens for u in usages
+    )
+    assert grew("llm_gateway_tokens_total", model="main", direction="output") == sum(
+        u.output_tokens for u in usages
+    )
+    assert grew("llm_gateway_cost_usd_total", model="main") == pytest.approx(
+        sum(u.cost_usd for u in usages)
+    )
+    # Models outside the configured aliases are counted under one bounded label value.
+    assert grew("llm_gateway_tokens_total", model="other", direction="input") == (
+        direct.usage.input_tokens
+    )
+    models = {dict(labels).get("model") for _, labels in after}
+    assert not models & {"no-such-model", "backup/free-form-7"}
+
+
+async def test_unknown_methods_are_one_bounded_label(gateway: Gateway) -> None:
+    before = await scrape(gateway)
+    for name in ("/llmgateway.v1.ProviderService/Nope", "/made.up.Service/Call"):
+        call = gateway.channel.unary_unary(name)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"", timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    health = health_pb2_grpc.HealthStub(gateway.channel)
+    await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    after = await scrape(gateway)
+    assert (
+        value(after, "llm_gateway_rpcs_total", method="other", code="UNIMPLEMENTED")
+        - value(before, "llm_gateway_rpcs_total", method="other", code="UNIMPLEMENTED")
+        == 2
+    )
+    methods = {dict(labels).get("method") for _, labels in after} - {None}
+    assert "/made.up.Service/Call" not in methods
+    assert "/grpc.health.v1.Health/Check" in methods
+
+
+async def test_fallbacks_attempts_and_breakers_are_reported(gateway: Gateway) -> None:
+    fail = (("x-mock-fail-status", "503"), ("x-mock-target", "primary"))
+    for _ in range(2):
+        reply = await gateway.stub.Chat(chat_request("hi", model="main"), metadata=fail, timeout=5)
+        assert reply.route.fallback_used and reply.route.provider == "backup"
+    samples = await scrape(gateway)
+    stats = await gateway.stub.GetProviderStats(models_pb2.GetProviderStatsRequest(), timeout=5)
+    by_name = {p.provider: p for p in stats.providers}
+    for provider in ("primary", "backup"):
+        for outcome, count in (
+            ("started", by_name[provider].requests),
+            ("success", by_name[provider].successes),
+            ("failure", by_name[provider].failures),
+        ):
+            assert (
+                value(
+                    samples,
+                    "llm_gateway_upstream_attempts_total",
+                    provider=provider,
+                    outcome=outcome,
+                )
+                == count
+            ), (provider, outcome)
+    assert value(samples, "llm_gateway_fallbacks_total", model="main") >= 2
+    circuit = {
+        state: value(
+            samples,
+            "llm_gateway_circuit_state",
+            provider="primary",
+            upstream_model="m-main",
+            state=state,
+        )
+        for state in ("closed", "open", "half_open")
+    }
+    assert circuit == {"closed": 0.0, "open": 1.0, "half_open": 0.0}
+    assert (
+        value(
+            samples, "llm_gateway_circuit_opened_total", provider="primary", upstream_model="m-main"
+        )
+        == 1
+    )
+
+
+async def test_state_is_read_while_calls_are_in_flight(gateway: Gateway) -> None:
+    stall = (("x-mock-stall", "0.5"), ("x-mock-target", "backup"))
+    call = asyncio.ensure_future(
+        gateway.stub.Chat(chat_request("slow", model="spare"), metadata=stall, timeout=5)
+    )
+    for _ in range(100):  # bounded: until the call is admitted
+        samples = await scrape(gateway)
+        if value(samples, "llm_gateway_calls_in_flight") == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert value(samples, "llm_gateway_calls_in_flight") == 1
+    assert ("llm_gateway_calls_shed_total", frozenset()) in samples
+    await call
+    assert value(await scrape(gateway), "llm_gateway_calls_in_flight") == 0
+
+
+async def test_audit_counters_match_the_records() -> None:
+    async with running_gateway(CONFIG) as gateway:
+        for _ in range(4):
+            await gateway.stub.Chat(chat_request("hi", model="main"), timeout=5)
+        samples = await scrape(gateway)
+        sink = gateway.server.audit.stats()
+        assert (
+            value(samples, "llm_gateway_audit_records_total", outcome="written") == sink["written"]
+        )
+        assert value(samples, "llm_gateway_audit_records_total", outcome="dropped") == 0
+        calls = sum(v for (name, _), v in samples.items() if name == "llm_gateway_rpcs_total")
+        assert calls == 4 == sink["submitted"], "one record and one count per RPC"
+        port = gateway.server.metrics_port
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the endpoint closed with the server"
