@@ -1,0 +1,136 @@
+"""The Kubernetes manifests and the image build: every manifest valid against the
+Kubernetes API schema, the config in the ConfigMap valid for the gateway with exactly
+the variables the Deployment provides, probes and ports that match the config, and the
+package the Dockerfile builds self-contained and runnable."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from service.config import parse_config, seconds_or
+from tests.support import ROOT
+
+MANIFESTS = ROOT / "deploy" / "kubernetes"
+KUBERNETES_VERSION = "1.33.0"
+
+
+def documents() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            found[f"{document['kind']}/{document['metadata']['name']}"] = document
+    return found
+
+
+def container() -> dict[str, Any]:
+    deployment = documents()["Deployment/llm-gateway"]
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def gateway_config_text() -> str:
+    return str(documents()["ConfigMap/llm-gateway-config"]["data"]["config.yaml"])
+
+
+@pytest.mark.parametrize("name", sorted(documents()))
+def test_every_manifest_is_valid_for_the_kubernetes_api(name: str) -> None:
+    try:
+        kubernetes_validate.validate(documents()[name], KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        pytest.fail(f"{name}: {error.message} at {list(error.path)}")
+
+
+def test_the_configmap_config_is_valid_with_the_deployments_environment() -> None:
+    provided = {entry["name"]: "set-by-kubernetes" for entry in container()["env"]}
+    text = gateway_config_text()
+    referenced = set(re.findall(r"\b(?:url_env|api_key_env|secret_env): (\w+)", text))
+    assert referenced <= set(provided), "every variable the config names comes from the pod"
+    environ = {**provided, "LLM_GATEWAY_REDIS_URL": "redis://redis:6379/0"}
+    loaded = parse_config(text, environ)
+    assert loaded.config.limits.HasField("redis"), "replicas share their limits"
+    assert loaded.skipped_providers == ()
+
+
+def test_probes_ports_and_shutdown_fit_the_config() -> None:
+    loaded = parse_config(
+        gateway_config_text(), {"LLM_GATEWAY_REDIS_URL": "redis://redis:6379/0"}
+    ).config
+    gateway = container()
+    ports = {port["name"]: port["containerPort"] for port in gateway["ports"]}
+    assert ports == {"grpc": loaded.server.port, "metrics": loaded.metrics.port}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert gateway[probe]["grpc"]["port"] == loaded.server.port, probe
+    service = documents()["Service/llm-gateway"]
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
+    pod = documents()["Deployment/llm-gateway"]["spec"]["template"]["spec"]
+    drain = seconds_or(loaded.server, "shutdown_grace", 10.0)
+    pause = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > drain + pause, "in-flight calls can finish"
+    mount = gateway["volumeMounts"][0]["mountPath"]
+    assert gateway["args"] == ["--config", f"{mount}/config.yaml"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f'CMD ["--config", "{mount}/config.yaml"]' in dockerfile
+    assert re.search(r"^USER 10001:10001$", dockerfile, flags=re.M)
+    assert pod["securityContext"]["runAsUser"] == 10001
+
+
+def test_the_image_package_is_self_contained(tmp_path: Path) -> None:
+    """What the Dockerfile's build stage runs (`pip wheel .`), then the package alone,
+    away from the source tree, checking the ConfigMap's config."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("llm_gateway-*.whl")
+    unpacked = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(unpacked)
+        entry_points = archive.read(
+            next(n for n in archive.namelist() if n.endswith("entry_points.txt"))
+        ).decode()
+    assert "llm-gateway = service.__main__:main" in entry_points
+    config = tmp_path / "config.yaml"
+    config.write_text(gateway_config_text())
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path[0] = sys.argv.pop(1); "
+            "import service; assert not service.__file__.startswith(sys.argv[1]); "
+            "from service.__main__ import main; sys.exit(main(sys.argv[2:]))",
+            str(unpacked),
+            str(ROOT),
+            "check-config",
+            "--config",
+            str(config),
+        ],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "LLM_GATEWAY_REDIS_URL": "redis://redis:6379/0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith(": ok")
