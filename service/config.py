@@ -290,8 +290,7 @@ def _validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> N
         if model.alias in aliases:
             raise ConfigError(f"{path}.alias", f'"{model.alias}" is used twice')
         aliases.add(model.alias)
-        if model.provider not in names:
-            raise ConfigError(f"{path}.provider", f'no provider is named "{model.provider}"')
+        _validate_model_targets(model, names, path)
         if model.timeouts.ByteSize():
             for name in ("connect", "read", "total", "first_token", "idle"):
                 if seconds_or(model.timeouts, name, 1.0) <= 0:
@@ -372,6 +371,31 @@ def _validate_transport(provider: config_pb2.ProviderConfig, path: str) -> None:
         raise ConfigError(f"{path}.pool.max_connections", "must be at least 1")
     if provider.HasField("max_response_bytes") and provider.max_response_bytes < 1024:
         raise ConfigError(f"{path}.max_response_bytes", "must be at least 1024")
+
+
+def _validate_model_targets(model: config_pb2.ModelConfig, providers: set[str], path: str) -> None:
+    """Either one provider (and upstream model) or a list of deployments."""
+    if not model.deployments:
+        if model.provider not in providers:
+            raise ConfigError(f"{path}.provider", f'no provider is named "{model.provider}"')
+        if model.balance:
+            raise ConfigError(f"{path}.balance", "needs deployments to balance over")
+        return
+    if model.provider or model.upstream_model:
+        raise ConfigError(
+            f"{path}.deployments", "set either provider and upstream_model, or deployments"
+        )
+    seen: set[tuple[str, str]] = set()
+    for k, target in enumerate(model.deployments):
+        where = f"{path}.deployments[{k}]"
+        if target.provider not in providers:
+            raise ConfigError(f"{where}.provider", f'no provider is named "{target.provider}"')
+        if target.HasField("weight") and not 1 <= target.weight <= 1000:
+            raise ConfigError(f"{where}.weight", "must be from 1 to 1000")
+        key = (target.provider, target.upstream_model or model.alias)
+        if key in seen:
+            raise ConfigError(where, f"{key[0]}/{key[1]} is listed twice")
+        seen.add(key)
 
 
 def _validate_fallbacks(config: config_pb2.GatewayConfig) -> None:
@@ -467,7 +491,16 @@ def _drop_providers_without_keys(
     del kept.providers[:]
     kept.providers.extend(p for p in config.providers if p.name not in skipped)
     del kept.models[:]
-    kept.models.extend(m for m in config.models if m.provider not in skipped)
+    for model in config.models:
+        if model.deployments:
+            targets = [t for t in model.deployments if t.provider not in skipped]
+            if targets:
+                trimmed = kept.models.add()
+                trimmed.CopyFrom(model)
+                del trimmed.deployments[:]
+                trimmed.deployments.extend(targets)
+        elif model.provider not in skipped:
+            kept.models.add().CopyFrom(model)
     remaining = {m.alias for m in kept.models}
     for model in kept.models:
         for field in (model.fallbacks, model.context_fallbacks):

@@ -13,6 +13,7 @@ from service.config import ConfigError, seconds_or
 from service.errors import model_not_found
 from service.providers.base import EMBEDDINGS_ONLY, Capabilities, Deployment, Provider, Timeouts
 from service.providers.mock import MockProvider
+from service.routing.balancer import Member, Pool, Strategy
 from service.routing.pricing import pricing_from
 
 ProviderFactory = Callable[[config_pb2.ProviderConfig, Mapping[str, str]], Provider]
@@ -81,9 +82,11 @@ class Registry:
         models: dict[str, Deployment],
         allow_direct_addressing: bool,
         provider_timeouts: dict[str, Timeouts] | None = None,
+        pools: dict[str, Pool] | None = None,
     ) -> None:
         self.providers = providers
         self.models = models
+        self.pools = pools or {}
         self._allow_direct = allow_direct_addressing
         self._provider_timeouts = provider_timeouts or {}
 
@@ -101,27 +104,47 @@ class Registry:
             except ConfigError as exc:
                 raise ConfigError(f"providers[{index}].{exc.path}", exc.problem) from exc
         provider_configs = {p.name: p for p in config.providers}
-        models = {}
+        models: dict[str, Deployment] = {}
+        pools: dict[str, Pool] = {}
         for model in config.models:
-            provider = providers[model.provider]
-            models[model.alias] = Deployment(
-                alias=model.alias,
-                provider=provider.name,
-                provider_type=provider.kind,
-                upstream_model=model.upstream_model or model.alias,
-                capabilities=capabilities_for(provider, model.capabilities),
-                context_window=model.context_window or provider.default_context_window,
-                pricing=pricing_from(model) if model.HasField("pricing") else None,
-                timeouts=timeouts_for(provider_configs[model.provider].timeouts, model.timeouts),
-                fallbacks=tuple(model.fallbacks),
-                context_fallbacks=tuple(model.context_fallbacks),
-            )
+            targets = list(model.deployments) or [
+                config_pb2.DeploymentTarget(
+                    provider=model.provider, upstream_model=model.upstream_model
+                )
+            ]
+            members = []
+            for target in targets:
+                provider = providers[target.provider]
+                deployment = Deployment(
+                    alias=model.alias,
+                    provider=provider.name,
+                    provider_type=provider.kind,
+                    upstream_model=target.upstream_model or model.alias,
+                    capabilities=capabilities_for(provider, model.capabilities),
+                    context_window=model.context_window or provider.default_context_window,
+                    pricing=pricing_from(model) if model.HasField("pricing") else None,
+                    timeouts=timeouts_for(
+                        provider_configs[target.provider].timeouts, model.timeouts
+                    ),
+                    fallbacks=tuple(model.fallbacks),
+                    context_fallbacks=tuple(model.context_fallbacks),
+                )
+                weight = target.weight if target.HasField("weight") else 1
+                members.append(Member(deployment, weight))
+            # The first deployment stands for the alias (ListModels, capability checks).
+            models[model.alias] = members[0].deployment
+            if model.deployments:
+                pools[model.alias] = Pool(
+                    model.alias, Strategy.from_config(model.balance), tuple(members)
+                )
         no_override = config_pb2.TimeoutConfig()
         provider_timeouts = {
             name: timeouts_for(provider_config.timeouts, no_override)
             for name, provider_config in provider_configs.items()
         }
-        return cls(providers, models, config.allow_direct_model_addressing, provider_timeouts)
+        return cls(
+            providers, models, config.allow_direct_model_addressing, provider_timeouts, pools
+        )
 
     def resolve(self, model: str) -> Deployment:
         """The deployment for a requested model name, or NOT_FOUND."""
@@ -144,6 +167,10 @@ class Registry:
 
     def provider(self, name: str) -> Provider:
         return self.providers[name]
+
+    def pool(self, alias: str) -> Pool | None:
+        """The deployments of a load-balanced alias; None for an alias with one."""
+        return self.pools.get(alias)
 
     def chain(self, aliases: tuple[str, ...]) -> list[Deployment]:
         """The deployments of fallback aliases (validated to exist at start-up)."""

@@ -23,6 +23,7 @@ from service.errors import GatewayError, deadline_exceeded, internal
 from service.providers.base import CallContext, Deployment
 from service.providers.registry import Registry
 from service.providers.upstream_errors import transport_failure
+from service.routing.balancer import Balancer
 from service.routing.capabilities import check_chat, check_embed
 from service.routing.pricing import apply_cost
 from service.routing.resilience import Resilience
@@ -75,22 +76,39 @@ class Router:
         stats: StatsBook,
         resilience: Resilience,
         uniform: Callable[[float, float], float] = random.uniform,
+        balancer: Balancer | None = None,
     ) -> None:
         self.registry = registry
         self.stats = stats
         self.resilience = resilience
         self._uniform = uniform
+        self.balancer = balancer or Balancer()
 
     # --- planning --------------------------------------------------------------------
 
     def _chain(self, model: str, check: Check, ctx: CallContext) -> list[Deployment]:
+        """The deployments of the alias asked for (in the balancer's order), then those
+        of its fallbacks, each fallback alias balanced in turn."""
         primary = self.registry.resolve(model)
         check(primary)  # the caller's own request must fit the model asked for
-        chain = [primary]
-        for candidate in self.registry.chain(primary.fallbacks):
-            if candidate not in chain and _fits(check, candidate, ctx):
-                chain.append(candidate)
-        return chain
+        chain = [d for d in self._balanced(primary) if d is primary or _fits(check, d, ctx)]
+        return chain + self._candidates(primary.fallbacks, chain, check, ctx)
+
+    def _balanced(self, deployment: Deployment) -> list[Deployment]:
+        pool = self.registry.pool(deployment.alias)
+        return [deployment] if pool is None else self.balancer.order(pool)
+
+    def _candidates(
+        self, aliases: tuple[str, ...], chain: list[Deployment], check: Check, ctx: CallContext
+    ) -> list[Deployment]:
+        """The deployments of fallback aliases that are not in `chain` and fit the call."""
+        found: list[Deployment] = []
+        for alias_deployment in self.registry.chain(aliases):
+            for candidate in self._balanced(alias_deployment):
+                fresh = candidate not in chain and candidate not in found
+                if fresh and _fits(check, candidate, ctx):
+                    found.append(candidate)
+        return found
 
     # --- the attempt loop ------------------------------------------------------------
 
@@ -148,11 +166,7 @@ class Router:
                         and not context_fallbacks_added
                     ):
                         context_fallbacks_added = True
-                        extra = [
-                            d
-                            for d in self.registry.chain(deployment.context_fallbacks)
-                            if d not in chain and _fits(check, d, ctx)
-                        ]
+                        extra = self._candidates(deployment.context_fallbacks, chain, check, ctx)
                         chain[position:position] = extra
                         break
                     if not error.failover:
@@ -177,7 +191,8 @@ class Router:
                 else:
                     breaker.success()
                     record.served_by = deployment
-                    record.fallback_used = deployment is not chain[0]
+                    # Another deployment of the same alias is its failover, not a fallback.
+                    record.fallback_used = deployment.alias != chain[0].alias
                     return result, deployment
         raise record.annotate(_exhausted(errors))
 
@@ -196,6 +211,7 @@ class Router:
         until = min(ctx.deadline, started + deployment.timeouts.total)
         attempt_ctx = replace(ctx, attempt=record.attempts, deadline=until)
         self.stats.started(deployment.provider)
+        self.balancer.started(deployment)
         outcome = Outcome.FAILURE
         try:
             async with asyncio.timeout_at(until):
@@ -213,6 +229,7 @@ class Router:
             outcome = Outcome.CANCELLED
             raise
         finally:
+            self.balancer.finished(deployment)
             if outcome is not Outcome.SUCCESS or count_success:
                 self.stats.finished(deployment.provider, outcome, loop.time() - started)
 
@@ -293,6 +310,7 @@ class Router:
         finished = False
         outcome = Outcome.FAILURE
         breaker = self.resilience.breaker(deployment)
+        self.balancer.started(deployment)  # the open stream is a call in flight
         try:
             while chunk is not None:
                 if record.chunks_delivered == 0:
@@ -324,6 +342,7 @@ class Router:
             outcome = Outcome.CANCELLED
             raise
         finally:
+            self.balancer.finished(deployment)
             await _close(stream)
             self.stats.finished(deployment.provider, outcome, loop.time() - started)
 

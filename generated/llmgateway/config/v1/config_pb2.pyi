@@ -105,6 +105,34 @@ AUTH_SCHEME_NONE: AuthScheme.ValueType  # 3
 """No credentials."""
 Global___AuthScheme: _TypeAlias = AuthScheme  # noqa: Y015
 
+class _BalanceStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BalanceStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BalanceStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BALANCE_STRATEGY_UNSPECIFIED: _BalanceStrategy.ValueType  # 0
+    """BALANCE_STRATEGY_WEIGHTED_RANDOM."""
+    BALANCE_STRATEGY_WEIGHTED_RANDOM: _BalanceStrategy.ValueType  # 1
+    """At random, in proportion to the weights."""
+    BALANCE_STRATEGY_ROUND_ROBIN: _BalanceStrategy.ValueType  # 2
+    """In turn, in proportion to the weights (smooth weighted round robin)."""
+    BALANCE_STRATEGY_LEAST_IN_FLIGHT: _BalanceStrategy.ValueType  # 3
+    """The deployment with the fewest calls in flight for its weight."""
+
+class BalanceStrategy(_BalanceStrategy, metaclass=_BalanceStrategyEnumTypeWrapper):
+    """How a load-balanced alias picks the deployment for a call."""
+
+BALANCE_STRATEGY_UNSPECIFIED: BalanceStrategy.ValueType  # 0
+"""BALANCE_STRATEGY_WEIGHTED_RANDOM."""
+BALANCE_STRATEGY_WEIGHTED_RANDOM: BalanceStrategy.ValueType  # 1
+"""At random, in proportion to the weights."""
+BALANCE_STRATEGY_ROUND_ROBIN: BalanceStrategy.ValueType  # 2
+"""In turn, in proportion to the weights (smooth weighted round robin)."""
+BALANCE_STRATEGY_LEAST_IN_FLIGHT: BalanceStrategy.ValueType  # 3
+"""The deployment with the fewest calls in flight for its weight."""
+Global___BalanceStrategy: _TypeAlias = BalanceStrategy  # noqa: Y015
+
 @_typing.final
 class GatewayConfig(_message.Message):
     """The whole gateway configuration, loaded from one YAML file. Field names are
@@ -1738,14 +1766,18 @@ class ModelConfig(_message.Message):
     FALLBACKS_FIELD_NUMBER: _builtins.int
     CONTEXT_FALLBACKS_FIELD_NUMBER: _builtins.int
     TIMEOUTS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """REQUIRED. The name callers use; unique; letters, digits and ".-_:/"."""
     provider: _builtins.str
-    """REQUIRED. Name of a configured provider."""
+    """REQUIRED unless `deployments` is set. Name of a configured provider."""
     upstream_model: _builtins.str
     """OPTIONAL. Model name sent upstream; defaults to the alias."""
     context_window: _builtins.int
     """OPTIONAL. Context window in tokens, reported by ListModels."""
+    balance: Global___BalanceStrategy.ValueType
+    """OPTIONAL. How calls are spread over `deployments`."""
     @_builtins.property
     def capabilities(self) -> Global___CapabilitiesConfig:
         """OPTIONAL. Capability overrides."""
@@ -1770,6 +1802,14 @@ class ModelConfig(_message.Message):
     def timeouts(self) -> Global___TimeoutConfig:
         """OPTIONAL. Replaces the provider's timeouts for this model, field by field."""
 
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentTarget]:
+        """OPTIONAL. Serve the alias from several deployments (providers, regions,
+        keys) instead of `provider` and `upstream_model`. Each call goes to one,
+        chosen by `balance`; the others are its failover, tried before `fallbacks`.
+        Every deployment shares the settings above.
+        """
+
     def __init__(
         self,
         *,
@@ -1782,11 +1822,45 @@ class ModelConfig(_message.Message):
         fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         context_fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         timeouts: Global___TimeoutConfig | None = ...,
+        deployments: _abc.Iterable[Global___DeploymentTarget] | None = ...,
+        balance: Global___BalanceStrategy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "pricing", b"pricing", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "balance", b"balance", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelConfig: _TypeAlias = ModelConfig  # noqa: Y015
+
+@_typing.final
+class DeploymentTarget(_message.Message):
+    """One deployment of a load-balanced alias."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """REQUIRED. Name of a configured provider."""
+    upstream_model: _builtins.str
+    """OPTIONAL. Model name sent upstream; defaults to the alias."""
+    weight: _builtins.int
+    """OPTIONAL. Relative share of the calls; default 1."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        upstream_model: _builtins.str = ...,
+        weight: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "weight", b"weight"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "provider", b"provider", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
+    _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__weight) -> _WhichOneofReturnType__weight | None: ...
+
+Global___DeploymentTarget: _TypeAlias = DeploymentTarget  # noqa: Y015
