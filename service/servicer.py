@@ -267,8 +267,17 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
     ) -> models_pb2.ListModelsResponse:
         async def run() -> models_pb2.ListModelsResponse:
             identity = self._authorize(f"/{_SERVICE}/ListModels", None)
-            return models_pb2.ListModelsResponse(
-                models=[
+            registry = self._router.registry
+            models = []
+            for d in registry.deployments():
+                pool = registry.pool(d.alias)
+                members = pool.members if pool is not None else ()
+                providers = {m.deployment.provider for m in members} or {d.provider}
+                if request.provider and request.provider not in providers:
+                    continue
+                if not identity.may_use(d.alias):
+                    continue
+                models.append(
                     models_pb2.ModelInfo(
                         alias=d.alias,
                         provider=d.provider,
@@ -276,12 +285,18 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                         upstream_model=d.upstream_model,
                         capabilities=d.capabilities.to_proto(),
                         context_window=d.context_window,
+                        deployments=[
+                            models_pb2.ModelDeployment(
+                                provider=m.deployment.provider,
+                                provider_type=m.deployment.provider_type,
+                                upstream_model=m.deployment.upstream_model,
+                                weight=m.weight,
+                            )
+                            for m in members
+                        ],
                     )
-                    for d in self._router.registry.deployments()
-                    if (not request.provider or d.provider == request.provider)
-                    and identity.may_use(d.alias)
-                ]
-            )
+                )
+            return models_pb2.ListModelsResponse(models=models)
 
         return await self._unary(context, run)
 

@@ -171,3 +171,20 @@ models:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await gateway.stub.Chat(chat_request("hi", model="only-keyed"), timeout=5)
         assert details_of(caught.value).code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_list_models_shows_every_deployment_of_a_pool() -> None:
+    async for gateway in gateway_with("BALANCE_STRATEGY_ROUND_ROBIN"):
+        listed = await gateway.stub.ListModels(models_pb2.ListModelsRequest(), timeout=5)
+        pooled = next(m for m in listed.models if m.alias == "pooled")
+        assert [(d.provider, d.upstream_model, d.weight) for d in pooled.deployments] == [
+            ("east", "m-east", 2),
+            ("west", "m-west", 1),
+        ]
+        assert (pooled.provider, pooled.upstream_model) == ("east", "m-east")
+        backup = next(m for m in listed.models if m.alias == "backup")
+        assert list(backup.deployments) == []
+        by_west = await gateway.stub.ListModels(
+            models_pb2.ListModelsRequest(provider="west"), timeout=5
+        )
+        assert [m.alias for m in by_west.models] == ["pooled"]

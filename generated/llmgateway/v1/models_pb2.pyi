@@ -100,6 +100,7 @@ class ModelInfo(_message.Message):
     UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     CONTEXT_WINDOW_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """OUTPUT_ONLY. The alias to put in ChatRequest.model / EmbedRequest.model."""
     provider: _builtins.str
@@ -114,6 +115,13 @@ class ModelInfo(_message.Message):
     def capabilities(self) -> Global___ModelCapabilities:
         """OUTPUT_ONLY. What the model can do."""
 
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelDeployment]:
+        """OUTPUT_ONLY. For an alias served by several deployments (load balanced),
+        each of them; `provider` and `upstream_model` above name the first. Empty
+        for an alias with one deployment.
+        """
+
     def __init__(
         self,
         *,
@@ -123,14 +131,49 @@ class ModelInfo(_message.Message):
         upstream_model: _builtins.str = ...,
         capabilities: Global___ModelCapabilities | None = ...,
         context_window: _builtins.int = ...,
+        deployments: _abc.Iterable[Global___ModelDeployment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "context_window", b"context_window", "provider", b"provider", "provider_type", b"provider_type", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "context_window", b"context_window", "deployments", b"deployments", "provider", b"provider", "provider_type", b"provider_type", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ModelDeployment(_message.Message):
+    """One deployment of a load-balanced model alias."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PROVIDER_TYPE_FIELD_NUMBER: _builtins.int
+    UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """OUTPUT_ONLY. Name of the configured provider."""
+    provider_type: _builtins.str
+    """OUTPUT_ONLY. Kind of that provider."""
+    upstream_model: _builtins.str
+    """OUTPUT_ONLY. The model name sent upstream."""
+    weight: _builtins.int
+    """OUTPUT_ONLY. Relative share of the calls."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        provider_type: _builtins.str = ...,
+        upstream_model: _builtins.str = ...,
+        weight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "provider_type", b"provider_type", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDeployment: _TypeAlias = ModelDeployment  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):
@@ -140,7 +183,7 @@ class ListModelsRequest(_message.Message):
 
     PROVIDER_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
-    """OPTIONAL. Only models of this provider name."""
+    """OPTIONAL. Only models served (wholly or in part) by this provider name."""
     def __init__(
         self,
         *,
