@@ -291,6 +291,8 @@ def _validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> N
             raise ConfigError(f"{path}.alias", f'"{model.alias}" is used twice')
         aliases.add(model.alias)
         _validate_model_targets(model, names, path)
+        if model.HasField("cache") and seconds_or(model.cache, "ttl", 0.0) <= 0:
+            raise ConfigError(f"{path}.cache.ttl", "is required and must be positive")
         if model.timeouts.ByteSize():
             for name in ("connect", "read", "total", "first_token", "idle"):
                 if seconds_or(model.timeouts, name, 1.0) <= 0:
@@ -307,6 +309,11 @@ def _validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> N
                     raise ConfigError(f"{path}.pricing.{name}", "must not be negative")
     _validate_auth(config.auth, environ)
     _validate_limits(config.limits, environ)
+    cache = config.cache
+    if cache.HasField("max_entries") and cache.max_entries < 1:
+        raise ConfigError("cache.max_entries", "must be at least 1")
+    if cache.HasField("max_bytes") and cache.max_bytes < 1024:
+        raise ConfigError("cache.max_bytes", "must be at least 1024")
     if config.audit.HasField("queue_size") and config.audit.queue_size < 1:
         raise ConfigError("audit.queue_size", "must be at least 1")
 

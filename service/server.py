@@ -28,6 +28,7 @@ from service.metrics.calls import CallMetrics
 from service.metrics.endpoint import MetricsEndpoint
 from service.metrics.state import GatewaySnapshot, StateCollector, on_loop
 from service.providers.registry import Registry
+from service.routing.cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, ResponseCache
 from service.routing.resilience import Resilience
 from service.routing.router import Router
 from service.routing.stats import StatsBook
@@ -82,6 +83,18 @@ def server_options(server: config_pb2.ServerConfig) -> list[tuple[str, int]]:
     return options
 
 
+def response_cache(config: config_pb2.GatewayConfig) -> ResponseCache | None:
+    """The cache, when some alias uses it."""
+    if not any(model.HasField("cache") for model in config.models):
+        return None
+    cache = config.cache
+    return ResponseCache(
+        max_entries=cache.max_entries if cache.HasField("max_entries") else DEFAULT_MAX_ENTRIES,
+        max_bytes=cache.max_bytes if cache.HasField("max_bytes") else DEFAULT_MAX_BYTES,
+        shared_between_tenants=cache.shared_between_tenants,
+    )
+
+
 def served_methods() -> list[str]:
     """Full names of the methods of every service the server registers."""
     services = [
@@ -106,7 +119,9 @@ class GatewayServer:
         self.stats = StatsBook({name: p.kind for name, p in self.registry.providers.items()})
         # time.monotonic is the event loop's clock, so deadlines and breakers agree.
         self.resilience = Resilience(config, time.monotonic)
-        self.router = Router(self.registry, self.stats, self.resilience)
+        self.router = Router(
+            self.registry, self.stats, self.resilience, cache=response_cache(config)
+        )
         env = os.environ if environ is None else environ
         self.limit_store = (
             RedisLimitStore.from_config(config.limits.redis, env)
@@ -175,7 +190,21 @@ class GatewayServer:
             limit_store_failures=self.limiter.failures.count,
             in_flight=self._admission.in_flight if self._admission else None,
             shed=self._admission.shed if self._admission else None,
+            cache=self._cache_stats(),
         )
+
+    def _cache_stats(self) -> dict[str, int] | None:
+        cache = self.router.cache
+        if cache is None:
+            return None
+        return {
+            "hits": cache.hits,
+            "misses": cache.misses,
+            "evictions": cache.evictions,
+            "entries": len(cache),
+            "bytes": cache.size_bytes,
+            "coalesced": self.router.coalesced,
+        }
 
     def _snapshot_from_any_thread(self) -> GatewaySnapshot | None:
         loop = self._loop

@@ -63,6 +63,7 @@ def _note_record(state: CallState | None, record: CallRecord) -> None:
         return
     state.attempts = record.attempts
     state.fallback_used = record.fallback_used
+    state.cache_hit = record.cache_hit or record.coalesced  # no upstream call of its own
     if record.served_by is not None:
         state.provider = record.served_by.provider
         state.upstream_model = record.served_by.upstream_model

@@ -30,6 +30,7 @@ class GatewaySnapshot:
     limit_store_failures: int
     in_flight: int | None = None  # None: no cap on calls in flight is configured
     shed: int | None = None
+    cache: Mapping[str, int] | None = None  # None: no alias uses the response cache
 
 
 def on_loop(loop: asyncio.AbstractEventLoop, read: Callable[[], T]) -> T:
@@ -85,6 +86,8 @@ class StateCollector(Collector):
             "Times the rate-limit store could not answer.",
             value=snapshot.limit_store_failures,
         )
+        if snapshot.cache is not None:
+            yield from _cache(snapshot.cache)
         if snapshot.in_flight is not None:
             yield GaugeMetricFamily(
                 "llm_gateway_calls_in_flight",
@@ -147,3 +150,30 @@ def _providers(providers: list[models_pb2.ProviderStats]) -> Iterator[Metric]:
                 )
             opened.add_metric([name, deployment.upstream_model], deployment.times_opened)
     yield from (attempts, retries, denied, latency, circuit, opened)
+
+
+def _cache(cache: Mapping[str, int]) -> Iterator[Metric]:
+    lookups = CounterMetricFamily(
+        "llm_gateway_cache_lookups",
+        "Response cache lookups by result.",
+        labels=["result"],
+    )
+    lookups.add_metric(["hit"], cache["hits"])
+    lookups.add_metric(["miss"], cache["misses"])
+    yield lookups
+    yield CounterMetricFamily(
+        "llm_gateway_cache_evictions",
+        "Responses removed from the cache to make room.",
+        value=cache["evictions"],
+    )
+    yield GaugeMetricFamily(
+        "llm_gateway_cache_entries", "Responses in the cache.", value=cache["entries"]
+    )
+    yield GaugeMetricFamily(
+        "llm_gateway_cache_bytes", "Bytes of responses in the cache.", value=cache["bytes"]
+    )
+    yield CounterMetricFamily(
+        "llm_gateway_coalesced_calls",
+        "Calls answered by an identical call in flight, without an upstream call.",
+        value=cache["coalesced"],
+    )

@@ -77,6 +77,7 @@ class Deployment:
     timeouts: Timeouts = Timeouts()
     fallbacks: tuple[str, ...] = ()  # aliases tried when this one fails over
     context_fallbacks: tuple[str, ...] = ()  # aliases tried when the context is too long
+    cache_ttl: float | None = None  # seconds answers are cached; None: not cached
 
     @property
     def key(self) -> str:

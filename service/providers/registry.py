@@ -128,6 +128,9 @@ class Registry:
                     ),
                     fallbacks=tuple(model.fallbacks),
                     context_fallbacks=tuple(model.context_fallbacks),
+                    cache_ttl=(
+                        seconds_or(model.cache, "ttl", 0.0) if model.HasField("cache") else None
+                    ),
                 )
                 weight = target.weight if target.HasField("weight") else 1
                 members.append(Member(deployment, weight))

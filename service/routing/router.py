@@ -14,9 +14,10 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 from llmgateway.v1 import chat_pb2, embed_pb2, route_pb2
 
 from service.errors import GatewayError, deadline_exceeded, internal
@@ -24,13 +25,18 @@ from service.providers.base import CallContext, Deployment
 from service.providers.registry import Registry
 from service.providers.upstream_errors import transport_failure
 from service.routing.balancer import Balancer
+from service.routing.cache import ResponseCache, cache_key
 from service.routing.capabilities import check_chat, check_embed
+from service.routing.coalesce import Coalescer
 from service.routing.pricing import apply_cost
 from service.routing.resilience import Resilience
 from service.routing.stats import Outcome, StatsBook
 
 T = TypeVar("T")
+R = TypeVar("R", chat_pb2.ChatResponse, embed_pb2.EmbedResponse)
 Check = Callable[[Deployment], None]
+# Request metadata: "bypass" (neither cache nor coalescing) or "refresh" (store anew).
+CACHE_CONTROL_KEY = "x-llm-cache"
 
 
 @dataclass
@@ -42,6 +48,8 @@ class CallRecord:
     served_by: Deployment | None = None
     fallback_used: bool = False
     chunks_delivered: int = 0
+    cache_hit: bool = False  # answered from the cache
+    coalesced: bool = False  # answered by an identical call in flight
 
     def route(self, upstream_request_id: str = "") -> route_pb2.RouteInfo:
         assert self.served_by is not None
@@ -77,12 +85,16 @@ class Router:
         resilience: Resilience,
         uniform: Callable[[float, float], float] = random.uniform,
         balancer: Balancer | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.registry = registry
         self.stats = stats
         self.resilience = resilience
         self._uniform = uniform
         self.balancer = balancer or Balancer()
+        self.cache = cache
+        self.coalescer: Coalescer[Message] = Coalescer()
+        self.coalesced = 0
 
     # --- planning --------------------------------------------------------------------
 
@@ -246,12 +258,15 @@ class Router:
         async def attempt(d: Deployment, actx: CallContext) -> chat_pb2.ChatResponse:
             return await self.registry.provider(d.provider).chat(request, d, actx)
 
-        response, deployment = await self._run(
-            self._chain(request.model, check, ctx), ctx, record, check, attempt
-        )
-        response.route.CopyFrom(record.route(response.route.upstream_request_id))
-        apply_cost(response.usage, deployment.pricing)
-        return response
+        chain = self._chain(request.model, check, ctx)
+
+        async def run() -> chat_pb2.ChatResponse:
+            response, deployment = await self._run(chain, ctx, record, check, attempt)
+            response.route.CopyFrom(record.route(response.route.upstream_request_id))
+            apply_cost(response.usage, deployment.pricing)
+            return response
+
+        return await self._cached(request, chain, ctx, record, run, chat_pb2.ChatResponse)
 
     async def embed(
         self, request: embed_pb2.EmbedRequest, ctx: CallContext, record: CallRecord | None = None
@@ -261,12 +276,55 @@ class Router:
         async def attempt(d: Deployment, actx: CallContext) -> embed_pb2.EmbedResponse:
             return await self.registry.provider(d.provider).embed(request, d, actx)
 
-        response, deployment = await self._run(
-            self._chain(request.model, check_embed, ctx), ctx, record, check_embed, attempt
-        )
-        response.route.CopyFrom(record.route(response.route.upstream_request_id))
-        apply_cost(response.usage, deployment.pricing)
-        return response
+        chain = self._chain(request.model, check_embed, ctx)
+
+        async def run() -> embed_pb2.EmbedResponse:
+            response, deployment = await self._run(chain, ctx, record, check_embed, attempt)
+            response.route.CopyFrom(record.route(response.route.upstream_request_id))
+            apply_cost(response.usage, deployment.pricing)
+            return response
+
+        return await self._cached(request, chain, ctx, record, run, embed_pb2.EmbedResponse)
+
+    # --- cache and coalescing ----------------------------------------------------------
+
+    async def _cached(
+        self,
+        request: Message,
+        chain: list[Deployment],
+        ctx: CallContext,
+        record: CallRecord,
+        run: Callable[[], Awaitable[R]],
+        answer_type: type[R],
+    ) -> R:
+        """`run()`, or the cached answer to the same request, or the answer of an
+        identical call in flight. `x-llm-cache: bypass` skips the cache and coalescing;
+        `refresh` skips reading the cache but stores the new answer."""
+        ttl = chain[0].cache_ttl
+        if self.cache is None or ttl is None:
+            return await run()
+        mode = ctx.metadata.get(CACHE_CONTROL_KEY, "")
+        if mode == "bypass":
+            return await run()
+        cache = self.cache
+        key = cache_key(request, ctx.identity, cache.shared_between_tenants)
+        if mode != "refresh":
+            hit = cache.get(key, answer_type)
+            if hit is not None:
+                return _without_upstream(hit, chain, record, cache_hit=True)
+
+        async def work() -> Message:
+            response = await run()
+            cache.put(key, response, ttl)
+            return response
+
+        response, shared = await self.coalescer.run(key, work)
+        answer = answer_type()
+        answer.CopyFrom(cast(R, response))  # each caller's own: the servicer changes it
+        if shared:
+            self.coalesced += 1
+            return _without_upstream(answer, chain, record, coalesced=True)
+        return answer
 
     # --- streaming -------------------------------------------------------------------
 
@@ -345,6 +403,37 @@ class Router:
             self.balancer.finished(deployment)
             await _close(stream)
             self.stats.finished(deployment.provider, outcome, loop.time() - started)
+
+
+def _without_upstream(
+    response: R,
+    chain: list[Deployment],
+    record: CallRecord,
+    *,
+    cache_hit: bool = False,
+    coalesced: bool = False,
+) -> R:
+    """An answer this call got without an upstream call of its own: no attempts, no
+    cost; the route still names the deployment that produced it."""
+    route = response.route
+    usage = response.usage
+    route.attempts = 0
+    route.cache_hit = cache_hit
+    route.coalesced = coalesced
+    if usage.HasField("cost_usd"):
+        usage.cost_usd = 0.0
+    record.cache_hit = cache_hit
+    record.coalesced = coalesced
+    record.fallback_used = route.fallback_used
+    record.served_by = next(
+        (
+            d
+            for d in chain
+            if (d.provider, d.upstream_model) == (route.provider, route.upstream_model)
+        ),
+        chain[0],
+    )
+    return response
 
 
 async def _next_chunk(

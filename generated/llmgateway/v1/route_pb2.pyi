@@ -78,6 +78,7 @@ class RouteInfo(_message.Message):
     FALLBACK_USED_FIELD_NUMBER: _builtins.int
     CACHE_HIT_FIELD_NUMBER: _builtins.int
     UPSTREAM_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    COALESCED_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """OUTPUT_ONLY. Name of the configured provider that served the call."""
     upstream_model: _builtins.str
@@ -85,11 +86,20 @@ class RouteInfo(_message.Message):
     attempts: _builtins.int
     """OUTPUT_ONLY. Upstream attempts made, the successful one included."""
     fallback_used: _builtins.bool
-    """OUTPUT_ONLY. True when a deployment other than the first choice served."""
+    """OUTPUT_ONLY. True when a fallback alias served the call (another deployment
+    of a load-balanced alias is not a fallback).
+    """
     cache_hit: _builtins.bool
-    """OUTPUT_ONLY. True when the answer came from the gateway's cache."""
+    """OUTPUT_ONLY. True when the answer came from the gateway's cache; no upstream
+    call was made for it.
+    """
     upstream_request_id: _builtins.str
     """OUTPUT_ONLY. The provider's own request id, when it sent one."""
+    coalesced: _builtins.bool
+    """OUTPUT_ONLY. True when the answer was shared from an identical call that was
+    in flight at the same time (request coalescing); no upstream call was made
+    for this one.
+    """
     def __init__(
         self,
         *,
@@ -99,10 +109,11 @@ class RouteInfo(_message.Message):
         fallback_used: _builtins.bool = ...,
         cache_hit: _builtins.bool = ...,
         upstream_request_id: _builtins.str = ...,
+        coalesced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_hit", b"cache_hit", "fallback_used", b"fallback_used", "provider", b"provider", "upstream_model", b"upstream_model", "upstream_request_id", b"upstream_request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_hit", b"cache_hit", "coalesced", b"coalesced", "fallback_used", b"fallback_used", "provider", b"provider", "upstream_model", b"upstream_model", "upstream_request_id", b"upstream_request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -153,6 +153,7 @@ class GatewayConfig(_message.Message):
     AUDIT_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     allow_direct_model_addressing: _builtins.bool
     """OPTIONAL. Accept ChatRequest.model written as "provider/upstream-model"
     in addition to the aliases. Off unless set.
@@ -195,6 +196,10 @@ class GatewayConfig(_message.Message):
     def metrics(self) -> Global___MetricsConfig:
         """OPTIONAL. Prometheus metrics over HTTP. Off unless `port` is set."""
 
+    @_builtins.property
+    def cache(self) -> Global___CacheConfig:
+        """OPTIONAL. The exact response cache, used by aliases that enable it."""
+
     def __init__(
         self,
         *,
@@ -208,14 +213,54 @@ class GatewayConfig(_message.Message):
         audit: Global___AuditConfig | None = ...,
         limits: Global___LimitsConfig | None = ...,
         metrics: Global___MetricsConfig | None = ...,
+        cache: Global___CacheConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "auth", b"auth", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "routing", b"routing", "server", b"server"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "auth", b"auth", "cache", b"cache", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "routing", b"routing", "server", b"server"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_direct_model_addressing", b"allow_direct_model_addressing", "audit", b"audit", "auth", b"auth", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "models", b"models", "providers", b"providers", "routing", b"routing", "server", b"server"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_direct_model_addressing", b"allow_direct_model_addressing", "audit", b"audit", "auth", b"auth", "cache", b"cache", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "models", b"models", "providers", b"providers", "routing", b"routing", "server", b"server"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GatewayConfig: _TypeAlias = GatewayConfig  # noqa: Y015
+
+@_typing.final
+class CacheConfig(_message.Message):
+    """An in-process cache of whole Chat and Embed responses, keyed by the exact
+    request (and, unless shared, the caller's tenant).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ENTRIES_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    SHARED_BETWEEN_TENANTS_FIELD_NUMBER: _builtins.int
+    max_entries: _builtins.int
+    """OPTIONAL. Most responses kept; default 10000."""
+    max_bytes: _builtins.int
+    """OPTIONAL. Most bytes of responses kept; default 64 MiB."""
+    shared_between_tenants: _builtins.bool
+    """OPTIONAL. Let tenants share entries; default: each tenant has its own."""
+    def __init__(
+        self,
+        *,
+        max_entries: _builtins.int | None = ...,
+        max_bytes: _builtins.int | None = ...,
+        shared_between_tenants: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes", "_max_entries", b"_max_entries", "max_bytes", b"max_bytes", "max_entries", b"max_entries"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes", "_max_entries", b"_max_entries", "max_bytes", b"max_bytes", "max_entries", b"max_entries", "shared_between_tenants", b"shared_between_tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_bytes: _TypeAlias = _typing.Literal["max_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_bytes: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__max_entries: _TypeAlias = _typing.Literal["max_entries"]  # noqa: Y015
+    _WhichOneofArgType__max_entries: _TypeAlias = _typing.Literal["_max_entries", b"_max_entries"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_bytes) -> _WhichOneofReturnType__max_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_entries) -> _WhichOneofReturnType__max_entries | None: ...
+
+Global___CacheConfig: _TypeAlias = CacheConfig  # noqa: Y015
 
 @_typing.final
 class MetricsConfig(_message.Message):
@@ -1768,6 +1813,7 @@ class ModelConfig(_message.Message):
     TIMEOUTS_FIELD_NUMBER: _builtins.int
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """REQUIRED. The name callers use; unique; letters, digits and ".-_:/"."""
     provider: _builtins.str
@@ -1810,6 +1856,12 @@ class ModelConfig(_message.Message):
         Every deployment shares the settings above.
         """
 
+    @_builtins.property
+    def cache(self) -> Global___ModelCacheConfig:
+        """OPTIONAL. Answer identical Chat and Embed requests from the cache, and let
+        identical calls in flight share one upstream call. Off unless set.
+        """
+
     def __init__(
         self,
         *,
@@ -1824,14 +1876,39 @@ class ModelConfig(_message.Message):
         timeouts: Global___TimeoutConfig | None = ...,
         deployments: _abc.Iterable[Global___DeploymentTarget] | None = ...,
         balance: Global___BalanceStrategy.ValueType = ...,
+        cache: Global___ModelCacheConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "pricing", b"pricing", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "capabilities", b"capabilities", "pricing", b"pricing", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "balance", b"balance", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "balance", b"balance", "cache", b"cache", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelConfig: _TypeAlias = ModelConfig  # noqa: Y015
+
+@_typing.final
+class ModelCacheConfig(_message.Message):
+    """The response cache for one alias."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """REQUIRED. How long an answer is kept."""
+
+    def __init__(
+        self,
+        *,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelCacheConfig: _TypeAlias = ModelCacheConfig  # noqa: Y015
 
 @_typing.final
 class DeploymentTarget(_message.Message):

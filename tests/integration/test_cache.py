@@ -1,0 +1,197 @@
+"""The response cache and request coalescing through the running gateway, counted at a
+fake OpenAI upstream: hits make no upstream call and cost nothing, identical calls in
+flight share one upstream call, a caller that leaves does not fail the others, and the
+upstream request is closed when every caller has gone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from llmgateway.v1 import embed_pb2
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fakes.http_server import FakeHttpServer, FakeRequest, FakeResponse
+from tests.fakes.openai_fake import OpenAIFake, OpenAIFakeConfig
+from tests.support import Gateway, chat_request, running_gateway
+
+CONFIG = """
+server: {{host: 127.0.0.1, port: 0}}
+audit: {{path: "{audit}"}}
+routing: {{retry: {{max_attempts: 1}}}}
+auth:
+  issuers:
+    - {{issuer: t, audiences: [gw], algorithms: [HS256], secret_env: CACHE_SECRET}}
+cache: {{max_entries: 100}}
+providers:
+  - {{name: openai, api_key_env: CACHE_KEY, base_url: "{upstream}/v1", openai: {{}}}}
+models:
+  - alias: cached
+    provider: openai
+    upstream_model: gpt-4o-mini
+    cache: {{ttl: 60s}}
+    pricing: {{input_per_million: 1000000, output_per_million: 1000000}}
+  - {{alias: embed, provider: openai, upstream_model: te-3, cache: {{ttl: 60s}}, capabilities: {{embeddings: true}}}}
+  - {{alias: uncached, provider: openai, upstream_model: gpt-4o-mini}}
+"""
+SECRET = "cache-test-secret-0123456789abcdef0123"
+
+
+@dataclass
+class World:
+    gateway: Gateway
+    upstream: FakeHttpServer
+    delay: list[float]
+    audit: Path
+
+    def chats(self) -> int:
+        return sum(1 for r in self.upstream.requests if r.path.endswith("/chat/completions"))
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    fake = OpenAIFake(OpenAIFakeConfig(key="sk-cache"))
+    delay = [0.0]
+
+    def handler(request: FakeRequest) -> FakeResponse:
+        response = fake.handle(request)
+        response.header_delay = delay[0]
+        return response
+
+    async with FakeHttpServer(handler) as upstream:
+        config = CONFIG.format(upstream=upstream.url, audit=tmp_path / "audit.jsonl")
+        environ = {"CACHE_KEY": "sk-cache", "CACHE_SECRET": SECRET}
+        async with running_gateway(config, environ=environ) as gateway:
+            yield World(gateway, upstream, delay, tmp_path / "audit.jsonl")
+
+
+def bearer(sub: str = "alice", tenant: str = "acme") -> tuple[tuple[str, str], ...]:
+    from tests.fakes.keys import claims, sign
+
+    token = sign(claims("t", sub=sub, tenant=tenant, aud="gw", scope="chat embed"), SECRET, "HS256")
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def test_a_hit_makes_no_upstream_call_and_costs_nothing(world: World) -> None:
+    stub = world.gateway.stub
+    first = await stub.Chat(
+        chat_request("what is up", model="cached"), metadata=bearer(), timeout=5
+    )
+    assert not first.route.cache_hit and first.route.attempts == 1
+    assert first.usage.cost_usd > 0
+    second = await stub.Chat(
+        chat_request("what is up", model="cached", labels={"team": "b"}),
+        metadata=bearer("bob"),  # same tenant: same entry
+        timeout=5,
+    )
+    assert world.chats() == 1
+    assert second.route.cache_hit and second.route.attempts == 0
+    assert second.message == first.message
+    assert second.usage.input_tokens == first.usage.input_tokens
+    assert second.usage.cost_usd == 0, "a hit costs nothing upstream"
+    assert (second.route.provider, second.route.upstream_model) == ("openai", "gpt-4o-mini")
+    assert second.id != first.id, "each call has its own id"
+    # Another question, another tenant, an alias without cache: each goes upstream.
+    await stub.Chat(chat_request("what is down", model="cached"), metadata=bearer(), timeout=5)
+    await stub.Chat(
+        chat_request("what is up", model="cached"), metadata=bearer("zed", "zeta"), timeout=5
+    )
+    await stub.Chat(chat_request("what is up", model="uncached"), metadata=bearer(), timeout=5)
+    await stub.Chat(chat_request("what is up", model="uncached"), metadata=bearer(), timeout=5)
+    assert world.chats() == 5
+
+
+async def test_bypass_and_refresh(world: World) -> None:
+    stub = world.gateway.stub
+    request = chat_request("again", model="cached")
+    await stub.Chat(request, metadata=bearer(), timeout=5)
+    bypass = await stub.Chat(request, metadata=(*bearer(), ("x-llm-cache", "bypass")), timeout=5)
+    assert not bypass.route.cache_hit and world.chats() == 2
+    refresh = await stub.Chat(request, metadata=(*bearer(), ("x-llm-cache", "refresh")), timeout=5)
+    assert not refresh.route.cache_hit and world.chats() == 3
+    hit = await stub.Chat(request, metadata=bearer(), timeout=5)
+    assert hit.route.cache_hit and world.chats() == 3
+    assert hit.route.upstream_request_id == refresh.route.upstream_request_id
+
+
+async def test_identical_calls_in_flight_share_one_upstream_call(world: World) -> None:
+    world.delay[0] = 0.3
+    stub = world.gateway.stub
+    replies = await asyncio.gather(
+        *(
+            stub.Chat(chat_request("same question", model="cached"), metadata=bearer(), timeout=5)
+            for _ in range(5)
+        )
+    )
+    assert world.chats() == 1
+    assert sum(r.route.coalesced for r in replies) == 4
+    assert sum(r.route.attempts for r in replies) == 1
+    assert len({r.message.SerializeToString() for r in replies}) == 1
+    assert len({r.id for r in replies}) == 5
+    # The audit log says which calls made no upstream call of their own.
+
+    def chat_records() -> list[dict[str, object]]:
+        if not world.audit.exists():
+            return []
+        records = [json.loads(line) for line in world.audit.read_text().splitlines()]
+        return [r for r in records if str(r["method"]).endswith("/Chat")]
+
+    assert await world.upstream.wait_for(lambda: len(chat_records()) == 5)
+    chats = chat_records()
+    assert sorted(r["cache_hit"] for r in chats) == [False] + [True] * 4
+    assert all(r["provider"] == "openai" for r in chats)
+    exposed = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(
+            generate_latest(world.gateway.server.metrics_registry).decode()
+        )
+        for sample in family.samples
+    }
+    assert exposed[("llm_gateway_coalesced_calls_total", ())] == 4
+    assert exposed[("llm_gateway_cache_lookups_total", (("result", "miss"),))] == 5
+    assert exposed[("llm_gateway_cache_entries", ())] == 1
+
+
+async def test_a_caller_leaving_does_not_fail_the_others(world: World) -> None:
+    world.delay[0] = 0.4
+    stub = world.gateway.stub
+    impatient = stub.Chat(chat_request("patience", model="cached"), metadata=bearer(), timeout=0.15)
+    patient = stub.Chat(chat_request("patience", model="cached"), metadata=bearer(), timeout=5)
+    results = await asyncio.gather(impatient, patient, return_exceptions=True)
+    assert isinstance(results[0], grpc.aio.AioRpcError)
+    assert results[0].code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert not isinstance(results[1], BaseException)
+    assert results[1].message.parts[0].text
+    assert world.chats() == 1
+    assert world.upstream.client_disconnects == 0
+
+
+async def test_the_upstream_call_closes_when_every_caller_has_gone(world: World) -> None:
+    world.delay[0] = 2.0
+    stub = world.gateway.stub
+    calls = [
+        stub.Chat(chat_request("nobody waits", model="cached"), metadata=bearer(), timeout=5)
+        for _ in range(3)
+    ]
+    assert await world.upstream.wait_for(lambda: world.chats() == 1)
+    for call in calls:
+        call.cancel()
+    assert await world.upstream.wait_for(lambda: world.upstream.client_disconnects == 1)
+    assert await world.upstream.wait_for(lambda: world.upstream.open_connections <= 1)
+    assert len(world.gateway.server.router.coalescer) == 0
+
+
+async def test_embeddings_are_cached_too(world: World) -> None:
+    stub = world.gateway.stub
+    request = embed_pb2.EmbedRequest(model="embed", inputs=["alpha", "beta"])
+    first = await stub.Embed(request, metadata=bearer(), timeout=5)
+    second = await stub.Embed(request, metadata=bearer(), timeout=5)
+    assert [list(e.values) for e in first.embeddings] == [list(e.values) for e in second.embeddings]
+    assert second.route.cache_hit and not first.route.cache_hit
+    assert sum(1 for r in world.upstream.requests if r.path.endswith("/embeddings")) == 1
