@@ -258,15 +258,7 @@ class Router:
         async def attempt(d: Deployment, actx: CallContext) -> chat_pb2.ChatResponse:
             return await self.registry.provider(d.provider).chat(request, d, actx)
 
-        chain = self._chain(request.model, check, ctx)
-
-        async def run() -> chat_pb2.ChatResponse:
-            response, deployment = await self._run(chain, ctx, record, check, attempt)
-            response.route.CopyFrom(record.route(response.route.upstream_request_id))
-            apply_cost(response.usage, deployment.pricing)
-            return response
-
-        return await self._cached(request, chain, ctx, record, run, chat_pb2.ChatResponse)
+        return await self._unary(request, ctx, record, check, attempt, chat_pb2.ChatResponse)
 
     async def embed(
         self, request: embed_pb2.EmbedRequest, ctx: CallContext, record: CallRecord | None = None
@@ -276,15 +268,28 @@ class Router:
         async def attempt(d: Deployment, actx: CallContext) -> embed_pb2.EmbedResponse:
             return await self.registry.provider(d.provider).embed(request, d, actx)
 
-        chain = self._chain(request.model, check_embed, ctx)
+        return await self._unary(
+            request, ctx, record, check_embed, attempt, embed_pb2.EmbedResponse
+        )
 
-        async def run() -> embed_pb2.EmbedResponse:
-            response, deployment = await self._run(chain, ctx, record, check_embed, attempt)
+    async def _unary(
+        self,
+        request: chat_pb2.ChatRequest | embed_pb2.EmbedRequest,
+        ctx: CallContext,
+        record: CallRecord,
+        check: Check,
+        attempt: Callable[[Deployment, CallContext], Awaitable[R]],
+        answer_type: type[R],
+    ) -> R:
+        chain = self._chain(request.model, check, ctx)
+
+        async def run() -> R:
+            response, deployment = await self._run(chain, ctx, record, check, attempt)
             response.route.CopyFrom(record.route(response.route.upstream_request_id))
             apply_cost(response.usage, deployment.pricing)
             return response
 
-        return await self._cached(request, chain, ctx, record, run, embed_pb2.EmbedResponse)
+        return await self._cached(request, chain, ctx, record, run, answer_type)
 
     # --- cache and coalescing ----------------------------------------------------------
 

@@ -44,6 +44,26 @@ async def gateway_with(limits: str) -> AsyncIterator[Gateway]:
         yield gateway
 
 
+async def refused_of_stalled_calls(
+    gateways: list[Gateway], config: chat_pb2.GenerationConfig
+) -> list[grpc.aio.AioRpcError]:
+    """One call to each gateway at once, each holding its token estimate for a moment;
+    the errors of those refused."""
+    stall = (("x-mock-stall", "0.4"),)
+    results = await asyncio.gather(
+        *(
+            gateway.stub.Chat(
+                chat_request("x", generation_config=config),
+                metadata=(*bearer(), *stall),
+                timeout=5,
+            )
+            for gateway in gateways
+        ),
+        return_exceptions=True,
+    )
+    return [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+
+
 async def upstream_requests(gateway: Gateway) -> int:
     stats = await gateway.stub.GetProviderStats(
         models_pb2.GetProviderStatsRequest(), metadata=bearer("ops"), timeout=5
@@ -105,19 +125,7 @@ async def test_tokens_per_minute_charge_an_estimate_and_reconcile() -> None:
             )
             assert reply.usage.total_tokens == 2, i
         # Held estimates are only given back when calls end: concurrent calls hit the limit.
-        stall = (("x-mock-stall", "0.4"),)
-        calls = [
-            asyncio.ensure_future(
-                gateway.stub.Chat(
-                    chat_request("x", generation_config=config),
-                    metadata=bearer() + stall,
-                    timeout=5,
-                )
-            )
-            for _ in range(3)
-        ]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        refused = await refused_of_stalled_calls([gateway] * 3, config)
         assert len(refused) == 1
         details = details_of(refused[0])
         assert details.error_info.metadata["limit"] == "tokens_per_minute"

@@ -4,7 +4,6 @@ calls through or refuses them, as configured, counting every failure."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import logging
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.keys import HS_SECRET
 from tests.fakes.redis_server import REDIS_PASSWORD, RedisServer, redis_server
-from tests.integration.test_limits import CONFIG, bearer
+from tests.integration.test_limits import CONFIG, bearer, refused_of_stalled_calls
 from tests.support import Gateway, chat_request, details_of, running_gateway
 
 _prefixes = itertools.count()
@@ -108,19 +107,7 @@ async def test_tokens_per_minute_estimates_are_held_on_the_shared_bucket(
                 chat_request("x", generation_config=config), metadata=bearer(), timeout=5
             )
             assert reply.usage.total_tokens == 2
-        stall = (("x-mock-stall", "0.4"),)
-        calls = [
-            asyncio.ensure_future(
-                gateway.stub.Chat(
-                    chat_request("x", generation_config=config),
-                    metadata=bearer() + stall,
-                    timeout=5,
-                )
-            )
-            for gateway in (a, b, a)
-        ]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        refused = await refused_of_stalled_calls([a, b, a], config)
         assert len(refused) == 1, "two estimates fit the shared 250, the third does not"
         assert details_of(refused[0]).error_info.metadata["limit"] == "tokens_per_minute"
 
