@@ -54,8 +54,10 @@ local function save()
   redis.call('HSET', KEYS[1], 'level', string.format('%.17g', level),
              'updated', string.format('%.17g', updated))
   if per_second > 0 then
+    -- Milliseconds until full, plus a second; at most a day, written as an integer.
     local until_full = math.ceil((burst - level) / per_second * 1000) + 1000
-    redis.call('PEXPIRE', KEYS[1], math.max(1000, until_full))
+    until_full = math.min(86400000, math.max(1000, until_full))
+    redis.call('PEXPIRE', KEYS[1], string.format('%d', until_full))
   end
 end
 """

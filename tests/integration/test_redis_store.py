@@ -175,3 +175,11 @@ async def test_an_outage_fails_fast_and_the_store_recovers() -> None:
             assert (await store.take("k", 1, FROZEN, 0.0)).allowed
         finally:
             await store.aclose()
+
+
+async def test_a_slow_bucket_expires_within_a_day(store: RedisLimitStore, raw: redis.Redis) -> None:
+    # One unit an hour: full again in 3600 s; one unit a year would be capped at a day.
+    assert (await store.take("hourly", 1, Rate(per_second=1 / 3600, burst=1.0), 0.0)).allowed
+    assert 3_600_000 < await raw.pttl("t:hourly") <= 3_601_000
+    assert (await store.take("yearly", 1, Rate(per_second=1 / 31_536_000, burst=1.0), 0.0)).allowed
+    assert 86_000_000 < await raw.pttl("t:yearly") <= 86_400_000
