@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmgateway.v1 import route_pb2
 
@@ -33,6 +34,7 @@ class CallState:
     first_chunk_at: float | None = None  # event-loop clock
     usage: route_pb2.Usage | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    span: Any = None  # the call's OpenTelemetry server span, when traced
 
     def note_route(self, route: route_pb2.RouteInfo) -> None:
         self.provider = route.provider or self.provider

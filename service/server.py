@@ -33,6 +33,7 @@ from service.routing.resilience import Resilience
 from service.routing.router import Router
 from service.routing.stats import StatsBook
 from service.servicer import ProviderServicer
+from service.tracing import build_tracer_provider, end_call_span, tracer_of
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,13 @@ class GatewayServer:
         self.stats = StatsBook({name: p.kind for name, p in self.registry.providers.items()})
         # time.monotonic is the event loop's clock, so deadlines and breakers agree.
         self.resilience = Resilience(config, time.monotonic)
+        self.tracer_provider = build_tracer_provider(config.tracing)
         self.router = Router(
-            self.registry, self.stats, self.resilience, cache=response_cache(config)
+            self.registry,
+            self.stats,
+            self.resilience,
+            cache=response_cache(config),
+            tracer=tracer_of(self.tracer_provider),
         )
         env = os.environ if environ is None else environ
         self.limit_store = (
@@ -139,7 +145,13 @@ class GatewayServer:
             self.metrics_registry, served_methods(), (m.alias for m in config.models)
         )
         chain = (
-            build_interceptors(config, self.audit, self.verifier, [self.call_metrics.observe])
+            build_interceptors(
+                config,
+                self.audit,
+                self.verifier,
+                [self.call_metrics.observe, end_call_span],
+                self.router.tracer if self.tracer_provider is not None else None,
+            )
             if interceptors is None
             else list(interceptors)
         )
@@ -270,6 +282,9 @@ class GatewayServer:
         if self.verifier is not None:
             await self.verifier.close()
         await self.audit.close()  # after the last call has ended: its record is in
+        if self.tracer_provider is not None:
+            # Sends the spans still batched (the exporter blocks: off the event loop).
+            await asyncio.to_thread(self.tracer_provider.shutdown)
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.stop()
 

@@ -1,7 +1,8 @@
 """Server interceptors: they see every RPC, unary and streaming alike.
 
 The chain, outermost first, is built by `build_interceptors`: audit (sees every RPC,
-refused ones included), load shedding, authentication, then the request-decoding guard.
+refused ones included), tracing (when configured), load shedding, authentication, then
+the request-decoding guard.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 
 import grpc
 from llmgateway.config.v1 import config_pb2
+from opentelemetry import trace
 
 from service.audit.sink import AuditSink
 from service.auth.verifier import TokenVerifier
@@ -27,8 +29,13 @@ def build_interceptors(
     audit: AuditSink,
     verifier: TokenVerifier | None,
     observers: Sequence[RecordObserver] = (),
+    tracer: trace.Tracer | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
     chain: list[grpc.aio.ServerInterceptor] = [AuditInterceptor(audit, observers)]
+    if tracer is not None:
+        from service.tracing import TracingInterceptor
+
+        chain.append(TracingInterceptor(tracer, PROVIDER_SERVICE_PREFIX))
     if config.server.max_in_flight:
         chain.append(
             AdmissionInterceptor(

@@ -53,7 +53,7 @@ from service.interceptors.wrapping import Context, WrappingInterceptor
 log = logging.getLogger(__name__)
 
 # Sees each finished call's audit record (metrics count the outcomes the log holds).
-RecordObserver = Callable[[Mapping[str, Any]], None]
+RecordObserver = Callable[[Mapping[str, Any], CallState], None]
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # A cancellation this close to the deadline is the deadline's (the client's timer may
@@ -162,7 +162,7 @@ class _Call:
             self.sink.submit(record)
             for observe in self.observers:
                 try:
-                    observe(record)
+                    observe(record, self.state)
                 except Exception:
                     log.exception("a call observer failed")
         finally:

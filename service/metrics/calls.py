@@ -65,7 +65,7 @@ class CallMetrics:
             registry=registry,
         )
 
-    def observe(self, record: Mapping[str, Any]) -> None:
+    def observe(self, record: Mapping[str, Any], state: object = None) -> None:
         method = record["method"] if record["method"] in self._methods else OTHER
         self.rpcs.labels(method, record["status"]).inc()
         self.duration.labels(method).observe(record["latency_ms"] / 1000)

@@ -19,6 +19,8 @@ from typing import Generic, TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 from llmgateway.v1 import chat_pb2, embed_pb2, route_pb2
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from service.errors import GatewayError, deadline_exceeded, internal
 from service.providers.base import CallContext, Deployment
@@ -86,12 +88,14 @@ class Router:
         uniform: Callable[[float, float], float] = random.uniform,
         balancer: Balancer | None = None,
         cache: ResponseCache | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.registry = registry
         self.stats = stats
         self.resilience = resilience
         self._uniform = uniform
         self.balancer = balancer or Balancer()
+        self.tracer = tracer or trace.NoOpTracer()
         self.cache = cache
         self.coalescer: Coalescer[Message] = Coalescer()
         self.coalesced = 0
@@ -132,6 +136,7 @@ class Router:
         check: Check,
         attempt: Callable[[Deployment, CallContext], Awaitable[T]],
         count_success: bool = True,
+        operation: str = "chat",
     ) -> tuple[T, Deployment]:
         loop = asyncio.get_running_loop()
         errors: list[GatewayError] = []
@@ -161,7 +166,9 @@ class Router:
                 if tries > 1:
                     self.stats.retried(deployment.provider)
                 try:
-                    result = await self._attempt(deployment, ctx, record, attempt, count_success)
+                    result = await self._attempt(
+                        deployment, ctx, record, attempt, count_success, operation
+                    )
                 except GatewayError as error:
                     record.tried.append(f"{deployment.key}:{error.reason}")
                     if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -209,6 +216,42 @@ class Router:
         raise record.annotate(_exhausted(errors))
 
     async def _attempt(
+        self,
+        deployment: Deployment,
+        ctx: CallContext,
+        record: CallRecord,
+        attempt: Callable[[Deployment, CallContext], Awaitable[T]],
+        count_success: bool,
+        operation: str,
+    ) -> T:
+        """One try, in its own client span (a child of the call's server span)."""
+        span = self.tracer.start_span(
+            f"{operation} {deployment.upstream_model}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": operation,
+                "gen_ai.provider.name": deployment.provider_type,
+                "gen_ai.request.model": deployment.upstream_model,
+                "llm_gateway.provider": deployment.provider,
+                "llm_gateway.attempt": record.attempts,
+            },
+        )
+        try:
+            return await self._try(deployment, ctx, record, attempt, count_success)
+        except GatewayError as error:
+            span.set_attribute("error.type", error.reason)
+            status = error.metadata.get("upstreamStatus", "")
+            if status.isdigit():
+                span.set_attribute("http.response.status_code", int(status))
+            span.set_status(Status(StatusCode.ERROR, error.reason))
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            span.set_attribute("error.type", "cancelled")
+            raise
+        finally:
+            span.end()
+
+    async def _try(
         self,
         deployment: Deployment,
         ctx: CallContext,
@@ -269,7 +312,7 @@ class Router:
             return await self.registry.provider(d.provider).embed(request, d, actx)
 
         return await self._unary(
-            request, ctx, record, check_embed, attempt, embed_pb2.EmbedResponse
+            request, ctx, record, check_embed, attempt, embed_pb2.EmbedResponse, "embeddings"
         )
 
     async def _unary(
@@ -280,11 +323,14 @@ class Router:
         check: Check,
         attempt: Callable[[Deployment, CallContext], Awaitable[R]],
         answer_type: type[R],
+        operation: str = "chat",
     ) -> R:
         chain = self._chain(request.model, check, ctx)
 
         async def run() -> R:
-            response, deployment = await self._run(chain, ctx, record, check, attempt)
+            response, deployment = await self._run(
+                chain, ctx, record, check, attempt, operation=operation
+            )
             response.route.CopyFrom(record.route(response.route.upstream_request_id))
             apply_cost(response.usage, deployment.pricing)
             return response

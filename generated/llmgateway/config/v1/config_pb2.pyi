@@ -154,6 +154,7 @@ class GatewayConfig(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    TRACING_FIELD_NUMBER: _builtins.int
     allow_direct_model_addressing: _builtins.bool
     """OPTIONAL. Accept ChatRequest.model written as "provider/upstream-model"
     in addition to the aliases. Off unless set.
@@ -200,6 +201,12 @@ class GatewayConfig(_message.Message):
     def cache(self) -> Global___CacheConfig:
         """OPTIONAL. The exact response cache, used by aliases that enable it."""
 
+    @_builtins.property
+    def tracing(self) -> Global___TracingConfig:
+        """OPTIONAL. OpenTelemetry traces over OTLP/HTTP. Off unless `otlp_endpoint`
+        is set.
+        """
+
     def __init__(
         self,
         *,
@@ -214,14 +221,59 @@ class GatewayConfig(_message.Message):
         limits: Global___LimitsConfig | None = ...,
         metrics: Global___MetricsConfig | None = ...,
         cache: Global___CacheConfig | None = ...,
+        tracing: Global___TracingConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "auth", b"auth", "cache", b"cache", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "routing", b"routing", "server", b"server"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "auth", b"auth", "cache", b"cache", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "routing", b"routing", "server", b"server", "tracing", b"tracing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_direct_model_addressing", b"allow_direct_model_addressing", "audit", b"audit", "auth", b"auth", "cache", b"cache", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "models", b"models", "providers", b"providers", "routing", b"routing", "server", b"server"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_direct_model_addressing", b"allow_direct_model_addressing", "audit", b"audit", "auth", b"auth", "cache", b"cache", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "models", b"models", "providers", b"providers", "routing", b"routing", "server", b"server", "tracing", b"tracing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GatewayConfig: _TypeAlias = GatewayConfig  # noqa: Y015
+
+@_typing.final
+class TracingConfig(_message.Message):
+    """Traces of ProviderService calls: a server span per call (continuing the
+    caller's W3C traceparent) and a client span per upstream attempt.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OTLP_ENDPOINT_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATIO_FIELD_NUMBER: _builtins.int
+    SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    EXPORT_DELAY_FIELD_NUMBER: _builtins.int
+    otlp_endpoint: _builtins.str
+    """OPTIONAL. Base URL of an OTLP/HTTP collector, e.g. http://collector:4318;
+    spans go to its /v1/traces. Unset: no tracing.
+    """
+    sample_ratio: _builtins.float
+    """OPTIONAL. Share of new traces recorded, from 0 to 1; default 1. Calls that
+    arrive with a sampled traceparent are always recorded.
+    """
+    service_name: _builtins.str
+    """OPTIONAL. The service.name resource attribute; default "llm-gateway"."""
+    @_builtins.property
+    def export_delay(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Longest wait before a batch of spans is sent; default 5s."""
+
+    def __init__(
+        self,
+        *,
+        otlp_endpoint: _builtins.str = ...,
+        sample_ratio: _builtins.float | None = ...,
+        service_name: _builtins.str = ...,
+        export_delay: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_sample_ratio", b"_sample_ratio", "export_delay", b"export_delay", "sample_ratio", b"sample_ratio"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sample_ratio", b"_sample_ratio", "export_delay", b"export_delay", "otlp_endpoint", b"otlp_endpoint", "sample_ratio", b"sample_ratio", "service_name", b"service_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__sample_ratio: _TypeAlias = _typing.Literal["sample_ratio"]  # noqa: Y015
+    _WhichOneofArgType__sample_ratio: _TypeAlias = _typing.Literal["_sample_ratio", b"_sample_ratio"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sample_ratio) -> _WhichOneofReturnType__sample_ratio | None: ...
+
+Global___TracingConfig: _TypeAlias = TracingConfig  # noqa: Y015
 
 @_typing.final
 class CacheConfig(_message.Message):
