@@ -5,8 +5,11 @@ scrape time, label values stay bounded, and the endpoint goes away with the serv
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -194,3 +197,39 @@ async def test_audit_counters_match_the_records() -> None:
         port = gateway.server.metrics_port
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the endpoint closed with the server"
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "llm-gateway.json"
+
+
+async def test_the_dashboard_queries_only_exposed_metrics_and_labels() -> None:
+    config = CONFIG.replace(
+        "  - {alias: spare, provider: backup, upstream_model: m-spare}",
+        "  - {alias: spare, provider: backup, upstream_model: m-spare, cache: {ttl: 60s}}",
+    )
+    async with running_gateway(config) as gateway:
+        fail = (("x-mock-fail-status", "503"), ("x-mock-target", "primary"))
+        await gateway.stub.Chat(chat_request("hi", model="main"), metadata=fail, timeout=5)
+        for _ in range(2):
+            await gateway.stub.Chat(chat_request("hi", model="spare"), timeout=5)
+        _ = [c async for c in gateway.stub.StreamChat(chat_request("a b", model="main"))]
+        port = gateway.server.metrics_port
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+    exposed: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            exposed.setdefault(sample.name, set()).update(sample.labels)
+    dashboard = json.loads(DASHBOARD.read_text())
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(expressions) >= 14
+    for expr in expressions:
+        names = re.findall(r"\bllm_gateway_\w+", expr)
+        assert names, expr
+        labels = set(re.findall(r"(\w+)\s*(?:!=|=~|!~|=)\s*\"", expr))
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            labels.update(label.strip() for label in group.split(","))
+        for name in names:
+            assert name in exposed, f"{name} is not exposed ({expr})"
+        available = set().union(*(exposed[name] for name in names))
+        assert labels <= available, f"{expr}: labels {labels - available} do not exist"
