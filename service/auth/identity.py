@@ -22,7 +22,20 @@ class Identity:
     def may_use(self, model: str) -> bool:
         if self.models is None:
             return True
-        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+        return any(matches(pattern, model) for pattern in self.models)
+
+
+def matches(pattern: str, model: str) -> bool:
+    """Glob match where wildcards never cross a "/": "mock-*" allows the alias
+    "mock-small" but not the direct name "mock-premium/any-model", which needs a
+    pattern such as "mock-premium/*". "*" alone allows everything."""
+    if pattern == "*":
+        return True
+    names = model.split("/")
+    patterns = pattern.split("/")
+    return len(names) == len(patterns) and all(
+        fnmatch.fnmatchcase(name, part) for name, part in zip(names, patterns, strict=True)
+    )
 
 
 ANONYMOUS = Identity(subject="anonymous", authenticated=False)

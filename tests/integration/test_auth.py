@@ -36,9 +36,11 @@ auth:
       public_keys: [{{kid: rsa-1, pem_file: "{pem}"}}]
   authorization:
     tenant_models: {{acme: {{patterns: ["mock", "mock-*"]}}}}
+allow_direct_model_addressing: true
 providers:
   - {{name: mock, mock: {{faults_from_metadata: true}}}}
   - {{name: vault, mock: {{script: ["secret answer"]}}}}
+  - {{name: mock-premium, mock: {{script: ["premium answer"]}}}}
 models:
   - {{alias: mock, provider: mock, fallbacks: [vault-model]}}
   - {{alias: mock-embed, provider: mock, capabilities: {{embeddings: true}}}}
@@ -266,6 +268,34 @@ async def test_model_allowance_from_claims_and_tenant_mapping(world: World) -> N
         models_pb2.ListModelsRequest(), metadata=bearer(token()), timeout=5
     )
     assert [m.alias for m in everyone.models] == ["mock", "mock-embed", "vault-model"]
+
+
+async def test_direct_model_names_need_a_pattern_that_names_their_provider(
+    world: World,
+) -> None:
+    acme = token(tenant="acme")  # patterns "mock" and "mock-*": aliases only
+    before = await world.upstream_requests()
+    for model in ("mock-premium/expensive", "mock/anything", "vault/x"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await world.gateway.stub.Chat(
+                chat_request(model=model), metadata=bearer(acme), timeout=5
+            )
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "MODEL_NOT_ALLOWED",
+        ), model
+    assert await world.upstream_requests() == before, "refused before any upstream call"
+    premium = token(models=["mock-premium/*"])
+    reply = await world.gateway.stub.Chat(
+        chat_request(model="mock-premium/expensive"), metadata=bearer(premium), timeout=5
+    )
+    assert reply.message.parts[0].text == "premium answer"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await world.gateway.stub.Chat(
+            chat_request(model="mock-premium"), metadata=bearer(premium), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_fallbacks_the_caller_may_not_use_are_never_tried(world: World) -> None:

@@ -325,6 +325,15 @@ async def test_unknown_crit_is_refused(env: Env) -> None:
 async def test_oversized_and_garbage_tokens(env: Env) -> None:
     huge = hs(padding="x" * 10_000)
     assert await refused(env, bearer(huge)) == "token larger than the configured maximum"
+    # At the edge (8192 bytes of metadata value by default), counted before trimming.
+    value = f"Bearer {hs()}"
+    at_limit = value + " " * (8192 - len(value))
+    identity = await env.verifier.verify([("authorization", at_limit)])
+    assert identity.subject
+    over = at_limit + " "
+    assert await refused(env, [("authorization", over)]) == (
+        "token larger than the configured maximum"
+    )
     for garbage in ("a.b.c", "....", "eyJhbGciOiJIUzI1NiJ9", "not a token", "é.é.é"):
         assert await refused(env, [("authorization", f"Bearer {garbage}")]) in (
             "malformed token",
@@ -362,3 +371,23 @@ async def test_metadata_shapes(env: Env) -> None:
 def test_jwt_library_is_recent_enough() -> None:
     major, minor = (int(x) for x in jwt.__version__.split(".")[:2])
     assert (major, minor) >= (2, 13)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "model", "allowed"),
+    [
+        ("mock-*", "mock-small", True),
+        ("mock-*", "mock-premium/expensive", False),
+        ("mock-premium/*", "mock-premium/expensive", True),
+        ("mock-premium/*", "mock-premium", False),
+        ("*/gpt-4o", "azure/gpt-4o", True),
+        ("*/gpt-4o", "azure/gpt-4o-mini", False),
+        ("*", "anything/at-all", True),
+        ("gpt-4?", "gpt-4o", True),
+        ("GPT-4O", "gpt-4o", False),
+    ],
+)
+def test_model_patterns_never_cross_a_slash(pattern: str, model: str, allowed: bool) -> None:
+    from service.auth.identity import matches
+
+    assert matches(pattern, model) is allowed
