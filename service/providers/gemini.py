@@ -48,6 +48,8 @@ from service.providers.upstream_errors import UpstreamFailure, from_upstream
 DEFAULT_HOST = "https://generativelanguage.googleapis.com/"
 DEFAULT_API_VERSION = "v1beta"
 REQUEST_ID_HEADER = "x-request-id"
+# batchEmbedContents takes at most this many requests.
+MAX_BATCH_EMBED = 100
 
 _STOP = chat_pb2.FINISH_REASON_STOP
 _FINISH: dict[str, chat_pb2.FinishReason.ValueType] = {
@@ -581,6 +583,16 @@ class GeminiDialect(Dialect):
                 item["outputDimensionality"] = request.dimensions
             return item
 
+        if len(request.inputs) > MAX_BATCH_EMBED:
+            raise invalid_argument(
+                [
+                    FieldViolation(
+                        "inputs",
+                        f"at most {MAX_BATCH_EMBED} for a Gemini model "
+                        f"(batchEmbedContents' limit); got {len(request.inputs)}",
+                    )
+                ]
+            )
         if len(request.inputs) == 1:
             return HttpRequestSpec("POST", f"{model}:embedContent", one(request.inputs[0]))
         requests = [{"model": model, **one(text)} for text in request.inputs]

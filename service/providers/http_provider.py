@@ -119,9 +119,13 @@ class HttpProvider(Provider):
             parser = self.dialect.stream_parser(deployment)
             request_id = self._request_id(upstream.headers)
             first = True
+            received = 0
             chunks = upstream.chunks()
             try:
                 async for raw in chunks:
+                    received += len(raw)
+                    if received > limit:  # the whole stream, not just one event
+                        raise transport_failure(self.name, model, "too_large", "stream")
                     for event in decoder.feed(raw):
                         for chunk in self._feed(parser, event, deployment):
                             if first and request_id:

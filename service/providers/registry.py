@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -15,6 +16,8 @@ from service.providers.base import EMBEDDINGS_ONLY, Capabilities, Deployment, Pr
 from service.providers.mock import MockProvider
 from service.routing.balancer import Member, Pool, Strategy
 from service.routing.pricing import pricing_from
+
+log = logging.getLogger(__name__)
 
 ProviderFactory = Callable[[config_pb2.ProviderConfig, Mapping[str, str]], Provider]
 
@@ -115,13 +118,16 @@ class Registry:
             members = []
             for target in targets:
                 provider = providers[target.provider]
+                capabilities = capabilities_for(provider, model.capabilities)
                 deployment = Deployment(
                     alias=model.alias,
                     provider=provider.name,
                     provider_type=provider.kind,
                     upstream_model=target.upstream_model or model.alias,
-                    capabilities=capabilities_for(provider, model.capabilities),
-                    context_window=model.context_window or provider.default_context_window,
+                    capabilities=capabilities,
+                    # An embedding model's input limit is not the chat context window.
+                    context_window=model.context_window
+                    or (0 if capabilities.embeddings else provider.default_context_window),
                     pricing=pricing_from(model) if model.HasField("pricing") else None,
                     timeouts=timeouts_for(
                         provider_configs[target.provider].timeouts, model.timeouts
@@ -183,5 +189,10 @@ class Registry:
         return (self.models[alias] for alias in sorted(self.models))
 
     async def aclose(self) -> None:
+        """Closes every provider's clients, even when one of them fails to close."""
         for provider in self.providers.values():
-            await provider.aclose()
+            try:
+                await provider.aclose()
+            except Exception:
+                fields = {"provider": provider.name}
+                log.exception("a provider failed to close", extra={"fields": fields})

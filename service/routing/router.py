@@ -309,7 +309,15 @@ class Router:
         record = record or CallRecord()
 
         async def attempt(d: Deployment, actx: CallContext) -> embed_pb2.EmbedResponse:
-            return await self.registry.provider(d.provider).embed(request, d, actx)
+            response = await self.registry.provider(d.provider).embed(request, d, actx)
+            if len(response.embeddings) != len(request.inputs):
+                raise transport_failure(
+                    d.provider,
+                    d.upstream_model,
+                    "protocol",
+                    f"{len(response.embeddings)} embeddings for {len(request.inputs)} inputs",
+                )
+            return response
 
         return await self._unary(
             request, ctx, record, check_embed, attempt, embed_pb2.EmbedResponse, "embeddings"

@@ -895,6 +895,20 @@ def test_embed_requests_one_and_many() -> None:
     }
 
 
+def test_embed_batches_over_the_upstream_limit_are_refused() -> None:
+    at_limit = DIALECT.embed_request(
+        embed_pb2.EmbedRequest(model="gemini-embed", inputs=["x"] * 100), EMBED
+    )
+    assert len(at_limit.json_body["requests"]) == 100
+    with pytest.raises(GatewayError) as caught:
+        DIALECT.embed_request(
+            embed_pb2.EmbedRequest(model="gemini-embed", inputs=["x"] * 101), EMBED
+        )
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in caught.value.field_violations] == ["inputs"]
+    assert "at most 100" in caught.value.field_violations[0].description
+
+
 def test_parse_embed_one_and_many_in_order() -> None:
     one = DIALECT.parse_embed(response('{"embedding": {"values": [0.25, -0.5]}}'), EMBED)
     assert [(e.index, list(e.values)) for e in one.embeddings] == [(0, [0.25, -0.5])]

@@ -321,3 +321,60 @@ def test_embeddings_request_and_response() -> None:
     parsed = dialect.parse_embed(HttpResponse(200, {}, json.dumps(body).encode()), DEPLOYMENT)
     assert [list(e.values) for e in parsed.embeddings] == [[1.0, -2.0], [0.5, -0.5]]
     assert parsed.usage.input_tokens == 5
+
+
+def _calls_without_ids(completion_id: str | None) -> dict[str, object]:
+    body: dict[str, object] = {
+        "created": 1767225600,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"type": "function", "function": {"name": "a", "arguments": "{}"}},
+                        {"type": "function", "function": {"name": "b", "arguments": "{}"}},
+                    ],
+                },
+            }
+        ],
+    }
+    if completion_id:
+        body["id"] = completion_id
+    return body
+
+
+def test_tool_calls_without_ids_get_ids_unique_per_completion() -> None:
+    dialect = CompatibleDialect("vllm")
+
+    def ids(body: dict[str, object]) -> list[str]:
+        response = dialect.parse_chat(HttpResponse(200, {}, json.dumps(body).encode()), DEPLOYMENT)
+        return [p.tool_call.id for p in response.message.parts if p.HasField("tool_call")]
+
+    first = ids(_calls_without_ids("chatcmpl-1"))
+    assert first == ["call_chatcmpl-1_0", "call_chatcmpl-1_1"]
+    assert ids(_calls_without_ids("chatcmpl-2")) == ["call_chatcmpl-2_0", "call_chatcmpl-2_1"]
+    hashed = ids(_calls_without_ids(None))
+    assert len(set(hashed)) == 2 and all(i.startswith("call_") for i in hashed)
+
+
+def test_streamed_tool_calls_without_ids_get_ids_unique_per_completion() -> None:
+    def stream(completion_id: str) -> list[str]:
+        events = [
+            {"id": completion_id, "created": 1, "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+            {"id": completion_id, "created": 1, "choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "function": {"name": "a", "arguments": "{\"x\""}}]}}]},
+            {"id": completion_id, "created": 1, "choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "function": {"arguments": ": 1}"}}]}}]},
+            {"id": completion_id, "created": 1, "choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": 1, "function": {"name": "b", "arguments": "{}"}}]}}]},
+            {"id": completion_id, "created": 1, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        ]  # fmt: skip
+        body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        chunks = _run_stream(body, CompatibleDialect("vllm"))
+        return [d.id for c in chunks for d in c.tool_call_deltas if d.id]
+
+    assert stream("chatcmpl-7") == ["call_chatcmpl-7_0", "call_chatcmpl-7_1"]
+    assert stream("chatcmpl-8") == ["call_chatcmpl-8_0", "call_chatcmpl-8_1"]

@@ -344,6 +344,8 @@ Global___MetricsConfig: _TypeAlias = MetricsConfig  # noqa: Y015
 
 @_typing.final
 class AuthConfig(_message.Message):
+    """Who may call the gateway: bearer-token issuers, exemptions and authorization."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DISABLED_FIELD_NUMBER: _builtins.int
@@ -492,6 +494,8 @@ Global___IssuerConfig: _TypeAlias = IssuerConfig  # noqa: Y015
 
 @_typing.final
 class PublicKeyConfig(_message.Message):
+    """A PEM public key of an asymmetric issuer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KID_FIELD_NUMBER: _builtins.int
@@ -518,6 +522,8 @@ Global___PublicKeyConfig: _TypeAlias = PublicKeyConfig  # noqa: Y015
 
 @_typing.final
 class AuthorizationConfig(_message.Message):
+    """What an authenticated caller may do: scopes per method and models."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -598,11 +604,15 @@ Global___AuthorizationConfig: _TypeAlias = AuthorizationConfig  # noqa: Y015
 
 @_typing.final
 class ModelPatterns(_message.Message):
+    """Glob patterns of model aliases; wildcards never cross a "/"."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATTERNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """REQUIRED. The patterns."""
+
     def __init__(
         self,
         *,
@@ -618,6 +628,8 @@ Global___ModelPatterns: _TypeAlias = ModelPatterns  # noqa: Y015
 
 @_typing.final
 class AuditConfig(_message.Message):
+    """The audit log: one JSON line per RPC."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATH_FIELD_NUMBER: _builtins.int
@@ -654,6 +666,8 @@ Global___AuditConfig: _TypeAlias = AuditConfig  # noqa: Y015
 
 @_typing.final
 class LimitsConfig(_message.Message):
+    """Rate limits and spend budgets, per subject and per tenant."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -826,6 +840,8 @@ Global___LimitConfig: _TypeAlias = LimitConfig  # noqa: Y015
 
 @_typing.final
 class RoutingConfig(_message.Message):
+    """Retries, circuit breakers and the attempt cap, for every provider."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RETRY_FIELD_NUMBER: _builtins.int
@@ -860,6 +876,8 @@ Global___RoutingConfig: _TypeAlias = RoutingConfig  # noqa: Y015
 
 @_typing.final
 class RetryConfig(_message.Message):
+    """When and how failed upstream attempts are tried again."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
@@ -970,6 +988,8 @@ Global___RetryBudgetConfig: _TypeAlias = RetryBudgetConfig  # noqa: Y015
 
 @_typing.final
 class BreakerConfig(_message.Message):
+    """The circuit breaker of each deployment (provider and upstream model)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DISABLED_FIELD_NUMBER: _builtins.int
@@ -1035,6 +1055,8 @@ Global___BreakerConfig: _TypeAlias = BreakerConfig  # noqa: Y015
 
 @_typing.final
 class ServerConfig(_message.Message):
+    """The gRPC listener and server-wide limits."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HOST_FIELD_NUMBER: _builtins.int
@@ -1122,6 +1144,8 @@ Global___ServerConfig: _TypeAlias = ServerConfig  # noqa: Y015
 
 @_typing.final
 class TlsConfig(_message.Message):
+    """TLS, and mutual TLS when a client CA is given."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CERT_FILE_FIELD_NUMBER: _builtins.int
@@ -1160,6 +1184,8 @@ Global___TlsConfig: _TypeAlias = TlsConfig  # noqa: Y015
 
 @_typing.final
 class KeepaliveConfig(_message.Message):
+    """HTTP/2 keepalive and connection age."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TIME_FIELD_NUMBER: _builtins.int
@@ -1212,6 +1238,8 @@ Global___KeepaliveConfig: _TypeAlias = KeepaliveConfig  # noqa: Y015
 
 @_typing.final
 class LoggingConfig(_message.Message):
+    """Log settings."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LEVEL_FIELD_NUMBER: _builtins.int
@@ -1232,6 +1260,8 @@ Global___LoggingConfig: _TypeAlias = LoggingConfig  # noqa: Y015
 
 @_typing.final
 class ProviderConfig(_message.Message):
+    """One upstream provider: its kind, credentials (by environment variable) and transport."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -1380,6 +1410,8 @@ Global___ProviderConfig: _TypeAlias = ProviderConfig  # noqa: Y015
 
 @_typing.final
 class PoolConfig(_message.Message):
+    """The provider's HTTP connection pool."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
@@ -1417,6 +1449,8 @@ Global___PoolConfig: _TypeAlias = PoolConfig  # noqa: Y015
 
 @_typing.final
 class OpenAIProviderConfig(_message.Message):
+    """OpenAI Chat Completions and Embeddings."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ORGANIZATION_FIELD_NUMBER: _builtins.int
@@ -1441,6 +1475,8 @@ Global___OpenAIProviderConfig: _TypeAlias = OpenAIProviderConfig  # noqa: Y015
 
 @_typing.final
 class AzureOpenAIProviderConfig(_message.Message):
+    """Azure OpenAI: deployment URLs, api-version, api-key or Entra ID bearer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -1475,6 +1511,8 @@ Global___AzureOpenAIProviderConfig: _TypeAlias = AzureOpenAIProviderConfig  # no
 
 @_typing.final
 class AnthropicProviderConfig(_message.Message):
+    """Anthropic Messages."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
@@ -1509,6 +1547,8 @@ Global___AnthropicProviderConfig: _TypeAlias = AnthropicProviderConfig  # noqa: 
 
 @_typing.final
 class GeminiProviderConfig(_message.Message):
+    """Google Gemini generateContent and embedContent."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -1529,6 +1569,8 @@ Global___GeminiProviderConfig: _TypeAlias = GeminiProviderConfig  # noqa: Y015
 
 @_typing.final
 class OllamaProviderConfig(_message.Message):
+    """Ollama's native /api/chat and /api/embed."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEEP_ALIVE_FIELD_NUMBER: _builtins.int
@@ -1589,6 +1631,8 @@ Global___OpenAICompatibleProviderConfig: _TypeAlias = OpenAICompatibleProviderCo
 
 @_typing.final
 class CustomProviderConfig(_message.Message):
+    """A provider class of the user's own, loaded by import path."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLASS_PATH_FIELD_NUMBER: _builtins.int
@@ -1658,6 +1702,8 @@ Global___PricingConfig: _TypeAlias = PricingConfig  # noqa: Y015
 
 @_typing.final
 class TimeoutConfig(_message.Message):
+    """Time limits of upstream attempts; unset fields take the defaults."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONNECT_FIELD_NUMBER: _builtins.int
@@ -1708,6 +1754,8 @@ Global___TimeoutConfig: _TypeAlias = TimeoutConfig  # noqa: Y015
 
 @_typing.final
 class MockProviderConfig(_message.Message):
+    """The built-in mock provider: no network, deterministic."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_DELAY_FIELD_NUMBER: _builtins.int
@@ -1810,10 +1858,15 @@ class CapabilitiesConfig(_message.Message):
     JSON_OUTPUT_FIELD_NUMBER: _builtins.int
     EMBEDDINGS_FIELD_NUMBER: _builtins.int
     streaming: _builtins.bool
+    """OPTIONAL. StreamChat is allowed."""
     tools: _builtins.bool
+    """OPTIONAL. Tools may be given."""
     vision: _builtins.bool
+    """OPTIONAL. Image parts may be given."""
     json_output: _builtins.bool
+    """OPTIONAL. JSON object and JSON schema output."""
     embeddings: _builtins.bool
+    """OPTIONAL. An embedding model (Embed only, no Chat)."""
     def __init__(
         self,
         *,
@@ -1852,6 +1905,8 @@ Global___CapabilitiesConfig: _TypeAlias = CapabilitiesConfig  # noqa: Y015
 
 @_typing.final
 class ModelConfig(_message.Message):
+    """A model alias callers name in requests, and how it is served."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ALIAS_FIELD_NUMBER: _builtins.int

@@ -1,0 +1,88 @@
+"""What the gateway refuses to pass on from an upstream, whatever the provider: a
+stream larger than the response cap in total (each event small), and an embeddings
+answer without one vector per input."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from llmgateway.v1 import embed_pb2
+
+from tests.fakes.http_server import FakeHttpServer, FakeRequest, FakeResponse
+from tests.fakes.openai_fake import chunk, sse_body, stream_response
+from tests.support import Gateway, chat_request, details_of, running_gateway
+
+CONFIG = """
+server: {{host: 127.0.0.1, port: 0}}
+routing: {{retry: {{max_attempts: 1}}, breaker: {{disabled: true}}}}
+providers:
+  - {{name: up, api_key_env: UP_KEY, base_url: "{url}/v1", max_response_bytes: 2048, openai: {{}}}}
+models:
+  - {{alias: chat, provider: up, upstream_model: m}}
+  - {{alias: embed, provider: up, upstream_model: e, capabilities: {{embeddings: true}}}}
+"""
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeHttpServer]:
+    def unscripted(request: FakeRequest) -> FakeResponse:
+        return FakeResponse.raw(b"unexpected", status=500)
+
+    async with FakeHttpServer(unscripted) as server:
+        yield server
+
+
+@pytest.fixture
+async def gateway(upstream: FakeHttpServer) -> AsyncIterator[Gateway]:
+    async with running_gateway(CONFIG.format(url=upstream.url), {"UP_KEY": "sk-up"}) as running:
+        yield running
+
+
+async def test_a_stream_over_the_cap_in_total_is_cut_with_a_status(
+    upstream: FakeHttpServer, gateway: Gateway
+) -> None:
+    events: list[dict[str, object] | str] = [chunk("m", {"role": "assistant", "content": ""})]
+    events += [chunk("m", {"content": "word "}) for _ in range(40)]  # ~4 KB, each small
+    events += [chunk("m", {}, finish="stop"), "[DONE]"]
+    upstream.script(stream_response(sse_body(events), piece=256))
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for item in gateway.stub.StreamChat(chat_request("hi", model="chat"), timeout=5):
+            received.append(item)
+    details = details_of(caught.value)
+    assert (details.code, details.error_info.reason) == (
+        grpc.StatusCode.INTERNAL,
+        "UPSTREAM_RESPONSE_TOO_LARGE",
+    )
+    assert details.error_info.metadata["partialOutput"] == "true"
+    assert int(details.error_info.metadata["chunksDelivered"]) == len(received) > 0
+    assert not any(item.finish_reason for item in received), "never a clean finish"
+
+
+async def test_embeddings_need_one_vector_per_input(
+    upstream: FakeHttpServer, gateway: Gateway
+) -> None:
+    one_vector = {
+        "object": "list",
+        "model": "e",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+        "usage": {"prompt_tokens": 2, "total_tokens": 2},
+    }
+    upstream.script(FakeResponse.json(one_vector))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gateway.stub.Embed(
+            embed_pb2.EmbedRequest(model="embed", inputs=["a", "b"]), timeout=5
+        )
+    details = details_of(caught.value)
+    assert (details.code, details.error_info.reason) == (
+        grpc.StatusCode.INTERNAL,
+        "UPSTREAM_PROTOCOL_ERROR",
+    )
+    assert details.error_info.metadata["detail"] == "1 embeddings for 2 inputs"
+    upstream.script(FakeResponse.json({**one_vector}))
+    single = await gateway.stub.Embed(
+        embed_pb2.EmbedRequest(model="embed", inputs=["a"]), timeout=5
+    )
+    assert [list(e.values) for e in single.embeddings] == [pytest.approx([0.1, 0.2])]
