@@ -457,6 +457,16 @@ def _validate_provider_kind(provider: config_pb2.ProviderConfig, path: str) -> N
             raise ConfigError(
                 f"{path}.openai_compatible.auth_header", "is required with AUTH_SCHEME_HEADER"
             )
+    if kind == "azure_openai" and provider.azure_openai.HasField("entra_client_credentials"):
+        where = f"{path}.azure_openai.entra_client_credentials"
+        credentials = provider.azure_openai.entra_client_credentials
+        if provider.azure_openai.entra_token:
+            raise ConfigError(where, "set either entra_token or entra_client_credentials")
+        for name in ("tenant_id", "client_id"):
+            if not getattr(credentials, name):
+                raise ConfigError(f"{where}.{name}", "is required")
+        if credentials.authority and not credentials.authority.startswith(("https://", "http://")):
+            raise ConfigError(f"{where}.authority", "must be an http(s) URL")
     if kind == "custom" and not _CLASS_PATH.match(provider.custom.class_path):
         raise ConfigError(f"{path}.custom.class_path", 'must look like "package.module:ClassName"')
     if kind == "mock":

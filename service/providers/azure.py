@@ -13,6 +13,7 @@ from llmgateway.config.v1 import config_pb2
 
 from service.providers import factory
 from service.providers.base import Deployment, Provider
+from service.providers.entra import DEFAULT_AUTHORITY, DEFAULT_SCOPE, EntraTokenSource
 from service.providers.openai import OpenAIDialect
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -43,8 +44,19 @@ class AzureOpenAIDialect(OpenAIDialect):
 def create_azure(config: config_pb2.ProviderConfig, environ: Mapping[str, str]) -> Provider:
     settings = config.azure_openai
     key = factory.api_key(config, environ)
-    headers = {"authorization": f"Bearer {key}"} if settings.entra_token else {"api-key": key}
     dialect = AzureOpenAIDialect(
         config.name, settings.api_version or DEFAULT_API_VERSION, settings.v1_api
     )
+    if settings.HasField("entra_client_credentials"):
+        credentials = settings.entra_client_credentials
+        authority = (credentials.authority or DEFAULT_AUTHORITY).rstrip("/")
+        tokens = EntraTokenSource(
+            config.name,
+            f"{authority}/{quote(credentials.tenant_id, safe='')}/oauth2/v2.0/token",
+            credentials.client_id,
+            key,  # the client secret
+            credentials.scope or DEFAULT_SCOPE,
+        )
+        return factory.http_provider(config, dialect, config.base_url, {}, tokens)
+    headers = {"authorization": f"Bearer {key}"} if settings.entra_token else {"api-key": key}
     return factory.http_provider(config, dialect, config.base_url, headers)

@@ -10,7 +10,7 @@ from llmgateway.config.v1 import config_pb2
 from service.config import seconds_or
 from service.providers.dialect import Dialect
 from service.providers.http import DEFAULT_MAX_RESPONSE_BYTES, TransportSettings, UpstreamClient
-from service.providers.http_provider import HttpProvider
+from service.providers.http_provider import HttpProvider, TokenSource
 
 
 def api_key(config: config_pb2.ProviderConfig, environ: Mapping[str, str]) -> str:
@@ -43,7 +43,9 @@ def http_provider(
     dialect: Dialect,
     default_base_url: str,
     headers: Mapping[str, str],
+    tokens: TokenSource | None = None,
 ) -> HttpProvider:
-    """An HttpProvider whose client sends `headers` (auth, versions) on every request."""
+    """An HttpProvider whose client sends `headers` (auth, versions) on every request,
+    and the current credentials of `tokens` when given."""
     settings = transport_settings(config, default_base_url, headers)
-    return HttpProvider(config.name, dialect, UpstreamClient(config.name, settings))
+    return HttpProvider(config.name, dialect, UpstreamClient(config.name, settings), tokens)

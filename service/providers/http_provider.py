@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TypeVar
+from dataclasses import replace
+from typing import Protocol, TypeVar
 
 from llmgateway.v1 import chat_pb2, embed_pb2
 
@@ -39,9 +40,26 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
                     return
 
 
+class TokenSource(Protocol):
+    """Credentials that change over time (Entra ID tokens), added to each request."""
+
+    async def headers(self) -> Mapping[str, str]: ...
+
+    def invalidate(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class HttpProvider(Provider):
-    def __init__(self, name: str, dialect: Dialect, client: UpstreamClient) -> None:
+    def __init__(
+        self,
+        name: str,
+        dialect: Dialect,
+        client: UpstreamClient,
+        tokens: TokenSource | None = None,
+    ) -> None:
         super().__init__(name)
+        self.tokens = tokens
         self.kind = dialect.kind
         self.default_capabilities = dialect.default_capabilities
         self.default_context_window = dialect.default_context_window
@@ -58,7 +76,14 @@ class HttpProvider(Provider):
                 self.name, deployment.upstream_model, "protocol", type(exc).__name__
             ) from None
 
+    async def _authorized(self, spec: HttpRequestSpec) -> HttpRequestSpec:
+        if self.tokens is None:
+            return spec
+        return replace(spec, headers={**spec.headers, **await self.tokens.headers()})
+
     def _error(self, response: HttpResponse, deployment: Deployment) -> GatewayError:
+        if response.status == 401 and self.tokens is not None:
+            self.tokens.invalidate()
         if response.status < 400:
             # An error envelope with 200 where a stream was expected: treat as a bad gateway.
             response = HttpResponse(502, response.headers, response.body)
@@ -86,6 +111,7 @@ class HttpProvider(Provider):
         parse: Callable[[HttpResponse, Deployment], R],
     ) -> R:
         """One request, one whole response: sent, checked, parsed, its request id kept."""
+        spec = await self._authorized(spec)
         response = await self.client.request(
             spec, ctx.deadline, deployment.upstream_model, deployment.timeouts
         )
@@ -107,7 +133,7 @@ class HttpProvider(Provider):
     async def stream_chat(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
     ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
-        spec = self.dialect.chat_request(request, deployment, stream=True)
+        spec = await self._authorized(self.dialect.chat_request(request, deployment, stream=True))
         model = deployment.upstream_model
         async with self.client.stream(spec, ctx.deadline, model, deployment.timeouts) as upstream:
             content_type = upstream.headers.get("content-type", "")
@@ -153,3 +179,5 @@ class HttpProvider(Provider):
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        if self.tokens is not None:
+            await self.tokens.aclose()

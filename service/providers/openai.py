@@ -8,9 +8,9 @@ request fields, through `OpenAIOptions`.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import struct
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -254,14 +254,11 @@ def _reasoning_text(data: Mapping[str, Any]) -> str:
     return value if isinstance(value, str) else ""
 
 
-def tool_call_id(completion: Mapping[str, Any], position: int, name: str, arguments: str) -> str:
+def tool_call_id() -> str:
     """An id for a tool call a server sent without one (some OpenAI-compatible servers
-    do): unique per completion, so that tool results can be matched in later turns."""
-    completion_id = completion.get("id")
-    if isinstance(completion_id, str) and completion_id:
-        return f"call_{completion_id}_{position}"
-    seed = f"{completion.get('created')}\0{position}\0{name}\0{arguments}"
-    return f"call_{hashlib.sha256(seed.encode()).hexdigest()[:24]}"
+    do). Random: completion ids may be constant or missing too, and tool results are
+    matched by these ids in later turns."""
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def parse_chat_body(body: Mapping[str, Any], provider: str, model: str) -> chat_pb2.ChatResponse:
@@ -276,13 +273,13 @@ def parse_chat_body(body: Mapping[str, Any], provider: str, model: str) -> chat_
         out.parts.add(text=text)
     elif not message.get("tool_calls") and message.get("refusal"):
         out.parts.add(text=str(message["refusal"]))
-    for position, call in enumerate(message.get("tool_calls") or []):
+    for call in message.get("tool_calls") or []:
         function = call["function"]
         name = str(function["name"])
         arguments = function.get("arguments") or ""
         out.parts.add(
             tool_call=content_pb2.ToolCall(
-                id=str(call.get("id") or tool_call_id(body, position, name, arguments)),
+                id=str(call.get("id") or tool_call_id()),
                 name=name,
                 arguments=arguments,
             )
@@ -419,7 +416,6 @@ class OpenAIStreamParser(StreamParser):
     def __init__(self, provider: str, model: str) -> None:
         super().__init__(provider, model)
         self._tool_index: dict[int, int] = {}  # upstream index → position in this turn
-        self._completion: dict[str, Any] = {}  # id and created of the first chunk
 
     def feed(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
         assert isinstance(event, SseEvent)
@@ -434,8 +430,6 @@ class OpenAIStreamParser(StreamParser):
             raise _stream_error(data["error"], self.provider, self.model)
         if data.get("usage"):
             self.usage = usage_from(data["usage"])
-        if not self._completion:
-            self._completion = {"id": data.get("id"), "created": data.get("created")}
         chunks = []
         for choice in data.get("choices") or []:
             if int(choice.get("index", 0)) != 0:
@@ -464,11 +458,7 @@ class OpenAIStreamParser(StreamParser):
             )
             if first:
                 piece.name = str(function.get("name") or "")
-                position = self._tool_index[upstream_index]
-                piece.id = str(
-                    call.get("id")
-                    or tool_call_id(self._completion, position, piece.name, piece.arguments_delta)
-                )
+                piece.id = str(call.get("id") or tool_call_id())
             chunk.tool_call_deltas.append(piece)
         raw = choice.get("finish_reason")
         if raw:

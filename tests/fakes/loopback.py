@@ -49,6 +49,10 @@ class LoopbackServer:
             await self.handle(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Closing the server ends its connections; a cancelled connection task
+            # would otherwise be reported by asyncio's stream callback as an error.
+            return
         finally:
             self.open_connections -= 1
             self._tasks.discard(task)

@@ -30,6 +30,16 @@ class OpenAIFakeConfig:
     request_id: str = "req_fake_1"
     stream_piece: int = 0  # >0: cut every stream body into pieces of this many bytes
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # False: tool calls (whole and streamed) come without an `id`, as some
+    # OpenAI-compatible servers send them.
+    tool_call_ids: bool = True
+    # The completion `id`: "fixed" ("chatcmpl-fake" on every response), "unique" (a new
+    # one per response, as OpenAI and vLLM send) or "absent" (no `id` key at all).
+    completion_ids: str = "fixed"
+    # Azure's content-filter annotations (reference §3.3): streams open with a
+    # `choices: []` chunk carrying prompt_filter_results; choices carry
+    # content_filter_results.
+    azure_annotations: bool = False
 
 
 def error_body(
@@ -190,6 +200,46 @@ def stream_response(body: bytes, piece: int = 0, **kwargs: Any) -> FakeResponse:
     return FakeResponse.stream(pieces, **kwargs)
 
 
+SAFE_FILTER_RESULTS = {
+    category: {"filtered": False, "severity": "safe"}
+    for category in ("hate", "self_harm", "sexual", "violence")
+}
+
+
+def strip_tool_call_ids(payload: dict[str, Any]) -> dict[str, Any]:
+    """Removes `id` from every tool call of a completion or chunk (in place)."""
+    for choice in payload.get("choices") or []:
+        for key in ("message", "delta"):
+            for call in (choice.get(key) or {}).get("tool_calls") or []:
+                call.pop("id", None)
+    return payload
+
+
+def azure_annotate(payload: dict[str, Any]) -> dict[str, Any]:
+    """Adds Azure's content-filter results to a completion or chunk (in place)."""
+    for choice in payload.get("choices") or []:
+        choice["content_filter_results"] = SAFE_FILTER_RESULTS
+    if payload.get("object") == "chat.completion":
+        payload["prompt_filter_results"] = [
+            {"prompt_index": 0, "content_filter_results": SAFE_FILTER_RESULTS}
+        ]
+    return payload
+
+
+def azure_prompt_filter_chunk() -> dict[str, Any]:
+    """The first chunk of an Azure stream: no choices, empty id and model (§3.3)."""
+    return {
+        "id": "",
+        "object": "",
+        "created": 0,
+        "model": "",
+        "choices": [],
+        "prompt_filter_results": [
+            {"prompt_index": 0, "content_filter_results": SAFE_FILTER_RESULTS}
+        ],
+    }
+
+
 def embedding_vector(text: str, dimensions: int) -> list[float]:
     seed = sum(text.encode())
     return [round(((seed * (i + 1)) % 97) / 97.0, 6) for i in range(dimensions)]
@@ -200,6 +250,20 @@ class OpenAIFake:
 
     def __init__(self, config: OpenAIFakeConfig | None = None) -> None:
         self.config = config or OpenAIFakeConfig()
+        self.completions_served = 0
+
+    def _shape(self, payloads: list[dict[str, Any]]) -> None:
+        """Applies the configured server quirks to one response's completion or chunks."""
+        self.completions_served += 1
+        for payload in payloads:
+            if not self.config.tool_call_ids:
+                strip_tool_call_ids(payload)
+            if self.config.completion_ids == "absent":
+                payload.pop("id", None)
+            elif self.config.completion_ids == "unique":
+                payload["id"] = f"chatcmpl-fake-{self.completions_served}"
+            if self.config.azure_annotations:
+                azure_annotate(payload)
 
     def _headers(self) -> dict[str, str]:
         return {
@@ -264,11 +328,17 @@ class OpenAIFake:
         if operation == "embeddings":
             return self._embeddings(body)
         if body.get("stream"):
-            events: list[dict[str, Any] | str] = [*stream_chunks(body), "[DONE]"]
+            chunks = stream_chunks(body)
+            self._shape(chunks)
+            if self.config.azure_annotations:
+                chunks.insert(0, azure_prompt_filter_chunk())
+            events: list[dict[str, Any] | str] = [*chunks, "[DONE]"]
             response = stream_response(sse_body(events), self.config.stream_piece)
             response.headers.update(self._headers())
             return response
-        return FakeResponse.json(completion(body), 200, self._headers())
+        whole = completion(body)
+        self._shape([whole])
+        return FakeResponse.json(whole, 200, self._headers())
 
     def _embeddings(self, body: dict[str, Any]) -> FakeResponse:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
@@ -303,6 +373,8 @@ __all__ = [
     "OpenAIFake",
     "OpenAIFakeConfig",
     "Write",
+    "azure_annotate",
+    "azure_prompt_filter_chunk",
     "chunk",
     "completion",
     "error_body",
@@ -310,4 +382,5 @@ __all__ = [
     "sse_body",
     "stream_chunks",
     "stream_response",
+    "strip_tool_call_ids",
 ]

@@ -353,11 +353,11 @@ def test_tool_calls_without_ids_get_ids_unique_per_completion() -> None:
         response = dialect.parse_chat(HttpResponse(200, {}, json.dumps(body).encode()), DEPLOYMENT)
         return [p.tool_call.id for p in response.message.parts if p.HasField("tool_call")]
 
-    first = ids(_calls_without_ids("chatcmpl-1"))
-    assert first == ["call_chatcmpl-1_0", "call_chatcmpl-1_1"]
-    assert ids(_calls_without_ids("chatcmpl-2")) == ["call_chatcmpl-2_0", "call_chatcmpl-2_1"]
-    hashed = ids(_calls_without_ids(None))
-    assert len(set(hashed)) == 2 and all(i.startswith("call_") for i in hashed)
+    # Completion ids may be constant or missing: ids never repeat across calls.
+    seen = [*ids(_calls_without_ids("chatcmpl-1")), *ids(_calls_without_ids("chatcmpl-1"))]
+    seen += ids(_calls_without_ids(None))
+    assert len(seen) == len(set(seen)) == 6
+    assert all(i.startswith("call_") and len(i) == 29 for i in seen)
 
 
 def test_streamed_tool_calls_without_ids_get_ids_unique_per_completion() -> None:
@@ -376,5 +376,6 @@ def test_streamed_tool_calls_without_ids_get_ids_unique_per_completion() -> None
         chunks = _run_stream(body, CompatibleDialect("vllm"))
         return [d.id for c in chunks for d in c.tool_call_deltas if d.id]
 
-    assert stream("chatcmpl-7") == ["call_chatcmpl-7_0", "call_chatcmpl-7_1"]
-    assert stream("chatcmpl-8") == ["call_chatcmpl-8_0", "call_chatcmpl-8_1"]
+    seen = stream("chatcmpl-7") + stream("chatcmpl-7")
+    assert len(seen) == len(set(seen)) == 4, "one id per call, never repeated"
+    assert all(i.startswith("call_") for i in seen)

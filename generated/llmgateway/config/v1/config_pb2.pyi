@@ -1482,6 +1482,7 @@ class AzureOpenAIProviderConfig(_message.Message):
     API_VERSION_FIELD_NUMBER: _builtins.int
     V1_API_FIELD_NUMBER: _builtins.int
     ENTRA_TOKEN_FIELD_NUMBER: _builtins.int
+    ENTRA_CLIENT_CREDENTIALS_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
     """OPTIONAL. The api-version query parameter of the classic deployment URLs;
     default "2024-10-21". Ignored with v1_api.
@@ -1492,22 +1493,67 @@ class AzureOpenAIProviderConfig(_message.Message):
     """
     entra_token: _builtins.bool
     """OPTIONAL. Send the key (from api_key_env) as a Microsoft Entra bearer token
-    (Authorization: Bearer) instead of the api-key header.
+    (Authorization: Bearer) instead of the api-key header. The variable's value
+    is read once: prefer entra_client_credentials, which renews tokens.
     """
+    @_builtins.property
+    def entra_client_credentials(self) -> Global___EntraClientCredentials:
+        """OPTIONAL. Get Microsoft Entra ID access tokens with the OAuth 2.0 client
+        credentials flow, the client secret taken from api_key_env, and renew each
+        one before it expires.
+        """
+
     def __init__(
         self,
         *,
         api_version: _builtins.str = ...,
         v1_api: _builtins.bool = ...,
         entra_token: _builtins.bool = ...,
+        entra_client_credentials: Global___EntraClientCredentials | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entra_client_credentials", b"entra_client_credentials"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "entra_token", b"entra_token", "v1_api", b"v1_api"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "entra_client_credentials", b"entra_client_credentials", "entra_token", b"entra_token", "v1_api", b"v1_api"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AzureOpenAIProviderConfig: _TypeAlias = AzureOpenAIProviderConfig  # noqa: Y015
+
+@_typing.final
+class EntraClientCredentials(_message.Message):
+    """An app registration that gets Microsoft Entra ID tokens for Azure OpenAI."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    AUTHORITY_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """REQUIRED. The directory (tenant) id."""
+    client_id: _builtins.str
+    """REQUIRED. The application (client) id."""
+    authority: _builtins.str
+    """OPTIONAL. The token authority; default "https://login.microsoftonline.com"."""
+    scope: _builtins.str
+    """OPTIONAL. The scope asked for; default
+    "https://cognitiveservices.azure.com/.default".
+    """
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        authority: _builtins.str = ...,
+        scope: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "client_id", b"client_id", "scope", b"scope", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntraClientCredentials: _TypeAlias = EntraClientCredentials  # noqa: Y015
 
 @_typing.final
 class AnthropicProviderConfig(_message.Message):
