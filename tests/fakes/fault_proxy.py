@@ -1,11 +1,14 @@
 """A TCP proxy on loopback that injects what HTTP cannot express: accepting and never
-answering, resetting after some bytes, delaying the first byte. Counts connections."""
+answering, resetting after some bytes, delaying the first byte. Counts connections.
+Also a listener that never completes a connect (NeverAccepts)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
+from typing import Self
 
 from tests.fakes.loopback import LoopbackServer
 
@@ -66,3 +69,51 @@ class FaultProxy(LoopbackServer):
             writer.write(data)
             await writer.drain()
             sent += len(data)
+
+
+@dataclass
+class NeverAccepts:
+    """A loopback listener whose accept queue is full and that never accepts: the kernel
+    drops new SYNs, so a connect to it gets no answer until the client's connect timeout.
+
+    `listen(0)` queues at most one handshake (Linux); fillers connect until one of them
+    does not complete (bounded). `full` says whether that worked on this system."""
+
+    max_fillers: int = 8
+    probe_timeout: float = 0.2
+    port: int = 0
+    full: bool = False
+    _listener: socket.socket | None = None
+    _fillers: list[socket.socket] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        loop = asyncio.get_running_loop()
+        for _ in range(self.max_fillers):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            try:
+                await asyncio.wait_for(
+                    loop.sock_connect(filler, ("127.0.0.1", self.port)), self.probe_timeout
+                )
+            except TimeoutError:
+                filler.close()  # its SYN was dropped: the queue is full
+                self.full = True
+                break
+            self._fillers.append(filler)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for filler in self._fillers:
+            filler.close()
+        self._fillers.clear()
+        if self._listener is not None:
+            self._listener.close()

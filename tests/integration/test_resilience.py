@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
 import pytest
 from llmgateway.v1 import models_pb2
 
-from tests.fakes.fault_proxy import Fault, FaultProxy
+from tests.fakes.fault_proxy import Fault, FaultProxy, NeverAccepts
 from tests.fakes.http_server import FakeHttpServer, FakeRequest, FakeResponse, Write
 from tests.fakes.openai_fake import (
     OpenAIFake,
@@ -644,3 +644,238 @@ async def test_caller_mistakes_do_not_open_the_breaker() -> None:
         assert deployment.circuit_state == models_pb2.CIRCUIT_STATE_CLOSED
         assert deployment.times_opened == 0
         assert len(w.secondary.requests) == 0, "a rejected request is not sent to the fallback"
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], seconds: float = 3.0) -> bool:
+    """Polls an async condition (e.g. on GetProviderStats), bounded in time."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        if await condition():
+            return True
+        await asyncio.sleep(0.02)
+    return await condition()
+
+
+async def drain(call: grpc.aio.UnaryStreamCall) -> list[object]:  # type: ignore[type-arg]
+    return [c async for c in call]
+
+
+async def test_stream_falls_back_when_the_primary_fails_before_its_first_chunk() -> None:
+    async with world() as w:
+        w.primary.handler = always(503)  # type: ignore[assignment]
+        chunks = [
+            c
+            async for c in w.gateway.stub.StreamChat(chat_request("a b", model="main"), timeout=10)
+        ]
+        assert "".join(c.text_delta for c in chunks) == "a b"
+        route = chunks[0].route
+        assert (route.provider, route.upstream_model, route.fallback_used, route.attempts) == (
+            "secondary",
+            "m-backup",
+            True,
+            4,
+        )
+        primary = [r for r in w.primary.requests if r.json().get("model") == "m-main"]
+        assert len(primary) == 3, "max_attempts on the primary, then the fallback"
+        assert all(r.json().get("stream") is True for r in primary)
+        assert len(w.secondary.requests) == 1
+
+
+async def test_a_call_without_deadline_gets_max_call_duration_as_its_budget() -> None:
+    async with world(server_extra=", max_call_duration: 0.5s") as w:
+        w.primary.script(FakeResponse(hang=True), FakeResponse(hang=True))
+        unary = w.gateway.stub.Chat(chat_request(model="solo"))  # no gRPC deadline
+        stream = w.gateway.stub.StreamChat(chat_request(model="solo"))  # no gRPC deadline
+        # The test's own bound: well past 0.5 s, well before 3 attempts of the 1 s read timeout.
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(unary, drain(stream), return_exceptions=True), 5
+        )
+        for outcome in outcomes:
+            assert isinstance(outcome, grpc.aio.AioRpcError), outcome
+            details = details_of(outcome)
+            assert (details.code, details.error_info.reason) == (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "DEADLINE_EXCEEDED",
+            )
+            assert details.error_info.metadata["attempts"] == "1"
+        assert w.primary_calls("m-solo") == 2
+        assert await w.primary.wait_for(lambda: w.primary.client_disconnects == 2, 3)
+        assert await w.primary.wait_for(lambda: w.primary.open_connections == 0, 3)
+
+
+async def test_cancellations_and_deadlines_do_not_open_the_breaker() -> None:
+    async with world() as w:
+        # consecutive_failures is 3: eight calls that end by the caller are well over it.
+        w.primary.script(*(FakeResponse(hang=True) for _ in range(8)))
+        chat = [w.gateway.stub.Chat(chat_request(model="main"), timeout=20) for _ in range(2)]
+        streams = [
+            w.gateway.stub.StreamChat(chat_request(model="main"), timeout=20) for _ in range(2)
+        ]
+        assert await w.primary.wait_for(lambda: len(w.primary.requests) == 4, 3)
+        for call in (*chat, *streams):
+            call.cancel()
+        for unary in chat:
+            with pytest.raises(asyncio.CancelledError):
+                await unary
+        assert await w.primary.wait_for(lambda: w.primary.client_disconnects == 4, 3)
+        outcomes = await asyncio.gather(
+            *(w.gateway.stub.Chat(chat_request(model="main"), timeout=0.4) for _ in range(2)),
+            *(
+                drain(w.gateway.stub.StreamChat(chat_request(model="main"), timeout=0.4))
+                for _ in range(2)
+            ),
+            return_exceptions=True,
+        )
+        codes = [o.code() if isinstance(o, grpc.aio.AioRpcError) else o for o in outcomes]
+        assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 4
+        assert w.primary_calls("m-main") == 8
+        assert len(w.secondary.requests) == 0, "the caller's end is no reason to fail over"
+        primary = await stats(w.gateway, "primary")
+        assert (primary.failures, primary.cancelled) == (0, 8)
+        deployment = primary.deployments[0]
+        assert deployment.upstream_model == "m-main"
+        assert deployment.circuit_state == models_pb2.CIRCUIT_STATE_CLOSED
+        assert (deployment.consecutive_failures, deployment.times_opened) == (0, 0)
+        assert list(deployment.transitions) == []
+        reply = await w.gateway.stub.Chat(chat_request("after", model="main"), timeout=10)
+        assert (reply.route.provider, reply.route.fallback_used) == ("primary", False)
+        assert reply.message.parts[0].text == "after"
+        assert w.primary_calls("m-main") == 9
+
+
+async def test_cancelled_and_expired_unary_calls_leave_no_upstream_connection_open() -> None:
+    async with world() as w:
+        # "backup" is on the secondary, whose read timeout is the default 60 s: only the
+        # gateway's own closing can bring the connections back within the bounded waits.
+        w.secondary.script(FakeResponse(hang=True), FakeResponse(hang=True))
+        idle = w.secondary.open_connections
+        call = w.gateway.stub.Chat(chat_request(model="backup"), timeout=20)
+        assert await w.secondary.wait_for(lambda: w.secondary.open_connections == idle + 1, 3)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert await w.secondary.wait_for(lambda: w.secondary.open_connections == idle, 3)
+        assert w.secondary.client_disconnects == 1
+
+        idle = w.secondary.open_connections
+        expiring = asyncio.ensure_future(
+            w.gateway.stub.Chat(chat_request(model="backup"), timeout=0.5)
+        )
+        assert await w.secondary.wait_for(lambda: w.secondary.open_connections == idle + 1, 3)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await expiring
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert await w.secondary.wait_for(lambda: w.secondary.open_connections == idle, 3)
+        assert w.secondary.client_disconnects == 2
+        assert len(w.secondary.requests) == 2
+
+
+async def test_deadline_exceeded_lists_every_attempt_in_its_details() -> None:
+    async with world() as w:
+        w.primary.handler = always(503)  # type: ignore[assignment]
+        w.secondary.script(FakeResponse(hang=True))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.gateway.stub.Chat(chat_request(model="main"), timeout=1.0)
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "DEADLINE_EXCEEDED",
+        )
+        assert details.error_info.metadata["attempts"] == "4"
+        assert details.error_info.metadata["tried"].split(",") == [
+            "primary/m-main:UPSTREAM_UNAVAILABLE",
+            "primary/m-main:UPSTREAM_UNAVAILABLE",
+            "primary/m-main:UPSTREAM_UNAVAILABLE",
+            "secondary/m-backup:DEADLINE_EXCEEDED",
+        ]
+        assert w.primary_calls("m-main") == 3 and len(w.secondary.requests) == 1
+        assert await w.secondary.wait_for(lambda: w.secondary.client_disconnects == 1, 3)
+
+
+async def test_retry_after_beyond_the_deadline_moves_to_the_fallback_at_once() -> None:
+    async with world() as w:
+        # 1.5 s is within max_retry_after (2 s) but not within the 1 s deadline.
+        w.primary.script(rate_limited("1.5"))
+        reply = await w.gateway.stub.Chat(chat_request("hi", model="main"), timeout=1.0)
+        assert reply.message.parts[0].text == "hi"
+        assert (reply.route.provider, reply.route.attempts, reply.route.fallback_used) == (
+            "secondary",
+            2,
+            True,
+        )
+        assert w.primary_calls("m-main") == 1
+        assert len(w.secondary.requests) == 1
+        assert (await stats(w.gateway, "primary")).retries == 0
+
+
+async def test_failed_half_open_probe_reopens_with_a_longer_cool_down() -> None:
+    async with world() as w:
+        w.primary.handler = always(503)  # type: ignore[assignment]
+        reply = await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
+        assert (reply.route.provider, reply.route.attempts) == ("secondary", 4)
+        first = (await stats(w.gateway, "primary")).deployments[0]
+        assert first.circuit_state == models_pb2.CIRCUIT_STATE_OPEN
+        assert first.times_opened == 1
+        first_remaining = first.open_remaining.ToNanoseconds()
+        assert 0 < first_remaining <= 400_000_000  # cool_down: 0.4s
+
+        async def cooled_down() -> bool:
+            deployment = (await stats(w.gateway, "primary")).deployments[0]
+            return deployment.open_remaining.ToNanoseconds() == 0
+
+        assert await wait_until(cooled_down, 3)
+        # The probe fails: one attempt on the primary, then the fallback serves.
+        reply = await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
+        assert (reply.route.provider, reply.route.attempts) == ("secondary", 2)
+        assert w.primary_calls("m-main") == 4, "exactly one probe"
+        second = (await stats(w.gateway, "primary")).deployments[0]
+        assert second.circuit_state == models_pb2.CIRCUIT_STATE_OPEN
+        assert second.times_opened == 2
+        assert list(second.transitions) == ["CLOSED->OPEN", "OPEN->HALF_OPEN", "HALF_OPEN->OPEN"]
+        # Doubled: 0.8 s, so more is left than the whole first cool-down.
+        assert 400_000_000 < second.open_remaining.ToNanoseconds() <= 800_000_000
+        # Still open: the next call does not reach the primary.
+        reply = await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
+        assert (reply.route.provider, reply.route.attempts) == ("secondary", 1)
+        assert w.primary_calls("m-main") == 4
+
+
+async def test_connect_timeout_of_the_provider_ends_each_attempt() -> None:
+    async with world() as w, NeverAccepts() as stuck:
+        if not stuck.full:
+            pytest.skip("could not fill the accept queue of a loopback listener here")
+        text = CONFIG.format(
+            primary=w.primary.url,
+            secondary=w.secondary.url,
+            proxy=w.proxy.url,
+            closed=free_port(),
+            server_extra="",
+        )
+        text = text.replace(
+            "providers:\n",
+            "providers:\n"
+            f'  - {{name: stuck, api_key_env: K, base_url: "{stuck.url}/v1",'
+            " timeouts: {connect: 0.2s}, openai: {}}\n",
+            1,
+        )
+        text = text.replace(
+            "models:\n",
+            "models:\n  - {alias: stuck, provider: stuck, upstream_model: m-stuck}\n",
+            1,
+        )
+        async with running_gateway(text, environ={"K": "k"}) as gateway:
+            # 3 s: room for 3 connect timeouts of 0.2 s, not for one of the default 5 s.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await gateway.stub.Chat(chat_request(model="stuck"), timeout=3)
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "UPSTREAM_TIMEOUT",
+        )
+        assert details.error_info.metadata["detail"] == "ConnectTimeout"
+        assert details.error_info.metadata["attempts"] == "3"
+        assert (
+            details.error_info.metadata["tried"].split(",")
+            == ["stuck/m-stuck:UPSTREAM_TIMEOUT"] * 3
+        )
