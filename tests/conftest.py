@@ -1,10 +1,45 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
+from service.logs import JsonFormatter
 from tests.support import Gateway, running_gateway
+
+SECRETS_SCAN_MODULE = "test_zz_secrets_scan.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The secrets scan runs after every other test (unit tests included), so that it
+    reads every log the session wrote. A stable sort: the rest keeps its order."""
+    items.sort(key=lambda item: item.path.name == SECRETS_SCAN_MODULE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every log record of the test process (gateways served in-process included), at
+    DEBUG, as the service's JSON lines with their extra fields, in a file under the
+    session's base temp directory where the secrets scan reads it."""
+    directory = tmp_path_factory.getbasetemp() / "in-process-logs"
+    directory.mkdir(exist_ok=True)
+    path = directory / "session.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")

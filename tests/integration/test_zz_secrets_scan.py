@@ -1,25 +1,31 @@
 """No token, key or prompt in any log or audit file.
 
-Runs last (file order): first a workload of its own against a real gateway process
-whose log and audit file it then reads, with prompts, keys and tokens it can recognise;
-then a scan of every log and audit file the rest of the suite wrote."""
+Runs last (tests/conftest.py moves it after every other test): first a workload of its
+own against a real gateway process whose log and audit file it then reads, and the same
+workload against a gateway served inside the test process, whose log records go to the
+session log (tests/conftest.py), with prompts, keys and tokens it can recognise; then a
+scan of every log and audit file the rest of the suite wrote, the session log included."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 from llmgateway.v1 import embed_pb2, provider_service_pb2_grpc
 
 from tests.fakes.http_server import FakeHttpServer, FakeRequest, FakeResponse
 from tests.fakes.keys import HS_SECRET, claims, sign
 from tests.fakes.openai_fake import OpenAIFake, OpenAIFakeConfig, error_body
 from tests.fakes.redis_server import REDIS_PASSWORD
-from tests.support import DEV_SECRET, chat_request, free_port, gateway_process
+from tests.support import DEV_SECRET, chat_request, free_port, gateway_process, running_gateway
 
 PROMPT_MARKER = "PROMPT-MARKER-7f3a9c"
 UPSTREAM_KEY = "sk-scan-secret-key-5d1e0b"
@@ -62,19 +68,22 @@ def leaks(text: str) -> list[str]:
     return found
 
 
-async def test_a_workload_leaves_no_secret_in_logs_or_audit(tmp_path: Path) -> None:
-    def upstream(request: FakeRequest) -> FakeResponse:
-        body = request.json()
-        if "fail" in str(body):
-            # An upstream error that quotes the prompt and the key back, as some do.
-            return FakeResponse.json(
-                error_body(
-                    f"bad request {PROMPT_MARKER} with key {UPSTREAM_KEY}", "invalid_request_error"
-                ),
-                400,
-            )
-        return OpenAIFake(OpenAIFakeConfig(key=UPSTREAM_KEY)).handle(request)
+def upstream(request: FakeRequest) -> FakeResponse:
+    if request.path == "/jwks":
+        return FakeResponse.raw(b"down", 503)  # a failed JWKS fetch is logged, with its URL
+    body = request.json()
+    if "fail" in str(body):
+        # An upstream error that quotes the prompt and the key back, as some do.
+        return FakeResponse.json(
+            error_body(
+                f"bad request {PROMPT_MARKER} with key {UPSTREAM_KEY}", "invalid_request_error"
+            ),
+            400,
+        )
+    return OpenAIFake(OpenAIFakeConfig(key=UPSTREAM_KEY)).handle(request)
 
+
+async def test_a_workload_leaves_no_secret_in_logs_or_audit(tmp_path: Path) -> None:
     async with FakeHttpServer(upstream) as fake:
         port = free_port()
         audit = tmp_path / "audit.jsonl"
@@ -120,11 +129,77 @@ async def _workload(port: int) -> None:
             assert UPSTREAM_KEY not in (caught.value.details() or "")
 
 
+@dataclass
+class InProcessRun:
+    """What the workload against an in-process gateway added to the session log."""
+
+    session_log: Path
+    jwks_url: str
+    upstream_requests: int
+    audit_text: str
+    text: str
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text.splitlines() if line.strip()]
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def in_process_run(
+    tmp_path_factory: pytest.TempPathFactory, session_log: Path
+) -> InProcessRun:
+    tmp = tmp_path_factory.mktemp("in-process-scan")
+    audit = tmp / "audit.jsonl"
+    start = _size(session_log)
+    async with FakeHttpServer(upstream) as fake:
+        jwks_url = f"{fake.url}/jwks"
+        config = CONFIG.format(port=0, audit=audit, upstream=fake.url).replace(
+            "  issuers:\n",
+            "  issuers:\n    - {issuer: scan-jwks, audiences: [llm-gateway], "
+            f'algorithms: [ES256], jwks_url: "{jwks_url}"}}\n',
+        )
+        secrets = {"SCAN_SECRET": HS_SECRET, "SCAN_OPENAI_KEY": UPSTREAM_KEY}
+        async with running_gateway(config, environ=secrets) as gateway:
+            await _workload(gateway.port)
+        upstream_requests = len([r for r in fake.requests if r.path != "/jwks"])
+    text = _read_from(session_log, start)
+    return InProcessRun(session_log, jwks_url, upstream_requests, audit.read_text(), text)
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as log:
+        log.seek(offset)
+        return log.read().decode("utf-8", errors="replace")
+
+
+async def test_an_in_process_workload_leaves_no_secret_in_the_session_log(
+    in_process_run: InProcessRun,
+) -> None:
+    run = in_process_run
+    assert run.upstream_requests >= 2, "the upstream was really called"
+    assert run.audit_text.count("\n") >= 8, "the workload was audited"
+    records = run.records()
+    by_logger = {r["logger"] for r in records}
+    assert {"service.auth.jwks", "service.audit.sink"} <= by_logger, "in-process logs are kept"
+    failed = [r for r in records if r["logger"] == "service.auth.jwks"]
+    assert failed[0]["url"] == run.jwks_url, "the extra fields are in the session log"
+    closed = [r for r in records if r["message"] == "audit log closed"]
+    assert closed and closed[-1]["written"] >= 8 and closed[-1]["chain_head"]
+    assert leaks(run.text) == []
+    assert leaks(run.audit_text) == []
+
+
 def test_no_log_or_audit_file_of_the_suite_holds_a_secret(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, session_log: Path, in_process_run: InProcessRun
 ) -> None:
     base = tmp_path_factory.getbasetemp()
     files = [p for p in base.rglob("*") if p.is_file() and p.suffix in (".log", ".jsonl")]
     assert files, "the suite wrote logs and audit files"
+    assert session_log in files, "the log of the in-process gateways is scanned"
+    session_text = session_log.read_text(errors="replace")
+    assert in_process_run.jwks_url in session_text, "it holds the in-process gateways' records"
     found = {str(p.relative_to(base)): leaks(p.read_text(errors="replace")) for p in files}
     assert {name: hits for name, hits in found.items() if hits} == {}

@@ -391,3 +391,156 @@ def test_model_patterns_never_cross_a_slash(pattern: str, model: str, allowed: b
     from service.auth.identity import matches
 
     assert matches(pattern, model) is allowed
+
+
+# --- the leeway, two seconds either side of its edge ---------------------------------
+
+
+def _hs_verifier(leeway: str | None) -> TokenVerifier:
+    config: dict[str, Any] = {
+        "issuers": [
+            {
+                "issuer": "hs-issuer",
+                "audiences": ["llm-gateway"],
+                "algorithms": ["HS256"],
+                "secret_env": "HS",
+            }
+        ]
+    }
+    if leeway is not None:
+        config["leeway"] = leeway
+    return TokenVerifier(json_format.ParseDict(config, config_pb2.AuthConfig()), {"HS": HS_SECRET})
+
+
+@pytest.mark.parametrize(
+    ("leeway", "seconds"), [(None, 30), ("0s", 0), ("5s", 5), ("30s", 30), ("300s", 300)]
+)
+async def test_exp_and_nbf_two_seconds_inside_and_outside_the_leeway(
+    leeway: str | None, seconds: int
+) -> None:
+    verifier = _hs_verifier(leeway)
+    assert verifier.leeway == seconds, "the configured leeway (default 30s) is the one used"
+    inside, outside = seconds - 2, seconds + 2  # 2 s margins: clock movement cannot flip them
+    now = int(time.time())
+    assert (await verifier.verify(bearer(hs(exp=now - inside)))).subject == "alice"
+    with pytest.raises(AuthFailure) as expired:
+        await verifier.verify(bearer(hs(exp=now - outside)))
+    assert expired.value.reason == "token expired"
+    assert (await verifier.verify(bearer(hs(nbf=now + inside)))).subject == "alice"
+    with pytest.raises(AuthFailure) as early:
+        await verifier.verify(bearer(hs(nbf=now + outside)))
+    assert early.value.reason == "token not yet valid"
+
+
+# --- a slow or hanging JWKS endpoint never holds up tokens whose kid is cached ---------
+
+SLOW_ISSUER = "https://slow-idp.example/"
+
+
+def _jwks_verifier(url: str) -> TokenVerifier:
+    config = json_format.ParseDict(
+        {
+            "issuers": [
+                {
+                    "issuer": SLOW_ISSUER,
+                    "audiences": ["llm-gateway"],
+                    "algorithms": ["ES256"],
+                    "jwks_url": url,
+                    "jwks_min_refetch": "0s",  # every unknown kid may fetch
+                    "jwks_refresh": "3600s",
+                }
+            ]
+        },
+        config_pb2.AuthConfig(),
+    )
+    return TokenVerifier(config, {})
+
+
+def _slow(key: KeyPair) -> str:
+    return sign(claims(SLOW_ISSUER), key.private, "ES256", kid=key.kid)
+
+
+async def _loop_ticks(count: int, pending: asyncio.Task[Any]) -> bool:
+    """True when `count` timer callbacks ran while `pending` stayed pending (bounded)."""
+    loop = asyncio.get_running_loop()
+    ticked = asyncio.Event()
+    ticks = 0
+
+    def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks == count:
+            ticked.set()
+        else:
+            loop.call_later(0.005, tick)
+
+    loop.call_later(0.005, tick)
+    await asyncio.wait_for(ticked.wait(), 5)
+    return ticks == count and not pending.done()
+
+
+async def test_a_slow_jwks_fetch_never_blocks_tokens_whose_kid_is_cached() -> None:
+    published = [EC]
+    hold = False
+    arrived = asyncio.Event()
+    release = asyncio.Event()
+    rotated = ec_pair("ec-slow-rotated")
+
+    async def jwks(request: FakeRequest) -> FakeResponse:
+        if hold:
+            arrived.set()
+            await asyncio.wait_for(release.wait(), 10)
+        return FakeResponse.json({"keys": [k.jwk() for k in published]})
+
+    async with FakeHttpServer(jwks) as server:
+        verifier = _jwks_verifier(f"{server.url}/jwks")
+        await verifier.start()
+        try:
+            assert len(server.requests) == 1, "the initial fetch"
+            hold = True
+            pending = asyncio.create_task(verifier.verify(bearer(_slow(rotated))))
+            await asyncio.wait_for(arrived.wait(), 5)  # the refetch is in flight
+            for _ in range(3):
+                identity = await verifier.verify(bearer(_slow(EC)))
+                assert identity.subject == "alice"
+                assert not pending.done(), "a cached kid was served while the fetch waits"
+            many = await asyncio.gather(*(verifier.verify(bearer(_slow(EC))) for _ in range(20)))
+            assert [i.subject for i in many] == ["alice"] * 20
+            assert not pending.done()
+            assert await _loop_ticks(5, pending), "the loop runs timers during the fetch"
+            assert len(server.requests) == 2, "one fetch for the unknown kid"
+            published.append(rotated)
+            release.set()
+            identity = await asyncio.wait_for(pending, 5)
+            assert identity.subject == "alice", "the fetch, once answered, found the new kid"
+            assert len(server.requests) == 2
+        finally:
+            release.set()
+            await verifier.close()
+
+
+async def test_a_hanging_jwks_fetch_never_blocks_tokens_whose_kid_is_cached() -> None:
+    async def jwks(request: FakeRequest) -> FakeResponse:
+        return FakeResponse.json({"keys": [EC.jwk()]})
+
+    async with FakeHttpServer(jwks) as server:
+        verifier = _jwks_verifier(f"{server.url}/jwks")
+        await verifier.start()
+        try:
+            server.script(FakeResponse(hang=True))  # the next fetch is never answered
+            pending = asyncio.create_task(verifier.verify(bearer(_slow(ROTATED))))
+            assert await server.wait_for(lambda: len(server.requests) == 2)
+            assert (await verifier.verify(bearer(_slow(EC)))).subject == "alice"
+            assert not pending.done(), "the known kid did not wait for the hanging fetch"
+            assert await _loop_ticks(5, pending)
+            pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+            # The cancelled fetch let go of the cache: the next unknown kid fetches again.
+            with pytest.raises(AuthFailure) as caught:
+                await asyncio.wait_for(verifier.verify(bearer(_slow(EC_OTHER))), 5)
+            assert caught.value.reason == "unknown kid"
+            assert len(server.requests) == 3
+            assert (await verifier.verify(bearer(_slow(EC)))).subject == "alice"
+        finally:
+            await verifier.close()

@@ -188,3 +188,98 @@ def test_redis_store_config_parses() -> None:
     redis = loaded.config.limits.redis
     assert redis.url_env == "LIMITS_URL"
     assert seconds_or(redis, "timeout", 9.0) == pytest.approx(0.1)
+
+
+AUTH_BASE = (
+    "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m}\nauth:\n"
+    "  leeway: LEEWAY\n  issuers:\n"
+)
+AUTH_ENV = {"GW_SECRET": "s" * 32}
+HS_OK = "    - {issuer: hs, audiences: [gw], algorithms: [HS256], secret_env: GW_SECRET}\n"
+RS_OK = "    - {issuer: rs, audiences: [gw], algorithms: [RS256], jwks_url: 'https://idp/jwks'}\n"
+
+
+def _issuer(algorithms: str, extra: str = "secret_env: GW_SECRET") -> str:
+    return f"    - {{issuer: x, audiences: [gw], algorithms: {algorithms}, {extra}}}\n"
+
+
+@pytest.mark.parametrize(
+    ("issuers", "leeway", "path", "problem"),
+    [
+        (
+            _issuer("[HS256, RS256]"),
+            "30s",
+            "auth.issuers[0].algorithms",
+            "symmetric (HS*) and asymmetric algorithms cannot be mixed",
+        ),
+        (
+            HS_OK + _issuer("[ES256, HS512]", "jwks_url: 'https://idp/jwks'"),
+            "30s",
+            "auth.issuers[1].algorithms",
+            "symmetric (HS*) and asymmetric algorithms cannot be mixed",
+        ),
+        (_issuer("[none]"), "30s", "auth.issuers[0].algorithms", "not supported: none"),
+        (_issuer("[None]"), "30s", "auth.issuers[0].algorithms", "not supported: None"),
+        (_issuer("[NONE]"), "30s", "auth.issuers[0].algorithms", "not supported: NONE"),
+        (_issuer("[nOnE]"), "30s", "auth.issuers[0].algorithms", "not supported: nOnE"),
+        (_issuer("[HS256, none]"), "30s", "auth.issuers[0].algorithms", "not supported: none"),
+        (
+            RS_OK + _issuer("[RS256, None]", "jwks_url: 'https://idp/jwks'"),
+            "30s",
+            "auth.issuers[1].algorithms",
+            "not supported: None",
+        ),
+        (_issuer("[HS257]"), "30s", "auth.issuers[0].algorithms", "not supported: HS257"),
+        (_issuer("[hs256]"), "30s", "auth.issuers[0].algorithms", "not supported: hs256"),
+        (
+            _issuer("[RS256, XYZ, ABC]", "jwks_url: 'https://idp/jwks'"),
+            "30s",
+            "auth.issuers[0].algorithms",
+            "not supported: ABC, XYZ",
+        ),
+        (
+            _issuer("[HS256]", "tenant_claim: t"),
+            "30s",
+            "auth.issuers[0].secret_env",
+            "is required with HS* algorithms",
+        ),
+        (
+            RS_OK + _issuer("[HS384, HS512]", "tenant_claim: t"),
+            "30s",
+            "auth.issuers[1].secret_env",
+            "is required with HS* algorithms",
+        ),
+        (
+            _issuer("[RS256]", "tenant_claim: t"),
+            "30s",
+            "auth.issuers[0]",
+            "set public_keys or jwks_url",
+        ),
+        (
+            HS_OK + _issuer("[ES256, EdDSA]", "public_keys: []"),
+            "30s",
+            "auth.issuers[1]",
+            "set public_keys or jwks_url",
+        ),
+        (HS_OK, "301s", "auth.leeway", "must be 0 to 300s"),
+        (HS_OK, "300.5s", "auth.leeway", "must be 0 to 300s"),
+        (HS_OK, "-1s", "auth.leeway", "must be 0 to 300s"),
+        (HS_OK, "-0.5s", "auth.leeway", "must be 0 to 300s"),
+    ],
+)
+def test_issuer_errors_name_the_field_path(
+    issuers: str, leeway: str, path: str, problem: str
+) -> None:
+    text = AUTH_BASE.replace("LEEWAY", leeway) + issuers
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, AUTH_ENV)
+    assert (caught.value.path, caught.value.problem) == (path, problem)
+    assert str(caught.value) == f"{path}: {problem}"
+
+
+@pytest.mark.parametrize("leeway", ["0s", "300s"])
+@pytest.mark.parametrize("issuers", [HS_OK, RS_OK, HS_OK + RS_OK])
+def test_valid_issuers_and_leeway_bounds_parse(issuers: str, leeway: str) -> None:
+    loaded = parse_config(AUTH_BASE.replace("LEEWAY", leeway) + issuers, AUTH_ENV)
+    assert seconds_or(loaded.config.auth, "leeway", -1.0) == float(leeway[:-1])
+    assert len(loaded.config.auth.issuers) == issuers.count("issuer:")
