@@ -86,3 +86,26 @@ async def test_embeddings_need_one_vector_per_input(
         embed_pb2.EmbedRequest(model="embed", inputs=["a"]), timeout=5
     )
     assert [list(e.values) for e in single.embeddings] == [pytest.approx([0.1, 0.2])]
+
+
+async def test_shutdown_closes_the_pooled_upstream_connections(upstream: FakeHttpServer) -> None:
+    async with running_gateway(CONFIG.format(url=upstream.url), {"UP_KEY": "sk-up"}) as gateway:
+        upstream.script(FakeResponse.json(_completion("pooled")))
+        reply = await gateway.stub.Chat(chat_request("hi", model="chat"), timeout=5)
+        assert reply.message.parts[0].text == "pooled"
+        assert upstream.open_connections == 1, "kept alive in the pool after the call"
+    # The gateway has stopped: its upstream clients are closed with it.
+    assert await upstream.wait_for(lambda: upstream.open_connections == 0)
+
+
+def _completion(text: str) -> dict[str, object]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
