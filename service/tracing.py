@@ -11,7 +11,7 @@ completions, tokens or keys.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from llmgateway.config.v1 import config_pb2
@@ -81,28 +81,11 @@ class TracingInterceptor(WrappingInterceptor):
             span.end()
         return otel_context.attach(trace.set_span_in_context(span))
 
-    async def around_unary(
-        self, method: str, request: Any, context: Context, proceed: Callable[[], Awaitable[Any]]
-    ) -> Any:
-        token = self._start(method, context)
-        try:
-            return await proceed()
-        finally:
-            otel_context.detach(token)  # type: ignore[arg-type]
+    async def enter(self, method: str, request: Any, context: Context) -> object:
+        return self._start(method, context)
 
-    async def around_stream(
-        self,
-        method: str,
-        request: Any,
-        context: Context,
-        proceed: Callable[[], AsyncIterator[Any]],
-    ) -> AsyncIterator[Any]:
-        token = self._start(method, context)
-        try:
-            async for item in proceed():
-                yield item
-        finally:
-            otel_context.detach(token)  # type: ignore[arg-type]
+    def leave(self, entered: Any) -> None:
+        otel_context.detach(entered)
 
 
 def end_call_span(record: Mapping[str, Any], state: CallState) -> None:

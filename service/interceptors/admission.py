@@ -6,7 +6,6 @@ the admitted ones keep their latency. Health checks and reflection are never she
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -46,25 +45,8 @@ class AdmissionInterceptor(WrappingInterceptor):
             )
         )
 
-    async def around_unary(
-        self, method: str, request: Any, context: Context, proceed: Callable[[], Awaitable[Any]]
-    ) -> Any:
+    async def enter(self, method: str, request: Any, context: Context) -> None:
         await self._admit(context)
-        try:
-            return await proceed()
-        finally:
-            self.in_flight -= 1
 
-    async def around_stream(
-        self,
-        method: str,
-        request: Any,
-        context: Context,
-        proceed: Callable[[], AsyncIterator[Any]],
-    ) -> AsyncIterator[Any]:
-        await self._admit(context)
-        try:
-            async for item in proceed():
-                yield item
-        finally:
-            self.in_flight -= 1
+    def leave(self, entered: Any) -> None:
+        self.in_flight -= 1

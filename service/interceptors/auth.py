@@ -9,7 +9,6 @@ further exemptions match full method names exactly.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -65,19 +64,5 @@ class AuthInterceptor(WrappingInterceptor):
         if state is not None:
             state.identity = identity
 
-    async def around_unary(
-        self, method: str, request: Any, context: Context, proceed: Callable[[], Awaitable[Any]]
-    ) -> Any:
+    async def enter(self, method: str, request: Any, context: Context) -> None:
         await self._authenticate(method, context)
-        return await proceed()
-
-    async def around_stream(
-        self,
-        method: str,
-        request: Any,
-        context: Context,
-        proceed: Callable[[], AsyncIterator[Any]],
-    ) -> AsyncIterator[Any]:
-        await self._authenticate(method, context)
-        async for item in proceed():
-            yield item

@@ -7,7 +7,6 @@ raise, and a behaviour that rejects what did not decode.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -48,21 +47,6 @@ class DecodeGuardInterceptor(WrappingInterceptor):
 
         return decode
 
-    async def around_unary(
-        self, method: str, request: Any, context: Context, proceed: Callable[[], Awaitable[Any]]
-    ) -> Any:
+    async def enter(self, method: str, request: Any, context: Context) -> None:
         if request is _UNDECODABLE:
             await context.abort_with_status(_bad_request(method))
-        return await proceed()
-
-    async def around_stream(
-        self,
-        method: str,
-        request: Any,
-        context: Context,
-        proceed: Callable[[], AsyncIterator[Any]],
-    ) -> AsyncIterator[Any]:
-        if request is _UNDECODABLE:
-            await context.abort_with_status(_bad_request(method))
-        async for item in proceed():
-            yield item

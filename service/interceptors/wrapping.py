@@ -4,8 +4,9 @@ grpc.aio's `intercept_service` sees only the method and metadata. To act on the 
 itself (its context, its request, its responses, its outcome) an interceptor rebuilds
 the handler around the original behaviour, keeping the (de)serializers and — crucially
 for streaming methods — the handler's kind, so that a rejection is a proper status.
-Subclasses override `around_unary` / `around_stream` (and optionally `applies` and
-`wrap_deserializer`); the wrapped code runs in the RPC's own task.
+Subclasses override `enter` / `leave` (what happens before and after a call), or
+`around_unary` / `around_stream` to act on its outcome, and optionally `applies` and
+`wrap_deserializer`; the wrapped code runs in the RPC's own task.
 """
 
 from __future__ import annotations
@@ -43,19 +44,36 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
     def wrap_deserializer(self, deserializer: Deserializer) -> Deserializer:
         return deserializer
 
+    async def enter(self, method: str, request: Any, context: Context) -> Any:
+        """Runs before the call's behaviour (it may abort the call); what it returns is
+        given to `leave`, which runs after the behaviour, however it ends."""
+        return None
+
+    def leave(self, entered: Any) -> None:
+        return None
+
     async def around_unary(
         self, method: str, request: Any, context: Context, proceed: Callable[[], Awaitable[Any]]
     ) -> Any:
-        return await proceed()
+        entered = await self.enter(method, request, context)
+        try:
+            return await proceed()
+        finally:
+            self.leave(entered)
 
-    def around_stream(
+    async def around_stream(
         self,
         method: str,
         request: Any,
         context: Context,
         proceed: Callable[[], AsyncIterator[Any]],
     ) -> AsyncIterator[Any]:
-        return proceed()
+        entered = await self.enter(method, request, context)
+        try:
+            async for item in proceed():
+                yield item
+        finally:
+            self.leave(entered)
 
     async def intercept_service(
         self,
