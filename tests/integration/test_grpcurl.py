@@ -133,3 +133,13 @@ def test_readme_grpcurl_command(default_gateway: GatewayProcess, command: str) -
         assert reply["providers"][0]["provider"] == "mock"  # type: ignore[index]
     else:
         raise AssertionError(f"no expectation for: {command}")
+
+
+def test_the_default_gateway_says_how_to_get_a_development_token(
+    default_gateway: GatewayProcess,
+) -> None:
+    logs = default_gateway.logs()
+    assert "python -m service token --sub alice --config FILE (or make token)" in logs
+    makefile = (ROOT / "Makefile").read_text()
+    run_recipe = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert "make token" in run_recipe and "service token --sub alice" in run_recipe
