@@ -130,10 +130,8 @@ async def test_429_with_a_short_retry_after_is_waited_for_then_retried() -> None
 async def test_429_with_a_too_long_retry_after_goes_to_the_fallback_at_once() -> None:
     async with world() as w:
         w.primary.script(rate_limited("120"))
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         reply = await w.gateway.stub.Chat(chat_request("hi", model="main"), timeout=10)
-        assert loop.time() - started < 1.0
+        assert (await stats(w.gateway, "primary")).retries == 0, "no wait on the primary"
         assert (reply.route.provider, reply.route.attempts, reply.route.fallback_used) == (
             "secondary",
             2,
@@ -317,18 +315,15 @@ async def test_cancelled_unary_call_closes_the_upstream_request() -> None:
 async def test_deadline_shorter_than_the_upstream() -> None:
     async with world() as w:
         w.primary.script(FakeResponse(hang=True))
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await w.gateway.stub.Chat(chat_request(model="solo"), timeout=0.6)
-        elapsed = loop.time() - started
+        # The gateway's own status (with its ErrorInfo), not the caller's local timer.
         details = details_of(caught.value)
         assert (details.code, details.error_info.reason) == (
             grpc.StatusCode.DEADLINE_EXCEEDED,
             "DEADLINE_EXCEEDED",
         )
         assert details.error_info.metadata["attempts"] == "1"
-        assert elapsed < 0.6, "the gateway answers before the caller's own timer"
         assert await w.primary.wait_for(lambda: w.primary.client_disconnects == 1, 3)
         assert (await stats(w.gateway, "primary")).failures == 0, (
             "a deadline is not a provider failure"
@@ -338,12 +333,11 @@ async def test_deadline_shorter_than_the_upstream() -> None:
 async def test_backoff_that_does_not_fit_the_deadline_is_not_started() -> None:
     async with world() as w:
         w.primary.script(rate_limited("1.5"))  # fits max_retry_after, not the deadline
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await w.gateway.stub.Chat(chat_request(model="solo"), timeout=1.0)
-        assert loop.time() - started < 0.5, "failed at once instead of sleeping into the deadline"
+        # Sleeping into the deadline would have ended DEADLINE_EXCEEDED.
         assert details_of(caught.value).error_info.reason == "RATE_LIMITED"
+        assert (await stats(w.gateway, "primary")).retries == 0
         assert w.primary_calls("m-solo") == 1
 
 
@@ -419,11 +413,8 @@ async def test_outage_of_every_deployment_fails_fast_with_bounded_attempts() -> 
         )
         assert len(w.primary.requests) + len(w.secondary.requests) == 6
         # Both circuits are open now: the next call fails fast with no upstream call.
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
-        assert loop.time() - started < 0.2
         details = details_of(caught.value)
         assert details.code == grpc.StatusCode.UNAVAILABLE
         assert (
@@ -528,11 +519,20 @@ async def test_load_shedding_refuses_over_the_cap_and_keeps_admitted_calls() -> 
             for _ in range(2)
         ]
         await asyncio.sleep(0.1)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await w.gateway.stub.Chat(chat_request(model="steady"), timeout=10)
-        assert loop.time() - started < 0.2, "refused at once"
+        # Refused at once: not queued behind the admitted calls, which are still running.
+        assert not any(call.done() for call in admitted)
+        flood = await asyncio.gather(
+            *(w.gateway.stub.Chat(chat_request(model="steady"), timeout=10) for _ in range(8)),
+            *(_drain_stream(w, "steady") for _ in range(4)),
+            return_exceptions=True,
+        )
+        assert not any(call.done() for call in admitted)
+        assert all(
+            isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for r in flood
+        ), flood
         details = details_of(caught.value)
         assert (details.code, details.error_info.reason) == (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -547,6 +547,10 @@ async def test_load_shedding_refuses_over_the_cap_and_keeps_admitted_calls() -> 
         assert [r.message.parts[0].text for r in replies] == ["kept", "kept"]
         after = await w.gateway.stub.Chat(chat_request("again", model="steady"), timeout=10)
         assert after.message.parts[0].text == "again"
+
+
+async def _drain_stream(w: World, model: str) -> int:
+    return len([c async for c in w.gateway.stub.StreamChat(chat_request(model=model), timeout=10)])
 
 
 async def test_idle_gap_between_chunks_ends_the_stream_after_its_first_chunk() -> None:
