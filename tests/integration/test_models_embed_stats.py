@@ -103,3 +103,22 @@ async def test_provider_stats_count_attempts() -> None:
         )
         assert mock.cancelled == 0
         assert mock.average_latency.ToNanoseconds() > 0
+
+
+async def test_embeddings_are_priced_from_their_input_tokens() -> None:
+    config = BASE_CONFIG + (
+        "  - alias: priced-embed\n    provider: mock\n    upstream_model: mock-embed-1\n"
+        "    capabilities: {embeddings: true}\n"
+        "    pricing: {input_per_million: 0.02, output_per_million: 0}\n"
+    )
+    async with running_gateway(config) as gateway:
+        response = await gateway.stub.Embed(
+            embed_pb2.EmbedRequest(model="priced-embed", inputs=["alpha beta", "gamma"]),
+            timeout=5,
+        )
+        assert response.usage.input_tokens == 3
+        assert response.usage.cost_usd == pytest.approx(3 * 0.02 / 1_000_000)
+        unpriced = await gateway.stub.Embed(
+            embed_pb2.EmbedRequest(model="mock-embed", inputs=["alpha beta"]), timeout=5
+        )
+        assert not unpriced.usage.HasField("cost_usd")

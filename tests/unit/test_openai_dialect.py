@@ -271,6 +271,20 @@ def test_in_stream_error() -> None:
             "UPSTREAM_QUOTA_EXHAUSTED",
             None,
         ),
+        (
+            429,
+            {},
+            b'{"error":{"code":"429","message":"Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded token rate limit of your current OpenAI S0 pricing tier. Please retry after 7 seconds."}}',
+            "RATE_LIMITED",
+            7.0,
+        ),
+        (
+            429,
+            {},
+            b'{"error":{"message":"Rate limit reached for gpt-4o-mini. Please try again in 644ms.","type":"requests","param":null,"code":"rate_limit_exceeded"}}',
+            "RATE_LIMITED",
+            0.644,
+        ),
         (500, {"x-should-retry": "false"}, b"", "UPSTREAM_INTERNAL", None),
         (
             401,
