@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from service.auth.jwks import JwksCache
 from service.config import ConfigError, seconds_or
 
 FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
+VERIFIED_TTL = 60.0  # seconds a verified token is trusted without checking it again
+VERIFIED_MAX = 10_000  # verified tokens kept, least recently used dropped first
 DEFAULT_SCOPES = ("chat", "embed", "models:read", "stats:read")
 
 
@@ -63,6 +66,7 @@ class TokenVerifier:
         config: config_pb2.AuthConfig,
         environ: Mapping[str, str],
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.leeway = seconds_or(config, "leeway", 30.0)
@@ -74,6 +78,12 @@ class TokenVerifier:
         for index, issuer in enumerate(config.issuers):
             path = f"auth.issuers[{index}]"
             self._issuers[issuer.issuer] = _load_issuer(issuer, environ, clock, path)
+        self._wall_clock = wall_clock
+        # Tokens already verified → (identity, Unix time until which that holds). A
+        # client sends the same token with every call; checking it once per minute
+        # saves a signature check per call. Never past the token's own expiry.
+        self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+        self.cache_hits = 0
 
     async def start(self) -> None:
         for issuer in self._issuers.values():
@@ -106,6 +116,22 @@ class TokenVerifier:
 
     async def verify(self, metadata: Sequence[tuple[str, str | bytes]]) -> Identity:
         token = self._bearer(metadata)
+        known = self._verified.get(token)
+        if known is not None:
+            if self._wall_clock() < known[1]:
+                self._verified.move_to_end(token)
+                self.cache_hits += 1
+                return known[0]
+            del self._verified[token]
+        identity, expires = await self._verify(token)
+        until = min(expires + self.leeway, self._wall_clock() + VERIFIED_TTL)
+        self._verified[token] = (identity, until)
+        if len(self._verified) > VERIFIED_MAX:
+            self._verified.popitem(last=False)
+        return identity
+
+    async def _verify(self, token: str) -> tuple[Identity, float]:
+        """The identity a token proves and its expiry (Unix time), or AuthFailure."""
         segments = token.split(".")
         if len(segments) != 3 or not all(segments[:2]):
             raise AuthFailure("malformed token")
@@ -150,7 +176,7 @@ class TokenVerifier:
             raise AuthFailure("algorithm not allowed") from exc
         except jwt.PyJWTError as exc:
             raise AuthFailure(f"invalid token ({type(exc).__name__})") from exc
-        return self._identity(issuer, claims)
+        return self._identity(issuer, claims), float(claims["exp"])
 
     async def _key(self, issuer: _Issuer, header: Mapping[str, Any]) -> Any:
         if issuer.secret is not None:

@@ -544,3 +544,42 @@ async def test_a_hanging_jwks_fetch_never_blocks_tokens_whose_kid_is_cached() ->
             assert (await verifier.verify(bearer(_slow(EC)))).subject == "alice"
         finally:
             await verifier.close()
+
+
+def _clocked_verifier(leeway: str, wall_clock: Any = time.time) -> TokenVerifier:
+    config = config_pb2.AuthConfig()
+    config.leeway.FromJsonString(leeway)
+    issuer = config.issuers.add(issuer="hs", algorithms=["HS256"], secret_env="S")
+    issuer.audiences.append("llm-gateway")
+    return TokenVerifier(config, {"S": HS_SECRET}, wall_clock=wall_clock)
+
+
+async def test_a_verified_token_is_trusted_for_a_minute_and_never_past_its_expiry() -> None:
+    now = [time.time()]
+    verifier = _clocked_verifier("0s", wall_clock=lambda: now[0])
+    token = sign(claims("hs", exp=int(now[0]) + 3600), HS_SECRET, "HS256")
+    first = await verifier.verify(bearer(token))
+    again = await verifier.verify(bearer(token))
+    assert again == first and verifier.cache_hits == 1, "no second signature check"
+    now[0] += 61  # past the minute: checked again (and still valid)
+    assert await verifier.verify(bearer(token)) == first
+    assert verifier.cache_hits == 1
+    # A token about to expire is trusted only until its expiry (plus the leeway).
+    short = sign(claims("hs", exp=int(time.time()) + 1), HS_SECRET, "HS256")
+    real = _clocked_verifier("0s")
+    await real.verify(bearer(short))
+    await asyncio.sleep(1.2)
+    with pytest.raises(AuthFailure) as caught:
+        await real.verify(bearer(short))
+    assert caught.value.reason == "token expired"
+    assert real.cache_hits == 0
+
+
+async def test_refused_tokens_are_never_remembered() -> None:
+    verifier = _clocked_verifier("30s")
+    forged = sign(claims("hs"), "not-the-secret-0123456789abcdef0123", "HS256")
+    for _ in range(2):
+        with pytest.raises(AuthFailure) as caught:
+            await verifier.verify(bearer(forged))
+        assert caught.value.reason == "bad signature"
+    assert verifier.cache_hits == 0
