@@ -13,6 +13,7 @@ class LoopbackServer:
         self.port = 0
         self.open_connections = 0
         self.connections_accepted = 0
+        self.most_open_connections = 0  # the highest number open at once
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -45,6 +46,7 @@ class LoopbackServer:
         self._tasks.add(task)
         self.open_connections += 1
         self.connections_accepted += 1
+        self.most_open_connections = max(self.most_open_connections, self.open_connections)
         try:
             await self.handle(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):

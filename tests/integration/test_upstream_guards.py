@@ -4,6 +4,7 @@ answer without one vector per input."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -109,3 +110,19 @@ def _completion(text: str) -> dict[str, object]:
         ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
+
+
+async def test_the_pool_limit_caps_connections_to_the_upstream(upstream: FakeHttpServer) -> None:
+    config = CONFIG.format(url=upstream.url).replace(
+        "max_response_bytes: 2048,", "max_response_bytes: 2048, pool: {max_connections: 2},"
+    )
+    slow = FakeResponse.json(_completion("queued"))
+    slow.header_delay = 0.2
+    upstream.script(*[slow] * 6)
+    async with running_gateway(config, {"UP_KEY": "sk-up"}) as gateway:
+        replies = await asyncio.gather(
+            *(gateway.stub.Chat(chat_request("hi", model="chat"), timeout=10) for _ in range(6))
+        )
+    assert [r.message.parts[0].text for r in replies] == ["queued"] * 6
+    assert len(upstream.requests) == 6
+    assert upstream.most_open_connections == 2, "calls over the pool limit wait for a connection"
