@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from google.protobuf import descriptor, json_format, message, message_factory
@@ -309,6 +310,7 @@ def _validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> N
                     raise ConfigError(f"{path}.pricing.{name}", "must not be negative")
     _validate_auth(config.auth, environ)
     _validate_limits(config.limits, environ)
+    _validate_tracing(config.tracing)
     cache = config.cache
     if cache.HasField("max_entries") and cache.max_entries < 1:
         raise ConfigError("cache.max_entries", "must be at least 1")
@@ -333,6 +335,15 @@ def _validate_limits(limits: config_pb2.LimitsConfig, environ: Mapping[str, str]
     for path, limit in entries:
         if not math.isfinite(limit.budget_usd) or limit.budget_usd < 0:
             raise ConfigError(f"{path}.budget_usd", "must be a positive amount (or 0 for none)")
+
+
+def _validate_tracing(tracing: config_pb2.TracingConfig) -> None:
+    if tracing.otlp_endpoint and urlsplit(tracing.otlp_endpoint).scheme not in ("http", "https"):
+        raise ConfigError("tracing.otlp_endpoint", "must be an http(s) URL")
+    if tracing.HasField("sample_ratio") and not 0.0 <= tracing.sample_ratio <= 1.0:
+        raise ConfigError("tracing.sample_ratio", "must be from 0 to 1")
+    if tracing.HasField("export_delay") and seconds_or(tracing, "export_delay", 0.0) <= 0:
+        raise ConfigError("tracing.export_delay", "must be positive")
 
 
 def _validate_redis(redis: config_pb2.RedisStoreConfig, environ: Mapping[str, str]) -> None:
@@ -443,6 +454,11 @@ def _validate_routing(
                 raise ConfigError(f"{path}.{prefix}.{name}", "must be positive")
 
 
+def _is_loopback_http(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+
+
 def _validate_provider_kind(provider: config_pb2.ProviderConfig, path: str) -> None:
     kind = provider.WhichOneof("kind")
     if kind != "mock":
@@ -465,8 +481,10 @@ def _validate_provider_kind(provider: config_pb2.ProviderConfig, path: str) -> N
         for name in ("tenant_id", "client_id"):
             if not getattr(credentials, name):
                 raise ConfigError(f"{where}.{name}", "is required")
-        if credentials.authority and not credentials.authority.startswith(("https://", "http://")):
-            raise ConfigError(f"{where}.authority", "must be an http(s) URL")
+        authority = credentials.authority
+        if authority and not (authority.startswith("https://") or _is_loopback_http(authority)):
+            # The client secret goes there: plain HTTP only to this machine itself.
+            raise ConfigError(f"{where}.authority", "must be an https URL")
     if kind == "custom" and not _CLASS_PATH.match(provider.custom.class_path):
         raise ConfigError(f"{path}.custom.class_path", 'must look like "package.module:ClassName"')
     if kind == "mock":

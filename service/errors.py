@@ -74,6 +74,21 @@ class GatewayError(Exception):
         self.metadata.update(entries)
         return self
 
+    def copy(self) -> GatewayError:
+        """The same error as a new object, for one failure reported to several calls
+        (each may add its own metadata)."""
+        return GatewayError(
+            self.code,
+            self.reason,
+            self.message,
+            metadata=self.metadata,
+            retry_after=self.retry_after,
+            field_violations=self.field_violations,
+            quota_violations=self.quota_violations,
+            retryable=self.retryable,
+            failover=self.failover,
+        )
+
     def __repr__(self) -> str:
         return f"GatewayError({self.code.name}, {self.reason!r}, {self.message!r})"
 

@@ -7,7 +7,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -270,23 +271,33 @@ class GatewayServer:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, refuse new calls, let in-flight ones finish, close upstreams."""
+        """Health NOT_SERVING, refuse new calls, let in-flight ones finish, then close
+        what the server holds. Each step runs even when an earlier one fails."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self._grace if grace is None else grace)
-        await self.registry.aclose()
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("providers", self.registry.aclose),
+        ]
         if self.limit_store is not None:
-            await self.limit_store.aclose()
+            steps.append(("limit store", self.limit_store.aclose))
         if self.verifier is not None:
-            await self.verifier.close()
-        await self.audit.close()  # after the last call has ended: its record is in
+            steps.append(("token verifier", self.verifier.close))
+        # After the last call has ended: its record is in.
+        steps.append(("audit log", self.audit.close))
         if self.tracer_provider is not None:
             # Sends the spans still batched (the exporter blocks: off the event loop).
-            await asyncio.to_thread(self.tracer_provider.shutdown)
+            steps.append(("traces", partial(asyncio.to_thread, self.tracer_provider.shutdown)))
         if self._metrics_endpoint is not None:
-            self._metrics_endpoint.stop()
+            # Its HTTP server stops between polls: off the event loop.
+            steps.append(("metrics", partial(asyncio.to_thread, self._metrics_endpoint.stop)))
+        for name, close in steps:
+            try:
+                await close()
+            except Exception:
+                log.exception("closing failed", extra={"fields": {"part": name}})
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

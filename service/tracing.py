@@ -79,13 +79,18 @@ class TracingInterceptor(WrappingInterceptor):
             state.span = span
         else:  # no audit record will end it: nothing to trace
             span.end()
-        return otel_context.attach(trace.set_span_in_context(span))
+        attached = trace.set_span_in_context(span)
+        return otel_context.attach(attached), attached
 
     async def enter(self, method: str, request: Any, context: Context) -> object:
         return self._start(method, context)
 
     def leave(self, entered: Any) -> None:
-        otel_context.detach(entered)
+        token, attached = entered
+        # A stream grpc abandoned is closed later from another context: nothing of ours
+        # is attached there, and detaching would only log an error.
+        if otel_context.get_current() is attached:
+            otel_context.detach(token)
 
 
 def end_call_span(record: Mapping[str, Any], state: CallState) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -82,7 +83,7 @@ class TokenVerifier:
         # Tokens already verified → (identity, Unix time until which that holds). A
         # client sends the same token with every call; checking it once per minute
         # saves a signature check per call. Never past the token's own expiry.
-        self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+        self._verified: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
         self.cache_hits = 0
 
     async def start(self) -> None:
@@ -116,16 +117,17 @@ class TokenVerifier:
 
     async def verify(self, metadata: Sequence[tuple[str, str | bytes]]) -> Identity:
         token = self._bearer(metadata)
-        known = self._verified.get(token)
+        digest = hashlib.sha256(token.encode()).digest()  # bounded memory per entry
+        known = self._verified.get(digest)
         if known is not None:
             if self._wall_clock() < known[1]:
-                self._verified.move_to_end(token)
+                self._verified.move_to_end(digest)
                 self.cache_hits += 1
                 return known[0]
-            del self._verified[token]
+            del self._verified[digest]
         identity, expires = await self._verify(token)
         until = min(expires + self.leeway, self._wall_clock() + VERIFIED_TTL)
-        self._verified[token] = (identity, until)
+        self._verified[digest] = (identity, until)
         if len(self._verified) > VERIFIED_MAX:
             self._verified.popitem(last=False)
         return identity

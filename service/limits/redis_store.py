@@ -7,7 +7,8 @@ service.limits.buckets written again in Lua (tests hold them to the same edges).
 Numbers cross the wire as strings: Redis turns a Lua number it returns into an integer.
 
 A bucket key expires when its bucket would be full again (a full bucket and no bucket
-are the same); a spend key lives at least as long as it was asked to.
+are the same), at most a day later: a debt larger than a day's refill is forgiven then.
+A spend key lives at least as long as it was asked to.
 
 While the server does not answer, operations fail at once for `RETRY_AFTER_FAILURE`
 seconds instead of each waiting out the timeout, so that an outage of the store adds
@@ -121,23 +122,28 @@ class RedisLimitStore:
         cls, config: config_pb2.RedisStoreConfig, environ: Mapping[str, str]
     ) -> RedisLimitStore:
         timeout = seconds_or(config, "timeout", DEFAULT_TIMEOUT)
-        client = redis.Redis.from_url(
+        # Blocking: a burst of calls waits (up to the timeout) for a free connection
+        # instead of failing, which would read as an outage and lift the limits.
+        pool = redis.BlockingConnectionPool.from_url(
             environ[config.url_env],
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
             max_connections=(
                 config.max_connections
                 if config.HasField("max_connections")
                 else DEFAULT_MAX_CONNECTIONS
             ),
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
             # The limiter decides what a failure means; a retry here would double the wait.
             retry=Retry(NoBackoff(), 0),
-            decode_responses=False,
         )
-        return cls(client, config.key_prefix or DEFAULT_PREFIX)
+        return cls(redis.Redis(connection_pool=pool), config.key_prefix or DEFAULT_PREFIX)
 
-    async def _run(self, operation: Callable[[], Any]) -> Any:
-        if self._clock() < self._down_until:
+    async def _run(self, operation: Callable[[], Any], gate: bool = True) -> Any:
+        """Runs one operation. Within a moment of a failure, a gated operation fails at
+        once; giving back (not gated) always tries, so that a call refused or let
+        through by a failure elsewhere does not keep what it took."""
+        if gate and self._clock() < self._down_until:
             raise LimitStoreError("the limit store failed moments ago")
         try:
             return await operation()
@@ -156,7 +162,8 @@ class RedisLimitStore:
 
     async def adjust(self, key: str, delta: float, rate: Rate, now: float) -> None:
         await self._run(
-            lambda: self._adjust(keys=[self._prefix + key], args=[repr(delta), *_rate_args(rate)])
+            lambda: self._adjust(keys=[self._prefix + key], args=[repr(delta), *_rate_args(rate)]),
+            gate=delta >= 0,
         )
 
     async def spent(self, key: str) -> int:

@@ -1,14 +1,19 @@
 """Microsoft Entra ID access tokens for Azure OpenAI, by the OAuth 2.0 client
 credentials flow: fetched when first needed, renewed before they expire (when half
-their lifetime, at most five minutes, is left), one fetch at a time however many calls
-wait for it. A renewal that fails while the current token is still valid keeps that
-token; a token the upstream rejects is dropped, so the next attempt fetches a new one.
-The client secret and the tokens are never logged.
+their lifetime, at most five minutes, is left).
+
+One fetch at a time, in a task of its own: calls that have no valid token wait for it
+(a call that gives up does not stop it); calls that have one keep using it while the
+renewal runs in the background. A failed fetch is remembered for a moment, so that
+waiting calls do not each ask again. A renewal that fails while the token is still
+valid keeps the token; a token the upstream rejects is dropped. The client secret and
+the tokens are never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +30,7 @@ DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_SCOPE = "https://cognitiveservices.azure.com/.default"
 RENEW_MARGIN = 300.0  # seconds before expiry, at most
 TOKEN_TIMEOUT = 10.0
+FAILURE_MEMORY = 2.0  # seconds a failed fetch is answered without asking again
 
 
 class EntraTokenSource:
@@ -47,37 +53,54 @@ class EntraTokenSource:
         }
         self._clock = clock
         self._client = httpx.AsyncClient(timeout=TOKEN_TIMEOUT, trust_env=False)
-        self._lock = asyncio.Lock()
+        self._renewal: asyncio.Task[None] | None = None
+        self._failure: GatewayError | None = None
+        self._failure_until = 0.0
         self._token = ""
         self._renew_at = 0.0
         self._expires_at = 0.0
         self.fetches = 0
 
     async def headers(self) -> Mapping[str, str]:
-        if not self._token or self._clock() >= self._renew_at:
-            async with self._lock:  # later callers find the token the first one fetched
-                if not self._token or self._clock() >= self._renew_at:
-                    await self._renew()
+        now = self._clock()
+        if self._token and now < self._expires_at:
+            if now >= self._renew_at:
+                self._start_renewal()  # in the background: this token is still good
+            return {"authorization": f"Bearer {self._token}"}
+        if self._failure is not None and now < self._failure_until:
+            raise self._failure.copy()
+        await asyncio.shield(self._start_renewal())
+        if not self._token or self._clock() >= self._expires_at:
+            assert self._failure is not None
+            raise self._failure.copy()
         return {"authorization": f"Bearer {self._token}"}
 
     def invalidate(self) -> None:
         """The upstream refused the token: fetch a new one next time."""
         self._token = ""
 
+    def _start_renewal(self) -> asyncio.Task[None]:
+        if self._renewal is None or self._renewal.done():
+            self._renewal = asyncio.ensure_future(self._renew())
+        return self._renewal
+
     async def _renew(self) -> None:
         try:
             token, lifetime = await self._fetch()
-        except GatewayError:
-            if self._token and self._clock() < self._expires_at:
+        except GatewayError as error:
+            now = self._clock()
+            self._failure = error
+            self._failure_until = now + FAILURE_MEMORY
+            if self._token and now < self._expires_at:
                 log.warning(
                     "entra token renewal failed; the current token is kept",
-                    extra={"fields": {"provider": self._provider}},
+                    extra={"fields": {"provider": self._provider, "reason": error.reason}},
                 )
-                self._renew_at = self._clock() + min(30.0, self._expires_at - self._clock())
-                return
-            raise
+                self._renew_at = now + min(30.0, self._expires_at - now)
+            return
         now = self._clock()
         self._token = token
+        self._failure = None
         self._expires_at = now + lifetime
         self._renew_at = now + lifetime - min(RENEW_MARGIN, lifetime / 2)
 
@@ -120,4 +143,8 @@ class EntraTokenSource:
         )
 
     async def aclose(self) -> None:
+        if self._renewal is not None and not self._renewal.done():
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
         await self._client.aclose()

@@ -84,9 +84,11 @@ class Balancer:
         self._turns: dict[str, list[int]] = {}
         self._in_flight: dict[str, int] = {}
 
-    def order(self, pool: Pool) -> list[Deployment]:
+    def order(self, pool: Pool, advance: bool = True) -> list[Deployment]:
+        """The order for one call. `advance=False` leaves the round-robin turn where it
+        is (a fallback pool most calls never reach) and orders by weight at random."""
         weights = [member.weight for member in pool.members]
-        if pool.strategy is Strategy.ROUND_ROBIN:
+        if pool.strategy is Strategy.ROUND_ROBIN and advance:
             first, self._turns[pool.alias] = smooth_round_robin(
                 weights, self._turns.get(pool.alias) or [0] * len(weights)
             )

@@ -21,6 +21,8 @@ T = TypeVar("T")
 class _Flight(Generic[T]):
     task: asyncio.Task[T]
     waiters: int = 0
+    owner_left: bool = False  # the caller that started it went away before the result
+    claimed: bool = False  # a later caller took its place
 
 
 class Coalescer(Generic[T]):
@@ -30,25 +32,38 @@ class Coalescer(Generic[T]):
     def __len__(self) -> int:
         return len(self._flights)
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._flights
+
     async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """The result of `work` for `key`, and whether it was shared from a call that
-        was already in flight (True) or done for this caller (False)."""
+        was already in flight (True) or is this caller's own (False). When the caller
+        that started the work has gone, the first caller to get its result takes its
+        place (False): exactly one caller owns every result."""
         flight = self._flights.get(key)
-        shared = flight is not None
+        owner = flight is None
         if flight is None:
             flight = _Flight(asyncio.ensure_future(work()))
             self._flights[key] = flight
             flight.task.add_done_callback(lambda _task: self._forget(key, flight))
         flight.waiters += 1
         try:
-            return await asyncio.shield(flight.task), shared
+            result = await asyncio.shield(flight.task)
         finally:
             flight.waiters -= 1
+            if owner and not flight.task.done():
+                flight.owner_left = True
             if flight.waiters == 0 and not flight.task.done():
                 # The last caller went away: a new one must not join a cancelled flight.
                 if self._flights.get(key) is flight:
                     del self._flights[key]
                 flight.task.cancel()
+        if owner:
+            return result, False
+        if flight.owner_left and not flight.claimed:
+            flight.claimed = True
+            return result, False
+        return result, True
 
     def _forget(self, key: str, flight: _Flight[T]) -> None:
         if self._flights.get(key) is flight:

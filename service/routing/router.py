@@ -102,17 +102,23 @@ class Router:
 
     # --- planning --------------------------------------------------------------------
 
-    def _chain(self, model: str, check: Check, ctx: CallContext) -> list[Deployment]:
-        """The deployments of the alias asked for (in the balancer's order), then those
-        of its fallbacks, each fallback alias balanced in turn."""
+    def _primary(self, model: str, check: Check) -> Deployment:
+        """The deployment that stands for the alias asked for; the caller's own request
+        must fit it (INVALID_ARGUMENT or NOT_FOUND otherwise)."""
         primary = self.registry.resolve(model)
-        check(primary)  # the caller's own request must fit the model asked for
+        check(primary)
+        return primary
+
+    def _chain(self, primary: Deployment, check: Check, ctx: CallContext) -> list[Deployment]:
+        """The deployments of the alias asked for (in the balancer's order, taking its
+        turn), then those of its fallbacks (ordered without taking theirs: most calls
+        never reach them)."""
         chain = [d for d in self._balanced(primary) if d is primary or _fits(check, d, ctx)]
         return chain + self._candidates(primary.fallbacks, chain, check, ctx)
 
-    def _balanced(self, deployment: Deployment) -> list[Deployment]:
+    def _balanced(self, deployment: Deployment, advance: bool = True) -> list[Deployment]:
         pool = self.registry.pool(deployment.alias)
-        return [deployment] if pool is None else self.balancer.order(pool)
+        return [deployment] if pool is None else self.balancer.order(pool, advance)
 
     def _candidates(
         self, aliases: tuple[str, ...], chain: list[Deployment], check: Check, ctx: CallContext
@@ -120,11 +126,25 @@ class Router:
         """The deployments of fallback aliases that are not in `chain` and fit the call."""
         found: list[Deployment] = []
         for alias_deployment in self.registry.chain(aliases):
-            for candidate in self._balanced(alias_deployment):
+            for candidate in self._balanced(alias_deployment, advance=False):
                 fresh = candidate not in chain and candidate not in found
                 if fresh and _fits(check, candidate, ctx):
                     found.append(candidate)
         return found
+
+    def _named(self, route: route_pb2.RouteInfo, primary: Deployment) -> Deployment:
+        """The deployment a route names, among those a call to `primary` could use."""
+        aliases = (primary.alias, *primary.fallbacks, *primary.context_fallbacks)
+        for alias_deployment in self.registry.chain(aliases) or [primary]:
+            pool = self.registry.pool(alias_deployment.alias)
+            members = [m.deployment for m in pool.members] if pool else [alias_deployment]
+            for deployment in members:
+                if (deployment.provider, deployment.upstream_model) == (
+                    route.provider,
+                    route.upstream_model,
+                ):
+                    return deployment
+        return primary
 
     # --- the attempt loop ------------------------------------------------------------
 
@@ -333,9 +353,10 @@ class Router:
         answer_type: type[R],
         operation: str = "chat",
     ) -> R:
-        chain = self._chain(request.model, check, ctx)
+        primary = self._primary(request.model, check)
 
         async def run() -> R:
+            chain = self._chain(primary, check, ctx)  # only for calls that go upstream
             response, deployment = await self._run(
                 chain, ctx, record, check, attempt, operation=operation
             )
@@ -343,14 +364,14 @@ class Router:
             apply_cost(response.usage, deployment.pricing)
             return response
 
-        return await self._cached(request, chain, ctx, record, run, answer_type)
+        return await self._cached(request, primary, ctx, record, run, answer_type)
 
     # --- cache and coalescing ----------------------------------------------------------
 
     async def _cached(
         self,
         request: Message,
-        chain: list[Deployment],
+        primary: Deployment,
         ctx: CallContext,
         record: CallRecord,
         run: Callable[[], Awaitable[R]],
@@ -358,8 +379,11 @@ class Router:
     ) -> R:
         """`run()`, or the cached answer to the same request, or the answer of an
         identical call in flight. `x-llm-cache: bypass` skips the cache and coalescing;
-        `refresh` skips reading the cache but stores the new answer."""
-        ttl = chain[0].cache_ttl
+        `refresh` skips reading the cache but stores the new answer.
+
+        A call that joins another waits no longer than its own deadline; when the shared
+        work failed for the first caller's deadline, it runs on its own time."""
+        ttl = primary.cache_ttl
         if self.cache is None or ttl is None:
             return await run()
         mode = ctx.metadata.get(CACHE_CONTROL_KEY, "")
@@ -370,19 +394,36 @@ class Router:
         if mode != "refresh":
             hit = cache.get(key, answer_type)
             if hit is not None:
-                return _without_upstream(hit, chain, record, cache_hit=True)
+                served = self._named(hit.route, primary)
+                return _without_upstream(hit, served, record, cache_hit=True)
 
         async def work() -> Message:
             response = await run()
             cache.put(key, response, ttl)
             return response
 
-        response, shared = await self.coalescer.run(key, work)
+        joining = key in self.coalescer
+        try:
+            async with asyncio.timeout_at(ctx.deadline):
+                response, shared = await self.coalescer.run(key, work)
+        except TimeoutError:
+            raise deadline_exceeded(record.attempts) from None
+        except GatewayError as error:
+            if not joining:
+                raise
+            if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return await run()  # the first caller's deadline, not this one's
+            raise error.copy() from None
         answer = answer_type()
         answer.CopyFrom(cast(R, response))  # each caller's own: the servicer changes it
+        served = self._named(answer.route, primary)
         if shared:
             self.coalesced += 1
-            return _without_upstream(answer, chain, record, coalesced=True)
+            return _without_upstream(answer, served, record, coalesced=True)
+        if record.served_by is None:  # the caller that started it left: this one owns it
+            record.served_by = served
+            record.attempts = answer.route.attempts
+            record.fallback_used = answer.route.fallback_used
         return answer
 
     # --- streaming -------------------------------------------------------------------
@@ -413,7 +454,7 @@ class Router:
             return _Opened(first, stream, started)
 
         opened, deployment = await self._run(
-            self._chain(request.model, check, ctx),
+            self._chain(self._primary(request.model, check), check, ctx),
             ctx,
             record,
             check,
@@ -466,7 +507,7 @@ class Router:
 
 def _without_upstream(
     response: R,
-    chain: list[Deployment],
+    served: Deployment,
     record: CallRecord,
     *,
     cache_hit: bool = False,
@@ -484,14 +525,7 @@ def _without_upstream(
     record.cache_hit = cache_hit
     record.coalesced = coalesced
     record.fallback_used = route.fallback_used
-    record.served_by = next(
-        (
-            d
-            for d in chain
-            if (d.provider, d.upstream_model) == (route.provider, route.upstream_model)
-        ),
-        chain[0],
-    )
+    record.served_by = served
     return response
 
 

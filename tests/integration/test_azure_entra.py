@@ -125,19 +125,41 @@ async def test_a_token_is_fetched_once_and_renewed_before_it_expires(world: Worl
     world.clock.now += 3600 - 301  # more than five minutes left: still used
     await chat(world)
     assert world.tokens.fetches == 1
-    world.clock.now += 2  # less than five minutes left: renewed first
+    world.clock.now += 2  # less than five minutes left: renewed in the background
+    await chat(world)
+    assert world.bearers()[-1] == "Bearer tok-1", "the still-valid token serves meanwhile"
+    assert await world.azure.wait_for(lambda: world.identity.issued == ["tok-1", "tok-2"])
     await chat(world)
     assert world.bearers()[-1] == "Bearer tok-2" and world.tokens.fetches == 2
 
 
 async def test_calls_waiting_for_a_renewal_share_one_fetch(world: World) -> None:
     await chat(world)
-    world.identity.delay = 0.2
-    world.clock.now += 3600
+    world.identity.delay = 0.3
+    world.clock.now += 3600  # expired: every call must wait for the new token
+    impatient = world.gateway.stub.Chat(chat_request("hi", model="gpt"), timeout=0.1)
     answers = await asyncio.gather(*(chat(world) for _ in range(5)))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await impatient
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert answers == ["hi"] * 5
-    assert world.tokens.fetches == 2
+    assert world.tokens.fetches == 2, "one fetch, not stopped by the caller that gave up"
     assert world.bearers()[-5:] == ["Bearer tok-2"] * 5
+
+
+async def test_a_failed_fetch_is_not_repeated_by_every_waiting_call(world: World) -> None:
+    world.identity.status = 401
+    world.identity.delay = 0.1
+    results = await asyncio.gather(*(chat(world) for _ in range(10)), return_exceptions=True)
+    assert all(
+        isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.INTERNAL
+        for r in results
+    )
+    assert world.tokens.fetches == 1
+    world.identity.status = 200
+    world.clock.now += 3  # the failure is remembered only for a moment
+    assert await chat(world) == "hi"
+    assert world.tokens.fetches == 2
 
 
 async def test_a_rejected_token_is_dropped_and_the_next_call_fetches_anew(world: World) -> None:
@@ -179,6 +201,7 @@ async def test_refused_and_unreachable_identity_provider(
     )
     assert world.tokens.fetches == 1, "the gateway's own credentials are not retried"
     world.identity.status = 503
+    world.clock.now += 3  # past the moment a failure is remembered
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await chat(world)
     details = details_of(caught.value)
@@ -186,7 +209,8 @@ async def test_refused_and_unreachable_identity_provider(
         grpc.StatusCode.UNAVAILABLE,
         "UPSTREAM_AUTH_UNAVAILABLE",
     )
-    assert world.tokens.fetches == 3, "an unreachable identity provider is retried"
+    assert details.error_info.metadata["attempts"] == "2", "retried as transient"
+    assert world.tokens.fetches == 2, "the retry got the remembered failure, not a new fetch"
     assert world.azure.requests == [], "no upstream call without a token"
     assert all(SECRET not in r.getMessage() + str(r.__dict__) for r in caplog.records)
 
@@ -199,7 +223,12 @@ async def test_refused_and_unreachable_identity_provider(
         (
             "{tenant_id: t, client_id: c, authority: ftp.example}",
             "entra_client_credentials.authority",
-            "http(s) URL",
+            "https URL",
+        ),
+        (
+            "{tenant_id: t, client_id: c, authority: 'http://login.example'}",
+            "entra_client_credentials.authority",
+            "https URL",
         ),
     ],
 )

@@ -188,3 +188,34 @@ async def test_list_models_shows_every_deployment_of_a_pool() -> None:
             models_pb2.ListModelsRequest(provider="west"), timeout=5
         )
         assert [m.alias for m in by_west.models] == ["pooled"]
+
+
+POOL_CONFIG = """
+server: {host: 127.0.0.1, port: 0}
+routing: {retry: {max_attempts: 1}, breaker: {disabled: true}}
+providers:
+  - {name: east, mock: {faults_from_metadata: true}}
+  - {name: west, mock: {faults_from_metadata: true}}
+  - {name: solo, mock: {faults_from_metadata: true}}
+models:
+  - alias: pooled
+    balance: BALANCE_STRATEGY_ROUND_ROBIN
+    deployments: [{provider: east, upstream_model: e}, {provider: west, upstream_model: w}]
+    cache: {ttl: 60s}
+  - {alias: single, provider: solo, fallbacks: [pooled]}
+"""
+
+
+async def test_turns_are_taken_only_by_calls_that_reach_the_pool() -> None:
+    async with running_gateway(POOL_CONFIG) as gateway:
+        stub = gateway.stub
+        providers = []
+        for i in range(4):
+            miss = await stub.Chat(chat_request(f"question {i}", model="pooled"), timeout=5)
+            hit = await stub.Chat(chat_request(f"question {i}", model="pooled"), timeout=5)
+            assert hit.route.cache_hit and not miss.route.cache_hit
+            assert hit.route.provider == miss.route.provider
+            providers.append(miss.route.provider)
+            # A call served by another alias that lists the pool as its fallback.
+            await stub.Chat(chat_request(f"other {i}", model="single"), timeout=5)
+        assert providers == ["east", "west", "east", "west"], "hits and fallbacks take no turn"

@@ -195,3 +195,34 @@ async def test_embeddings_are_cached_too(world: World) -> None:
     assert [list(e.values) for e in first.embeddings] == [list(e.values) for e in second.embeddings]
     assert second.route.cache_hit and not first.route.cache_hit
     assert sum(1 for r in world.upstream.requests if r.path.endswith("/embeddings")) == 1
+
+
+async def test_a_joined_call_outlives_the_first_callers_deadline(world: World) -> None:
+    world.delay[0] = 0.5
+    stub = world.gateway.stub
+    request = chat_request("long and short", model="cached")
+    first = asyncio.ensure_future(stub.Chat(request, metadata=bearer(), timeout=0.3))
+    assert await world.upstream.wait_for(lambda: world.chats() == 1)
+    joined = await stub.Chat(request, metadata=bearer(), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await first
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The shared call ended with the first caller's deadline; the joiner ran on its own.
+    assert joined.message.parts[0].text == "long and short"
+    assert not joined.route.coalesced and joined.route.attempts == 1
+    assert world.chats() == 2
+
+
+async def test_when_the_first_caller_leaves_the_next_one_pays(world: World) -> None:
+    world.delay[0] = 0.4
+    stub = world.gateway.stub
+    request = chat_request("who pays", model="cached")
+    first = stub.Chat(request, metadata=bearer(), timeout=5)
+    assert await world.upstream.wait_for(lambda: world.chats() == 1)
+    second = asyncio.ensure_future(stub.Chat(request, metadata=bearer(), timeout=5))
+    await asyncio.sleep(0.05)  # the second call has joined the first one's work
+    first.cancel()
+    reply = await second
+    assert world.chats() == 1, "the upstream call went on for the caller still waiting"
+    assert not reply.route.coalesced, "it is that caller's answer now"
+    assert reply.route.attempts == 1 and reply.usage.cost_usd > 0

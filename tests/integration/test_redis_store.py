@@ -13,6 +13,7 @@ import redis.asyncio as redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.errors import GatewayError
 from service.limits.buckets import Rate
 from service.limits.redis_store import RETRY_AFTER_FAILURE, RedisLimitStore
 from service.limits.store import InMemoryLimitStore, LimitStoreError
@@ -183,3 +184,49 @@ async def test_a_slow_bucket_expires_within_a_day(store: RedisLimitStore, raw: r
     assert 3_600_000 < await raw.pttl("t:hourly") <= 3_601_000
     assert (await store.take("yearly", 1, Rate(per_second=1 / 31_536_000, burst=1.0), 0.0)).allowed
     assert 86_000_000 < await raw.pttl("t:yearly") <= 86_400_000
+
+
+async def test_a_burst_waits_for_a_pooled_connection_instead_of_failing(
+    server: RedisServer, raw: redis.Redis
+) -> None:
+    from llmgateway.config.v1 import config_pb2
+
+    config = config_pb2.RedisStoreConfig(url_env="URL", key_prefix="burst:", max_connections=4)
+    config.timeout.FromJsonString("2s")
+    store = RedisLimitStore.from_config(config, {"URL": server.url})
+    try:
+        rate = Rate.per_minute(30)
+        decisions = await asyncio.gather(*(store.take("k", 1, rate, 0.0) for _ in range(100)))
+        assert sum(d.allowed for d in decisions) == 30, "the limit held through the burst"
+        assert await store.reachable()
+    finally:
+        await store.aclose()
+
+
+async def test_what_was_taken_is_given_back_when_a_later_check_fails(
+    server: RedisServer, raw: redis.Redis
+) -> None:
+    from llmgateway.config.v1 import config_pb2
+
+    from service.auth.identity import Identity
+    from service.limits.limiter import Limiter
+
+    store = RedisLimitStore(client_of(server), key_prefix="gb:")
+    limits = config_pb2.LimitsConfig()
+    limits.subject.requests_per_minute = 2
+    limits.subject.tokens_per_minute = 1000
+    limiter = Limiter.from_config(limits, store=store)
+    alice = Identity("alice")
+    try:
+        await raw.set("gb:tokens:subject:alice", "not a bucket")  # the tokens check fails
+        await limiter.admit(alice, 10)  # let through (fail open), the request given back
+        assert limiter.failures.count == 1
+        await raw.delete("gb:tokens:subject:alice")
+        store._down_until = 0.0  # past the failure window
+        for _ in range(2):
+            await limiter.admit(alice, 10)  # both requests of the minute are still there
+        with pytest.raises(GatewayError) as caught:
+            await limiter.admit(alice, 10)
+        assert caught.value.reason == "CALLER_RATE_LIMITED"
+    finally:
+        await store.aclose()

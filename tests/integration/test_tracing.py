@@ -86,3 +86,24 @@ async def test_health_checks_are_not_traced_and_streams_are() -> None:
         servers = [s for s in collector.spans if s.kind == ProtoSpan.SPAN_KIND_SERVER]
         assert [s.name for s in servers] == ["llmgateway.v1.ProviderService/StreamChat"]
         assert servers[0].attributes["gen_ai.usage.output_tokens"] == chunks[-1].usage.output_tokens
+
+
+@pytest.mark.parametrize(
+    ("tracing", "path", "problem"),
+    [
+        ("{otlp_endpoint: 'collector:4318'}", "tracing.otlp_endpoint", "http(s) URL"),
+        ("{otlp_endpoint: 'http://c:4318', sample_ratio: 1.5}", "tracing.sample_ratio", "0 to 1"),
+        ("{otlp_endpoint: 'http://c:4318', sample_ratio: -0.1}", "tracing.sample_ratio", "0 to 1"),
+        ("{otlp_endpoint: 'http://c:4318', export_delay: 0s}", "tracing.export_delay", "positive"),
+    ],
+)
+def test_tracing_settings_are_validated(tracing: str, path: str, problem: str) -> None:
+    from service.config import ConfigError, parse_config
+
+    text = (
+        f"auth: {{disabled: true}}\ntracing: {tracing}\n"
+        "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, {})
+    assert (caught.value.path, problem in caught.value.problem) == (path, True)
