@@ -103,11 +103,23 @@ class Router:
     # --- planning --------------------------------------------------------------------
 
     def _primary(self, model: str, check: Check) -> Deployment:
-        """The deployment that stands for the alias asked for; the caller's own request
-        must fit it (INVALID_ARGUMENT or NOT_FOUND otherwise)."""
+        """The deployment that stands for the alias asked for: the first that the
+        caller's own request fits (INVALID_ARGUMENT or NOT_FOUND when none does)."""
         primary = self.registry.resolve(model)
-        check(primary)
-        return primary
+        pool = self.registry.pool(primary.alias)
+        if pool is None:
+            check(primary)
+            return primary
+        refusal: GatewayError | None = None
+        for member in pool.members:  # deployments of other kinds may differ
+            try:
+                check(member.deployment)
+            except GatewayError as error:
+                refusal = refusal or error
+            else:
+                return member.deployment
+        assert refusal is not None
+        raise refusal
 
     def _chain(self, primary: Deployment, check: Check, ctx: CallContext) -> list[Deployment]:
         """The deployments of the alias asked for (in the balancer's order, taking its

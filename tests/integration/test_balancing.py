@@ -219,3 +219,42 @@ async def test_turns_are_taken_only_by_calls_that_reach_the_pool() -> None:
             # A call served by another alias that lists the pool as its fallback.
             await stub.Chat(chat_request(f"other {i}", model="single"), timeout=5)
         assert providers == ["east", "west", "east", "west"], "hits and fallbacks take no turn"
+
+
+async def test_a_pool_of_different_kinds_serves_what_any_of_its_deployments_can() -> None:
+    from tests.fakes.http_server import FakeHttpServer
+    from tests.fakes.openai_fake import OpenAIFake, OpenAIFakeConfig
+
+    config = """
+server: {{host: 127.0.0.1, port: 0}}
+routing: {{retry: {{max_attempts: 1}}, breaker: {{disabled: true}}}}
+providers:
+  - {{name: local, base_url: "{local}/v1", openai_compatible: {{}}}}
+  - {{name: cloud, api_key_env: CLOUD_KEY, base_url: "{cloud}/v1", openai: {{}}}}
+models:
+  - alias: mixed
+    balance: BALANCE_STRATEGY_ROUND_ROBIN
+    deployments: [{{provider: local, upstream_model: l}}, {{provider: cloud, upstream_model: c}}]
+"""
+    local_fake = OpenAIFake(OpenAIFakeConfig(auth="none"))
+    cloud_fake = OpenAIFake(OpenAIFakeConfig(key="sk-cloud"))
+    async with (
+        FakeHttpServer(local_fake.handle) as local,
+        FakeHttpServer(cloud_fake.handle) as cloud,
+    ):
+        text = config.format(local=local.url, cloud=cloud.url)
+        async with running_gateway(text, {"CLOUD_KEY": "sk-cloud"}) as gateway:
+            # The local server takes no images (its kind's default); the cloud one does.
+            for _ in range(2):
+                request = chat_request("look", model="mixed")
+                request.messages[0].parts.add().image.url = "https://example.com/a.png"
+                reply = await gateway.stub.Chat(request, timeout=5)
+                assert reply.route.provider == "cloud"
+            assert local.requests == [], "the deployment that cannot see is never tried"
+            served = [
+                (
+                    await gateway.stub.Chat(chat_request("hi", model="mixed"), timeout=5)
+                ).route.provider
+                for _ in range(2)
+            ]
+            assert sorted(served) == ["cloud", "local"], "text still goes to both"
