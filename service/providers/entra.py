@@ -75,9 +75,11 @@ class EntraTokenSource:
             raise self._failure.copy()
         return {"authorization": f"Bearer {self._token}"}
 
-    def invalidate(self) -> None:
-        """The upstream refused the token: fetch a new one next time."""
-        self._token = ""
+    def invalidate(self, rejected: Mapping[str, str]) -> None:
+        """The upstream refused the token a request carried: fetch a new one next time,
+        unless a newer one has come meanwhile."""
+        if rejected.get("authorization") == f"Bearer {self._token}":
+            self._token = ""
 
     def _start_renewal(self) -> asyncio.Task[None]:
         if self._renewal is None or self._renewal.done():

@@ -45,7 +45,7 @@ class TokenSource(Protocol):
 
     async def headers(self) -> Mapping[str, str]: ...
 
-    def invalidate(self) -> None: ...
+    def invalidate(self, rejected: Mapping[str, str]) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -81,9 +81,11 @@ class HttpProvider(Provider):
             return spec
         return replace(spec, headers={**spec.headers, **await self.tokens.headers()})
 
-    def _error(self, response: HttpResponse, deployment: Deployment) -> GatewayError:
+    def _error(
+        self, response: HttpResponse, deployment: Deployment, sent: HttpRequestSpec
+    ) -> GatewayError:
         if response.status == 401 and self.tokens is not None:
-            self.tokens.invalidate()
+            self.tokens.invalidate(sent.headers)
         if response.status < 400:
             # An error envelope with 200 where a stream was expected: treat as a bad gateway.
             response = HttpResponse(502, response.headers, response.body)
@@ -116,7 +118,7 @@ class HttpProvider(Provider):
             spec, ctx.deadline, deployment.upstream_model, deployment.timeouts
         )
         if not 200 <= response.status < 300:
-            raise self._error(response, deployment)
+            raise self._error(response, deployment, spec)
         result = self._parsed(deployment, lambda: parse(response, deployment))
         # The header wins; a dialect may have found an id in the body (Gemini's responseId).
         result.route.upstream_request_id = (
@@ -139,7 +141,8 @@ class HttpProvider(Provider):
             content_type = upstream.headers.get("content-type", "")
             if not 200 <= upstream.status < 300 or content_type.startswith("application/json"):
                 body = await upstream.read_body()
-                raise self._error(HttpResponse(upstream.status, upstream.headers, body), deployment)
+                failed = HttpResponse(upstream.status, upstream.headers, body)
+                raise self._error(failed, deployment, spec)
             limit = self.client.settings.max_response_bytes
             decoder = SseDecoder(limit) if self.dialect.framing == "sse" else NdjsonDecoder(limit)
             parser = self.dialect.stream_parser(deployment)

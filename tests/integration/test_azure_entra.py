@@ -253,3 +253,16 @@ def test_entra_settings_are_validated(credentials: str, path: str, problem: str)
         with pytest.raises(ConfigError) as caught:
             parse_config(both, {"S": "secret"})
         assert "either entra_token or entra_client_credentials" in caught.value.problem
+
+
+async def test_a_late_rejection_of_an_old_token_keeps_the_new_one(world: World) -> None:
+    await chat(world)
+    world.clock.now += 3600  # expired: the next call fetches tok-2
+    await chat(world)
+    assert world.bearers()[-1] == "Bearer tok-2"
+    world.tokens.invalidate({"authorization": "Bearer tok-1"})  # a slow request's 401
+    await chat(world)
+    assert world.bearers()[-1] == "Bearer tok-2" and world.tokens.fetches == 2
+    world.tokens.invalidate({"authorization": "Bearer tok-2"})
+    await chat(world)
+    assert world.bearers()[-1] == "Bearer tok-3" and world.tokens.fetches == 3
