@@ -246,13 +246,8 @@ def _assert_azure_request(sent: FakeRequest) -> None:
     assert "authorization" not in sent.headers
 
 
-# --- 1. Azure OpenAI --------------------------------------------------------------
-
-
-async def test_azure_streamed_tool_calls_two_in_one_turn(world: World) -> None:
-    text = "use lookup then search"
-    request = chat_request(text, model="azure-gpt", tools=[_tool("lookup"), _tool("search")])
-    chunks = await _stream(world, request)
+def _assert_two_streamed_calls(chunks: list[chat_pb2.StreamChatResponse], text: str) -> None:
+    """The lookup and search calls the fake streams for `text`, reassembled exactly."""
     calls = _assembled(chunks)
     assert [(call_id, name) for call_id, name, _ in calls] == [
         ("call_0_lookup", "lookup"),
@@ -265,6 +260,16 @@ async def test_azure_streamed_tool_calls_two_in_one_turn(world: World) -> None:
     assert [c.finish_reason for c in chunks if c.finish_reason] == [
         chat_pb2.FINISH_REASON_TOOL_CALLS
     ]
+
+
+# --- 1. Azure OpenAI --------------------------------------------------------------
+
+
+async def test_azure_streamed_tool_calls_two_in_one_turn(world: World) -> None:
+    text = "use lookup then search"
+    request = chat_request(text, model="azure-gpt", tools=[_tool("lookup"), _tool("search")])
+    chunks = await _stream(world, request)
+    _assert_two_streamed_calls(chunks, text)
     assert not "".join(c.text_delta for c in chunks)
     # 4 prompt words; each call's arguments are 7 whitespace-separated words.
     assert (chunks[-1].usage.input_tokens, chunks[-1].usage.output_tokens) == (4, 14)
@@ -323,18 +328,7 @@ async def test_compatible_streamed_tool_calls_two_in_one_turn(world: World) -> N
     text = "lookup and search for me"
     request = chat_request(text, model="qwen-vl", tools=[_tool("lookup"), _tool("search")])
     chunks = await _stream(world, request)
-    calls = _assembled(chunks)
-    assert [(call_id, name) for call_id, name, _ in calls] == [
-        ("call_0_lookup", "lookup"),
-        ("call_1_search", "search"),
-    ]
-    assert [json.loads(args) for *_, args in calls] == [
-        {"text": text, "n": 0},
-        {"text": text, "n": 1},
-    ]
-    assert [c.finish_reason for c in chunks if c.finish_reason] == [
-        chat_pb2.FINISH_REASON_TOOL_CALLS
-    ]
+    _assert_two_streamed_calls(chunks, text)
     assert chunks[0].route.upstream_request_id == "vllm-ca-1"
     sent = world.last("vllm")
     assert sent.path == "/v1/chat/completions" and sent.query == {}
