@@ -210,14 +210,7 @@ class GatewayServer:
         cache = self.router.cache
         if cache is None:
             return None
-        return {
-            "hits": cache.hits,
-            "misses": cache.misses,
-            "evictions": cache.evictions,
-            "entries": len(cache),
-            "bytes": cache.size_bytes,
-            "coalesced": self.router.coalesced,
-        }
+        return {**cache.stats(), "coalesced": self.router.coalescer.shared}
 
     def _snapshot_from_any_thread(self) -> GatewaySnapshot | None:
         loop = self._loop

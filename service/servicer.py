@@ -271,9 +271,8 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             registry = self._router.registry
             models = []
             for d in registry.deployments():
-                pool = registry.pool(d.alias)
-                members = pool.members if pool is not None else ()
-                providers = {m.deployment.provider for m in members} or {d.provider}
+                members = registry.members(d)
+                providers = {m.deployment.provider for m in members}
                 if request.provider and request.provider not in providers:
                     continue
                 if not identity.may_use(d.alias):
@@ -294,6 +293,7 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                                 weight=m.weight,
                             )
                             for m in members
+                            if len(members) > 1  # listed for load-balanced aliases only
                         ],
                     )
                 )

@@ -181,6 +181,11 @@ class Registry:
         """The deployments of a load-balanced alias; None for an alias with one."""
         return self.pools.get(alias)
 
+    def members(self, deployment: Deployment) -> tuple[Member, ...]:
+        """Every deployment of the alias `deployment` stands for (itself when alone)."""
+        pool = self.pools.get(deployment.alias)
+        return pool.members if pool is not None else (Member(deployment),)
+
     def chain(self, aliases: tuple[str, ...]) -> list[Deployment]:
         """The deployments of fallback aliases (validated to exist at start-up)."""
         return [self.models[alias] for alias in aliases if alias in self.models]

@@ -71,6 +71,15 @@ class ResponseCache:
     def size_bytes(self) -> int:
         return self._bytes
 
+    def stats(self) -> dict[str, int]:
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "evictions": self.evictions,
+            "entries": len(self._entries),
+            "bytes": self._bytes,
+        }
+
     def get(self, key: str, message_type: type[M]) -> M | None:
         entry = self._entries.get(key)
         if entry is not None and entry.expires <= self._clock():

@@ -28,6 +28,7 @@ class _Flight(Generic[T]):
 class Coalescer(Generic[T]):
     def __init__(self) -> None:
         self._flights: dict[str, _Flight[T]] = {}
+        self.shared = 0  # results given to a caller that joined another's work
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -63,6 +64,7 @@ class Coalescer(Generic[T]):
         if flight.owner_left and not flight.claimed:
             flight.claimed = True
             return result, False
+        self.shared += 1
         return result, True
 
     def _forget(self, key: str, flight: _Flight[T]) -> None:

@@ -98,22 +98,16 @@ class Router:
         self.tracer = tracer or trace.NoOpTracer()
         self.cache = cache
         self.coalescer: Coalescer[Message] = Coalescer()
-        self.coalesced = 0
 
     # --- planning --------------------------------------------------------------------
 
     def _primary(self, model: str, check: Check) -> Deployment:
         """The deployment that stands for the alias asked for: the first that the
         caller's own request fits (INVALID_ARGUMENT or NOT_FOUND when none does)."""
-        primary = self.registry.resolve(model)
-        pool = self.registry.pool(primary.alias)
-        if pool is None:
-            check(primary)
-            return primary
         refusal: GatewayError | None = None
-        for member in pool.members:  # deployments of other kinds may differ
+        for member in self.registry.members(self.registry.resolve(model)):
             try:
-                check(member.deployment)
+                check(member.deployment)  # deployments of other kinds may differ
             except GatewayError as error:
                 refusal = refusal or error
             else:
@@ -147,15 +141,11 @@ class Router:
     def _named(self, route: route_pb2.RouteInfo, primary: Deployment) -> Deployment:
         """The deployment a route names, among those a call to `primary` could use."""
         aliases = (primary.alias, *primary.fallbacks, *primary.context_fallbacks)
+        named = (route.provider, route.upstream_model)
         for alias_deployment in self.registry.chain(aliases) or [primary]:
-            pool = self.registry.pool(alias_deployment.alias)
-            members = [m.deployment for m in pool.members] if pool else [alias_deployment]
-            for deployment in members:
-                if (deployment.provider, deployment.upstream_model) == (
-                    route.provider,
-                    route.upstream_model,
-                ):
-                    return deployment
+            for member in self.registry.members(alias_deployment):
+                if (member.deployment.provider, member.deployment.upstream_model) == named:
+                    return member.deployment
         return primary
 
     # --- the attempt loop ------------------------------------------------------------
@@ -430,7 +420,6 @@ class Router:
         answer.CopyFrom(cast(R, response))  # each caller's own: the servicer changes it
         served = self._named(answer.route, primary)
         if shared:
-            self.coalesced += 1
             return _without_upstream(answer, served, record, coalesced=True)
         if record.served_by is None:  # the caller that started it left: this one owns it
             record.served_by = served
