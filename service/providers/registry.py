@@ -140,7 +140,7 @@ class Registry:
                 )
                 weight = target.weight if target.HasField("weight") else 1
                 members.append(Member(deployment, weight))
-            # The first deployment stands for the alias (ListModels, capability checks).
+            # The first deployment stands for the alias where one is named (ListModels).
             models[model.alias] = members[0].deployment
             if model.deployments:
                 pools[model.alias] = Pool(
