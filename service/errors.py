@@ -42,7 +42,9 @@ class GatewayError(Exception):
 
     `retryable`: the same deployment may be tried again (transient failure).
     `failover`: another deployment may be tried.
-    `partial_output`: some output already reached the caller (never retried).
+    `upstream_fault`: the failure says something about the deployment's health, so a
+    failover counts against its circuit breaker. False for failures of the gateway's
+    own making (no free pooled connection) or of the caller's request shape.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class GatewayError(Exception):
         quota_violations: Sequence[QuotaViolation] = (),
         retryable: bool = False,
         failover: bool = False,
+        upstream_fault: bool = True,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -68,6 +71,7 @@ class GatewayError(Exception):
         self.quota_violations = tuple(quota_violations)
         self.retryable = retryable
         self.failover = failover
+        self.upstream_fault = upstream_fault
 
     def with_metadata(self, **entries: str) -> GatewayError:
         """Adds ErrorInfo metadata (keys in lowerCamelCase) and returns self."""
@@ -87,6 +91,7 @@ class GatewayError(Exception):
             quota_violations=self.quota_violations,
             retryable=self.retryable,
             failover=self.failover,
+            upstream_fault=self.upstream_fault,
         )
 
     def __repr__(self) -> str:

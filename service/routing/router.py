@@ -196,7 +196,7 @@ class Router:
                     if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                         breaker.release()
                         raise record.annotate(error) from None
-                    if error.failover:
+                    if error.failover and error.upstream_fault:
                         breaker.failure()
                     else:
                         breaker.release()
@@ -491,7 +491,7 @@ class Router:
         except GatewayError as error:
             if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 outcome = Outcome.CANCELLED
-            elif error.failover:
+            elif error.failover and error.upstream_fault:
                 breaker.failure()
             error.retryable = False
             error.failover = False
