@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from google.protobuf import descriptor, json_format, message, message_factory
 from llmgateway.config.v1 import config_pb2
 
 from service.auth.algorithms import ASYMMETRIC, SYMMETRIC
+from service.providers.model_names import rule_for
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -292,6 +293,7 @@ def _validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> N
             raise ConfigError(f"{path}.alias", f'"{model.alias}" is used twice')
         aliases.add(model.alias)
         _validate_model_targets(model, names, path)
+        _validate_upstream_models(model, config.providers, path)
         if model.HasField("cache") and seconds_or(model.cache, "ttl", 0.0) <= 0:
             raise ConfigError(f"{path}.cache.ttl", "is required and must be positive")
         if model.timeouts.ByteSize():
@@ -414,6 +416,27 @@ def _validate_model_targets(model: config_pb2.ModelConfig, providers: set[str], 
         if key in seen:
             raise ConfigError(where, f"{key[0]}/{key[1]} is listed twice")
         seen.add(key)
+
+
+def _validate_upstream_models(
+    model: config_pb2.ModelConfig, providers: Sequence[config_pb2.ProviderConfig], path: str
+) -> None:
+    """Every name sent upstream fits its provider kind's rule, so that no configured
+    name can change the URL it is placed in (service/providers/model_names.py)."""
+    kinds = {p.name: p.WhichOneof("kind") or "" for p in providers}
+    targets = [
+        (f"{path}.deployments[{k}]", target.provider, target.upstream_model)
+        for k, target in enumerate(model.deployments)
+    ] or [(path, model.provider, model.upstream_model)]
+    for where, provider, upstream_model in targets:
+        kind = kinds[provider]
+        if upstream_model:
+            field, name = f"{where}.upstream_model", upstream_model
+        else:  # the alias is sent as it is
+            field, name = f"{path}.alias", model.alias
+        problem = rule_for(kind).problem(name)
+        if problem is not None:
+            raise ConfigError(field, f"{problem}, for a {kind} provider")
 
 
 def _validate_fallbacks(config: config_pb2.GatewayConfig) -> None:

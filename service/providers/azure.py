@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from llmgateway.config.v1 import config_pb2
 
-from service.providers import factory
+from service.providers import factory, model_names
 from service.providers.base import Deployment, Provider
 from service.providers.entra import DEFAULT_AUTHORITY, DEFAULT_SCOPE, EntraTokenSource
 from service.providers.openai import OpenAIDialect
@@ -31,8 +31,11 @@ class AzureOpenAIDialect(OpenAIDialect):
     def _path(self, deployment: Deployment, operation: str) -> str:
         if self.v1_api:
             return f"openai/v1/{operation}"
-        name = quote(deployment.upstream_model, safe="")
-        return f"openai/deployments/{name}/{operation}?api-version={quote(self.api_version)}"
+        # One encoded segment: no deployment name can reach another path (the registry
+        # has already refused names outside the Azure rule of model_names.py).
+        name = model_names.path_segment(deployment.upstream_model)
+        version = quote(self.api_version, safe="")
+        return f"openai/deployments/{name}/{operation}?api-version={version}"
 
     def chat_path(self, deployment: Deployment) -> str:
         return self._path(deployment, "chat/completions")

@@ -26,14 +26,13 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
 from google.protobuf import json_format, struct_pb2
 from llmgateway.config.v1 import config_pb2
 from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2, route_pb2
 
 from service.errors import FieldViolation, GatewayError, invalid_argument
-from service.providers import factory
+from service.providers import factory, model_names
 from service.providers.base import Capabilities, Deployment, Provider
 from service.providers.dialect import Dialect, StreamParser, has_content, usage
 from service.providers.http import HttpRequestSpec, HttpResponse
@@ -152,9 +151,18 @@ def _struct(struct: struct_pb2.Struct) -> dict[str, Any]:
     return result
 
 
-def _model_path(model: str) -> str:
-    name = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
-    return quote(name, safe="/")
+def model_resource(model: str) -> str:
+    """The model's resource name, as request bodies name it: `models/...` or
+    `tunedModels/...`."""
+    return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+
+
+def model_path(model: str) -> str:
+    """The model's resource name as a URL path: collection and id, each encoded as one
+    segment, so that no model name can reach another path (the registry has already
+    refused names outside the Gemini rule of service/providers/model_names.py)."""
+    collection, _, model_id = model_resource(model).partition("/")
+    return model_names.path(collection, model_id)
 
 
 def _function_call(part: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -522,7 +530,7 @@ class GeminiDialect(Dialect):
         if generation:
             body["generationConfig"] = generation
         body.update(_tools(request))
-        model = _model_path(deployment.upstream_model)
+        model = model_path(deployment.upstream_model)
         url = f"{model}:streamGenerateContent?alt=sse" if stream else f"{model}:generateContent"
         return HttpRequestSpec("POST", url, json_body=body)
 
@@ -575,7 +583,7 @@ class GeminiDialect(Dialect):
     def embed_request(
         self, request: embed_pb2.EmbedRequest, deployment: Deployment
     ) -> HttpRequestSpec:
-        model = _model_path(deployment.upstream_model)
+        model = model_path(deployment.upstream_model)
 
         def one(text: str) -> dict[str, Any]:
             item: dict[str, Any] = {"content": {"parts": [{"text": text}]}}
@@ -595,7 +603,8 @@ class GeminiDialect(Dialect):
             )
         if len(request.inputs) == 1:
             return HttpRequestSpec("POST", f"{model}:embedContent", one(request.inputs[0]))
-        requests = [{"model": model, **one(text)} for text in request.inputs]
+        resource = model_resource(deployment.upstream_model)
+        requests = [{"model": resource, **one(text)} for text in request.inputs]
         return HttpRequestSpec("POST", f"{model}:batchEmbedContents", {"requests": requests})
 
     def parse_embed(

@@ -11,7 +11,8 @@ from dataclasses import replace
 from llmgateway.config.v1 import config_pb2
 
 from service.config import ConfigError, seconds_or
-from service.errors import model_not_found
+from service.errors import FieldViolation, invalid_argument, model_not_found
+from service.providers import model_names
 from service.providers.base import EMBEDDINGS_ONLY, Capabilities, Deployment, Provider, Timeouts
 from service.providers.mock import MockProvider
 from service.routing.balancer import Member, Pool, Strategy
@@ -74,6 +75,17 @@ def timeouts_for(provider: config_pb2.TimeoutConfig, model: config_pb2.TimeoutCo
         first_token=pick("first_token", None),
         idle=pick("idle", None),
     )
+
+
+def _check_direct_name(provider: Provider, upstream_model: str) -> None:
+    """A caller's upstream model name must fit its provider kind's rule. The message
+    names the rule, not the name: it may hold anything the caller sent."""
+    problem = model_names.rule_for(provider.kind).problem(upstream_model)
+    if problem is not None:
+        error = invalid_argument(
+            [FieldViolation("model", f'the part after "{provider.name}/" {problem}')]
+        )
+        raise error.with_metadata(provider=provider.name)
 
 
 class Registry:
@@ -156,14 +168,16 @@ class Registry:
         )
 
     def resolve(self, model: str) -> Deployment:
-        """The deployment for a requested model name, or NOT_FOUND."""
+        """The deployment for a requested model name, or NOT_FOUND; INVALID_ARGUMENT
+        for a direct `provider/model` whose model is outside the provider's rule."""
         deployment = self.models.get(model)
         if deployment is not None:
             return deployment
         if self._allow_direct and "/" in model:
             provider_name, upstream_model = model.split("/", 1)
             provider = self.providers.get(provider_name)
-            if provider is not None and upstream_model:
+            if provider is not None:
+                _check_direct_name(provider, upstream_model)
                 return Deployment(
                     alias=model,
                     provider=provider.name,

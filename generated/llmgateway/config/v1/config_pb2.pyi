@@ -157,7 +157,9 @@ class GatewayConfig(_message.Message):
     TRACING_FIELD_NUMBER: _builtins.int
     allow_direct_model_addressing: _builtins.bool
     """OPTIONAL. Accept ChatRequest.model written as "provider/upstream-model"
-    in addition to the aliases. Off unless set.
+    in addition to the aliases. Off unless set. The upstream model must fit
+    the provider kind's model-name rule (docs/providers.md), or the call gets
+    INVALID_ARGUMENT before anything is sent.
     """
     @_builtins.property
     def server(self) -> Global___ServerConfig:
@@ -1972,7 +1974,9 @@ class ModelConfig(_message.Message):
     provider: _builtins.str
     """REQUIRED unless `deployments` is set. Name of a configured provider."""
     upstream_model: _builtins.str
-    """OPTIONAL. Model name sent upstream; defaults to the alias."""
+    """OPTIONAL. Model name sent upstream; defaults to the alias. Must fit the
+    provider kind's model-name rule (docs/providers.md).
+    """
     context_window: _builtins.int
     """OPTIONAL. Context window in tokens, reported by ListModels."""
     balance: Global___BalanceStrategy.ValueType
@@ -2075,7 +2079,9 @@ class DeploymentTarget(_message.Message):
     provider: _builtins.str
     """REQUIRED. Name of a configured provider."""
     upstream_model: _builtins.str
-    """OPTIONAL. Model name sent upstream; defaults to the alias."""
+    """OPTIONAL. Model name sent upstream; defaults to the alias. Must fit the
+    provider kind's model-name rule (docs/providers.md).
+    """
     weight: _builtins.int
     """OPTIONAL. Relative share of the calls; default 1."""
     def __init__(
