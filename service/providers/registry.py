@@ -15,6 +15,7 @@ from service.errors import FieldViolation, invalid_argument, model_not_found
 from service.providers import model_names
 from service.providers.base import EMBEDDINGS_ONLY, Capabilities, Deployment, Provider, Timeouts
 from service.providers.mock import MockProvider
+from service.providers.usage_estimate import EstimatedUsage
 from service.routing.balancer import Member, Pool, Strategy
 from service.routing.pricing import pricing_from
 
@@ -100,6 +101,7 @@ class Registry:
         pools: dict[str, Pool] | None = None,
     ) -> None:
         self.providers = providers
+        self._serving = {name: EstimatedUsage(p) for name, p in providers.items()}
         self.models = models
         self.pools = pools or {}
         self._allow_direct = allow_direct_addressing
@@ -189,7 +191,9 @@ class Registry:
         raise model_not_found(model)
 
     def provider(self, name: str) -> Provider:
-        return self.providers[name]
+        """The provider to call: its answers always carry usage, the gateway's
+        estimate standing in for counts the upstream did not report."""
+        return self._serving[name]
 
     def pool(self, alias: str) -> Pool | None:
         """The deployments of a load-balanced alias; None for an alias with one."""

@@ -40,6 +40,9 @@ class OpenAIFakeConfig:
     # `choices: []` chunk carrying prompt_filter_results; choices carry
     # content_filter_results.
     azure_annotations: bool = False
+    # False: no `usage` on whole answers, and no usage chunk on streams even when
+    # stream_options.include_usage asks for one (llama.cpp ignores stream_options).
+    reports_usage: bool = True
 
 
 def error_body(
@@ -329,6 +332,8 @@ class OpenAIFake:
             return self._embeddings(body)
         if body.get("stream"):
             chunks = stream_chunks(body)
+            if not self.config.reports_usage:
+                chunks = [c for c in chunks if "usage" not in c]
             self._shape(chunks)
             if self.config.azure_annotations:
                 chunks.insert(0, azure_prompt_filter_chunk())
@@ -337,6 +342,8 @@ class OpenAIFake:
             response.headers.update(self._headers())
             return response
         whole = completion(body)
+        if not self.config.reports_usage:
+            del whole["usage"]
         self._shape([whole])
         return FakeResponse.json(whole, 200, self._headers())
 

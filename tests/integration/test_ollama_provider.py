@@ -424,7 +424,10 @@ async def test_split_reads_crlf_blank_lines_no_final_newline_and_omitted_counts(
             chat_pb2.FINISH_REASON_LENGTH
         ]
         usage = chunks[-1].usage
-        assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (0, 2, 2)
+        # The reported output stays; the omitted input count is estimated ("x": 1 token
+        # and 4 for the message) and marked.
+        assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (5, 2, 7)
+        assert usage.estimated
 
 
 async def test_coalesced_lines_large_line_and_request_id(env: Setup) -> None:
@@ -445,7 +448,9 @@ async def test_coalesced_lines_large_line_and_request_id(env: Setup) -> None:
     )
     unary = await env.gateway.stub.Chat(chat_request("x", model="llama"), timeout=5)
     assert unary.route.upstream_request_id == "r-2"
-    assert (unary.usage.input_tokens, unary.usage.output_tokens) == (0, 0)
+    # No counts at all: both estimated ("hi" answered: 2 bytes, 1 token) and marked.
+    assert (unary.usage.input_tokens, unary.usage.output_tokens) == (5, 1)
+    assert unary.usage.estimated
 
 
 async def test_connection_close_then_reuse(env: Setup) -> None:

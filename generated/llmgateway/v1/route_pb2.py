@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmgateway/v1/route.proto\x12\rllmgateway.v1\"\xc7\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x04 \x01(\x03\x12 \n\x18\x63\x61\x63he_write_input_tokens\x18\x05 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x06 \x01(\x03\x12\x15\n\x08\x63ost_usd\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_cost_usd\"\xa1\x01\n\tRouteInfo\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eupstream_model\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\x12\x15\n\rfallback_used\x18\x04 \x01(\x08\x12\x11\n\tcache_hit\x18\x05 \x01(\x08\x12\x1b\n\x13upstream_request_id\x18\x06 \x01(\t\x12\x11\n\tcoalesced\x18\x07 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmgateway/v1/route.proto\x12\rllmgateway.v1\"\xda\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x04 \x01(\x03\x12 \n\x18\x63\x61\x63he_write_input_tokens\x18\x05 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x06 \x01(\x03\x12\x15\n\x08\x63ost_usd\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\testimated\x18\x08 \x01(\x08\x42\x0b\n\t_cost_usd\"\xa1\x01\n\tRouteInfo\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x16\n\x0eupstream_model\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\x12\x15\n\rfallback_used\x18\x04 \x01(\x08\x12\x11\n\tcache_hit\x18\x05 \x01(\x08\x12\x1b\n\x13upstream_request_id\x18\x06 \x01(\t\x12\x11\n\tcoalesced\x18\x07 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmgateway.v1.route_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_USAGE']._serialized_start=45
-  _globals['_USAGE']._serialized_end=244
-  _globals['_ROUTEINFO']._serialized_start=247
-  _globals['_ROUTEINFO']._serialized_end=408
+  _globals['_USAGE']._serialized_end=263
+  _globals['_ROUTEINFO']._serialized_start=266
+  _globals['_ROUTEINFO']._serialized_end=427
 # @@protoc_insertion_point(module_scope)

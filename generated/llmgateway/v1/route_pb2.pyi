@@ -29,6 +29,7 @@ class Usage(_message.Message):
     CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     REASONING_TOKENS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """OUTPUT_ONLY. All prompt tokens, cached ones included."""
     output_tokens: _builtins.int
@@ -45,6 +46,14 @@ class Usage(_message.Message):
     """OUTPUT_ONLY. Cost in US dollars from the configured pricing table;
     absent when the model has no pricing.
     """
+    estimated: _builtins.bool
+    """OUTPUT_ONLY. True when the provider reported no count for input_tokens or
+    output_tokens (or for both; llama.cpp and other OpenAI-compatible servers
+    send none on streams) and the gateway put its own estimate there: about 4
+    bytes of UTF-8 text a token, input from the request, output from the text,
+    reasoning and tool calls it returned. total_tokens, cost_usd, budgets and
+    metrics then use the estimate. False when every count is the provider's.
+    """
     def __init__(
         self,
         *,
@@ -55,10 +64,11 @@ class Usage(_message.Message):
         cache_write_input_tokens: _builtins.int = ...,
         reasoning_tokens: _builtins.int = ...,
         cost_usd: _builtins.float | None = ...,
+        estimated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "cost_usd", b"cost_usd", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "cost_usd", b"cost_usd", "estimated", b"estimated", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015

@@ -1658,7 +1658,8 @@ class OpenAICompatibleProviderConfig(_message.Message):
     """REQUIRED with AUTH_SCHEME_HEADER. The header that carries the key."""
     stream_usage: _builtins.bool
     """OPTIONAL. Ask for usage in streams (stream_options.include_usage); default
-    true. Turn off for servers that reject the field.
+    true. Turn off for servers that reject the field. Where a server sends no
+    usage, the gateway estimates it (Usage.estimated).
     """
     def __init__(
         self,
