@@ -30,6 +30,7 @@ from service.routing.balancer import Balancer
 from service.routing.cache import ResponseCache, cache_key
 from service.routing.capabilities import check_chat, check_embed
 from service.routing.coalesce import Coalescer
+from service.routing.context import context_too_long, prompt_tokens
 from service.routing.pricing import apply_cost
 from service.routing.resilience import Resilience
 from service.routing.stats import Outcome, StatsBook
@@ -159,14 +160,40 @@ class Router:
         attempt: Callable[[Deployment, CallContext], Awaitable[T]],
         count_success: bool = True,
         operation: str = "chat",
+        prompt: chat_pb2.ChatRequest | None = None,
     ) -> tuple[T, Deployment]:
+        """Attempts along `chain` until one serves. A chat `prompt` is checked against
+        each deployment's configured context window before it is sent."""
         loop = asyncio.get_running_loop()
         errors: list[GatewayError] = []
         position = 0
+        tokens = 0  # the prompt's estimate, once a deployment needs it
         context_fallbacks_added = False
+
+        def widen(deployment: Deployment) -> bool:
+            """After a context-too-long answer: the deployment's context_fallbacks come
+            next (once per call). False when there are none to add."""
+            nonlocal context_fallbacks_added
+            if not deployment.context_fallbacks or context_fallbacks_added:
+                return False
+            context_fallbacks_added = True
+            extra = self._candidates(deployment.context_fallbacks, chain, check, ctx)
+            chain[position:position] = extra
+            return True
+
         while position < len(chain):
             deployment = chain[position]
             position += 1
+            if prompt is not None and deployment.context_limit:
+                tokens = tokens or prompt_tokens(prompt)
+            if tokens > deployment.context_limit > 0:
+                # As if the upstream had said so, without asking it.
+                refusal = context_too_long(deployment, tokens)
+                record.tried.append(f"{deployment.key}:{refusal.reason}")
+                errors.append(refusal)
+                if widen(deployment):
+                    continue
+                raise record.annotate(refusal)
             breaker = self.resilience.breaker(deployment)
             if not breaker.allow():
                 record.tried.append(f"{deployment.key}:CIRCUIT_OPEN")
@@ -201,18 +228,11 @@ class Router:
                     else:
                         breaker.release()
                     errors.append(error)
-                    if (
-                        error.reason == "CONTEXT_LENGTH_EXCEEDED"
-                        and deployment.context_fallbacks
-                        and not context_fallbacks_added
-                    ):
-                        context_fallbacks_added = True
-                        extra = self._candidates(deployment.context_fallbacks, chain, check, ctx)
-                        chain[position:position] = extra
+                    if error.reason == "CONTEXT_LENGTH_EXCEEDED" and widen(deployment):
                         break
                     if not error.failover:
                         raise record.annotate(error) from None
-                    if not error.retryable or tries >= policy.max_attempts:
+                    if not error.retryable or tries >= policy.attempts_for(error.reason):
                         break
                     delay = policy.delay(tries, error.retry_after, self._uniform)
                     if delay is None:  # the upstream asks for more than we wait
@@ -323,7 +343,9 @@ class Router:
         async def attempt(d: Deployment, actx: CallContext) -> chat_pb2.ChatResponse:
             return await self.registry.provider(d.provider).chat(request, d, actx)
 
-        return await self._unary(request, ctx, record, check, attempt, chat_pb2.ChatResponse)
+        return await self._unary(
+            request, ctx, record, check, attempt, chat_pb2.ChatResponse, prompt=request
+        )
 
     async def embed(
         self, request: embed_pb2.EmbedRequest, ctx: CallContext, record: CallRecord | None = None
@@ -354,13 +376,14 @@ class Router:
         attempt: Callable[[Deployment, CallContext], Awaitable[R]],
         answer_type: type[R],
         operation: str = "chat",
+        prompt: chat_pb2.ChatRequest | None = None,
     ) -> R:
         primary = self._primary(request.model, check)
 
         async def run() -> R:
             chain = self._chain(primary, check, ctx)  # only for calls that go upstream
             response, deployment = await self._run(
-                chain, ctx, record, check, attempt, operation=operation
+                chain, ctx, record, check, attempt, operation=operation, prompt=prompt
             )
             response.route.CopyFrom(record.route(response.route.upstream_request_id))
             apply_cost(response.usage, deployment.pricing)
@@ -461,6 +484,7 @@ class Router:
             check,
             open_stream,
             count_success=False,
+            prompt=request,
         )
         started = opened.started
         route = record.route()

@@ -33,6 +33,12 @@ def test_retry_after_is_a_floor_and_a_too_long_hint_means_fallback() -> None:
     assert policy.delay(1, 31.0) is None
 
 
+def test_an_empty_stream_gets_two_attempts_at_most() -> None:
+    assert RetryPolicy(max_attempts=3).attempts_for("UPSTREAM_EMPTY_STREAM") == 2
+    assert RetryPolicy(max_attempts=1).attempts_for("UPSTREAM_EMPTY_STREAM") == 1
+    assert RetryPolicy(max_attempts=5).attempts_for("UPSTREAM_INTERNAL") == 5
+
+
 def test_retry_budget_keeps_retries_a_small_share() -> None:
     clock = Clock()
     budget = RetryBudget(ratio=0.2, min_per_second=0.5, window=10.0, clock=clock)

@@ -1974,7 +1974,12 @@ class ModelConfig(_message.Message):
     upstream_model: _builtins.str
     """OPTIONAL. Model name sent upstream; defaults to the alias."""
     context_window: _builtins.int
-    """OPTIONAL. Context window in tokens, reported by ListModels."""
+    """OPTIONAL. Context window in tokens, reported by ListModels. When set, a
+    chat prompt estimated to be longer (UTF-8 bytes / 4, plus overheads) is
+    refused before it is sent: INVALID_ARGUMENT CONTEXT_LENGTH_EXCEEDED, or the
+    call moves to context_fallbacks. Unset: the provider kind's default window is
+    reported and nothing is checked.
+    """
     balance: Global___BalanceStrategy.ValueType
     """OPTIONAL. How calls are spread over `deployments`."""
     @_builtins.property
