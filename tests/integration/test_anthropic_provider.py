@@ -20,9 +20,10 @@ from tests.support import Gateway, chat_request, details_of, running_gateway, us
 
 CONFIG = """
 server: {{host: 127.0.0.1, port: 0, shutdown_grace: 1s}}
-# One attempt per call and no circuit breaker: every test sees what one upstream
-# answer maps to, and the failures of one test do not open a circuit for the next.
-routing: {{retry: {{max_attempts: 1}}, breaker: {{disabled: true}}}}
+# One attempt per call, no circuit breaker and no quota cool-down: every test sees what
+# one upstream answer maps to, and the failures of one test do not keep the next from
+# the upstream.
+routing: {{retry: {{max_attempts: 1}}, breaker: {{disabled: true}}, quota_cool_down: 0s}}
 providers:
   - name: claude
     api_key_env: ANTHROPIC_TEST_KEY
