@@ -273,8 +273,10 @@ def _validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> N
         _validate_provider_kind(provider, path)
 
     _validate_routing(config.routing.retry, config.routing.breaker, "routing")
+    _validate_quota_cool_down(config.routing, "routing")
     for index, provider in enumerate(config.providers):
         _validate_routing(provider.retry, provider.breaker, f"providers[{index}]")
+        _validate_quota_cool_down(provider, f"providers[{index}]")
     if config.server.max_in_flight and seconds_or(config.server, "shed_retry_after", 1.0) <= 0:
         raise ConfigError("server.shed_retry_after", "must be positive")
 
@@ -468,6 +470,8 @@ def _validate_routing(
         raise ConfigError(f"{path}.breaker.failure_rate", "must be above 0 and at most 1")
     if breaker.HasField("consecutive_failures") and breaker.consecutive_failures < 1:
         raise ConfigError(f"{path}.breaker.consecutive_failures", "must be at least 1")
+    if breaker.HasField("cool_down_jitter") and not 0 <= breaker.cool_down_jitter <= 0.5:
+        raise ConfigError(f"{path}.breaker.cool_down_jitter", "must be 0 to 0.5")
     for holder, prefix, names in (
         (retry, "retry", ("initial_backoff", "max_backoff", "max_retry_after")),
         (breaker, "breaker", ("window", "cool_down", "max_cool_down")),
@@ -475,6 +479,13 @@ def _validate_routing(
         for name in names:
             if seconds_or(holder, name, 1.0) <= 0:
                 raise ConfigError(f"{path}.{prefix}.{name}", "must be positive")
+
+
+def _validate_quota_cool_down(
+    holder: config_pb2.RoutingConfig | config_pb2.ProviderConfig, path: str
+) -> None:
+    if seconds_or(holder, "quota_cool_down", 0.0) < 0:
+        raise ConfigError(f"{path}.quota_cool_down", "must not be negative (0s turns it off)")
 
 
 def _is_loopback_http(url: str) -> bool:

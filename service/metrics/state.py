@@ -133,6 +133,12 @@ def _providers(providers: list[models_pb2.ProviderStats]) -> Iterator[Metric]:
         "Times a deployment's circuit breaker opened.",
         labels=["provider", "upstream_model"],
     )
+    resting = GaugeMetricFamily(
+        "llm_gateway_quota_cool_down_remaining_seconds",
+        "Time left before a deployment whose provider said it is out of quota is called"
+        " again; 0 when it is not cooling down.",
+        labels=["provider", "upstream_model"],
+    )
     for stats in providers:
         name = stats.provider
         attempts.add_metric([name, "started"], stats.requests)
@@ -149,7 +155,11 @@ def _providers(providers: list[models_pb2.ProviderStats]) -> Iterator[Metric]:
                     [name, deployment.upstream_model, state], 1.0 if state == current else 0.0
                 )
             opened.add_metric([name, deployment.upstream_model], deployment.times_opened)
-    yield from (attempts, retries, denied, latency, circuit, opened)
+            resting.add_metric(
+                [name, deployment.upstream_model],
+                deployment.quota_cool_down_remaining.ToNanoseconds() / 1e9,
+            )
+    yield from (attempts, retries, denied, latency, circuit, opened, resting)
 
 
 def _cache(cache: Mapping[str, int]) -> Iterator[Metric]:

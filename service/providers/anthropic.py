@@ -327,7 +327,7 @@ class AnthropicStreamParser(StreamParser):
         self._tool_has_arguments: dict[int, bool] = {}
         self._tools = 0
 
-    def feed(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
+    def parse(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
         if self.terminated:
             return []
         if not isinstance(event, SseEvent):

@@ -72,7 +72,10 @@ class Deployment:
     provider_type: str
     upstream_model: str
     capabilities: Capabilities
-    context_window: int = 0
+    context_window: int = 0  # tokens, as ListModels reports it (configured or the kind's)
+    # The configured context_window: prompts estimated longer are refused before they are
+    # sent (service/routing/context.py); 0: no check.
+    context_limit: int = 0
     pricing: Pricing | None = None
     timeouts: Timeouts = Timeouts()
     fallbacks: tuple[str, ...] = ()  # aliases tried when this one fails over

@@ -16,7 +16,7 @@ from llmgateway.v1 import chat_pb2, embed_pb2, route_pb2
 from service.errors import GatewayError, unsupported_capability
 from service.providers.base import Capabilities, Deployment
 from service.providers.http import HttpRequestSpec, HttpResponse
-from service.providers.upstream_errors import stream_truncated
+from service.providers.upstream_errors import empty_stream, stream_truncated
 
 
 def usage(
@@ -53,9 +53,11 @@ def has_content(chunk: chat_pb2.StreamChatResponse) -> bool:
 class StreamParser(abc.ABC):
     """Turns decoded stream events (SseEvent or NDJSON values) into chunks, in order.
 
-    Subclasses set `finish_reason` when the upstream says why it stopped (and emit it
-    on a chunk), keep the latest `usage`, set `finished` when the upstream's final
-    event was seen, and `terminated` when nothing more will come (stop reading).
+    Subclasses implement `parse`, set `finish_reason` when the upstream says why it
+    stopped (and emit it on a chunk), keep the latest `usage`, set `finished` when the
+    upstream's final event was seen, and `terminated` when nothing more will come (stop
+    reading). A stream that ends without a finish reason is cut; one that ends before
+    any output at all is empty, a failure of its own (see `empty_stream`).
     """
 
     def __init__(self, provider: str, model: str) -> None:
@@ -65,16 +67,39 @@ class StreamParser(abc.ABC):
         self.terminated = False
         self.usage: route_pb2.Usage | None = None
         self.finish_reason: chat_pb2.FinishReason.ValueType = chat_pb2.FINISH_REASON_UNSPECIFIED
+        self.output_seen = False  # a chunk said something beyond usage
 
-    @abc.abstractmethod
     def feed(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
         """Chunks for one event; raises GatewayError for an error sent in the stream."""
+        chunks = self.parse(event)
+        self.output_seen = self.output_seen or any(map(_has_output, chunks))
+        return chunks
+
+    @abc.abstractmethod
+    def parse(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
+        """Chunks for one event (`feed` is what callers use)."""
 
     def finish(self) -> list[chat_pb2.StreamChatResponse]:
-        """Called at EOF: the final usage chunk, or an error for a cut stream."""
+        """Called at EOF: the final usage chunk, or an error for a cut or empty stream."""
         if not self.finished or self.finish_reason == chat_pb2.FINISH_REASON_UNSPECIFIED:
-            raise stream_truncated(self.provider, self.model)
+            raise self._unfinished()
         return [chat_pb2.StreamChatResponse(usage=self.usage or usage())]
+
+    def _unfinished(self) -> GatewayError:
+        if self.output_seen:
+            return stream_truncated(self.provider, self.model)
+        return empty_stream(self.provider, self.model)
+
+
+def _has_output(chunk: chat_pb2.StreamChatResponse) -> bool:
+    """Did the model say anything: text, reasoning, a tool call or why it stopped?"""
+    return bool(
+        chunk.text_delta
+        or chunk.reasoning_delta
+        or chunk.reasoning_signature
+        or chunk.tool_call_deltas
+        or chunk.finish_reason
+    )
 
 
 class Dialect(abc.ABC):

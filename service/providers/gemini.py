@@ -634,7 +634,7 @@ class GeminiStreamParser(StreamParser):
         self._calls = 0
         self._request_id_sent = False
 
-    def feed(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
+    def parse(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
         data = event.data
         if not data.strip():
             return []

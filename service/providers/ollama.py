@@ -199,7 +199,7 @@ class OllamaStreamParser(StreamParser):
         self._dialect = dialect
         self._calls = 0
 
-    def feed(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
+    def parse(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
         if not isinstance(event, dict):
             raise TypeError("a stream line is not a JSON object")
         if "error" in event:

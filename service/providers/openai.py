@@ -417,7 +417,7 @@ class OpenAIStreamParser(StreamParser):
         super().__init__(provider, model)
         self._tool_index: dict[int, int] = {}  # upstream index → position in this turn
 
-    def feed(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
+    def parse(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
         assert isinstance(event, SseEvent)
         if event.data.strip() == "[DONE]":
             self.finished = True

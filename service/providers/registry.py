@@ -142,6 +142,7 @@ class Registry:
                     # An embedding model's input limit is not the chat context window.
                     context_window=model.context_window
                     or (0 if capabilities.embeddings else provider.default_context_window),
+                    context_limit=0 if capabilities.embeddings else model.context_window,
                     pricing=pricing_from(model) if model.HasField("pricing") else None,
                     timeouts=timeouts_for(
                         provider_configs[target.provider].timeouts, model.timeouts

@@ -272,3 +272,21 @@ def stream_truncated(provider: str, model: str) -> GatewayError:
         retryable=True,
         failover=True,
     )
+
+
+def empty_stream(provider: str, model: str) -> GatewayError:
+    """The upstream answered 200 and then ended its stream without any output: no text,
+    no tool call, no finish reason. OpenAI-compatible servers (llama.cpp) answer a
+    prompt longer than their context this way, so it says as much about the request as
+    about the deployment: tried once more, then the next deployment, and never counted
+    against the breaker (one caller's request must not shut a model for everyone)."""
+    return GatewayError(
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_EMPTY_STREAM",
+        f"{provider}: the stream ended without any output"
+        " (some servers answer a prompt longer than their context this way)",
+        metadata={"provider": provider, "model": model},
+        retryable=True,
+        failover=True,
+        upstream_fault=False,
+    )

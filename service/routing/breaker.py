@@ -1,14 +1,23 @@
 """Circuit breaker per deployment: closed → open → half-open with exactly one probe.
 
-Pure state machine; the clock is a parameter. Only failures that say something about
-the deployment count (errors that allow failover: 5xx, 429, timeouts, connect
-failures, bad credentials); caller mistakes, cancellations and deadlines do not.
+Pure state machine; the clock and the random source are parameters. Only failures that
+say something about the deployment count (errors that allow failover: 5xx, 429,
+timeouts, connect failures, bad credentials); caller mistakes, cancellations and
+deadlines do not. Each time it opens, the cool-down is drawn uniformly within
+±`jitter` of its nominal length, so that replicas which saw the same outage do not all
+probe at the same moment.
+
+Beside the circuit, a deployment may be on a quota cool-down: its provider said the
+account is out of quota (OpenAI `insufficient_quota`, Anthropic billing), which no
+retry or probe can change soon. No call goes to it until the cool-down ends; then calls
+flow again, and the next quota answer starts a new one.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +43,7 @@ class BreakerSettings:
     window: float = 30.0
     cool_down: float = 5.0
     max_cool_down: float = 300.0
+    jitter: float = 0.2  # each cool-down is nominal x uniform(1 - jitter, 1 + jitter)
 
     @classmethod
     def from_config(cls, config: config_pb2.BreakerConfig) -> BreakerSettings:
@@ -47,13 +57,20 @@ class BreakerSettings:
             window=seconds_or(config, "window", 30.0),
             cool_down=seconds_or(config, "cool_down", 5.0),
             max_cool_down=seconds_or(config, "max_cool_down", 300.0),
+            jitter=config.cool_down_jitter if config.HasField("cool_down_jitter") else 0.2,
         )
 
 
 class CircuitBreaker:
-    def __init__(self, settings: BreakerSettings, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        settings: BreakerSettings,
+        clock: Callable[[], float],
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> None:
         self.settings = settings
         self._clock = clock
+        self._uniform = uniform
         self.state = State.CLOSED
         self.consecutive_failures = 0
         self.times_opened = 0
@@ -62,6 +79,7 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._cool_down = settings.cool_down
         self._probe_out = False
+        self._quota_until = 0.0
 
     def _move(self, state: State) -> None:
         if state is not self.state:
@@ -72,6 +90,16 @@ class CircuitBreaker:
         if self.state is State.OPEN:
             return max(0.0, self._open_until - self._clock())
         return 0.0
+
+    def quota_remaining(self) -> float:
+        """Time left of the deployment's quota cool-down (0 when there is none)."""
+        return max(0.0, self._quota_until - self._clock())
+
+    def quota_exhausted(self, cool_down: float) -> None:
+        """The provider said the account is out of quota: no call for `cool_down`
+        seconds. Not a circuit failure; the probe it may have been is released."""
+        self._probe_out = False
+        self._quota_until = max(self._quota_until, self._clock() + cool_down)
 
     def allow(self) -> bool:
         """May a call go to this deployment now? In half-open, only one probe may."""
@@ -113,7 +141,9 @@ class CircuitBreaker:
             self._open()
 
     def _open(self) -> None:
-        self._open_until = self._clock() + self._cool_down
+        jitter = self.settings.jitter
+        spread = self._uniform(1.0 - jitter, 1.0 + jitter) if jitter > 0 else 1.0
+        self._open_until = self._clock() + self._cool_down * spread
         self.times_opened += 1
         self._move(State.OPEN)
 

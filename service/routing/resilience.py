@@ -1,20 +1,29 @@
-"""Retry policies, retry budgets and circuit breakers, built once from the config."""
+"""Retry policies, retry budgets, circuit breakers and quota cool-downs, built once
+from the config."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from llmgateway.config.v1 import config_pb2
 
+from service.config import seconds_or
 from service.providers.base import Deployment
 from service.routing.breaker import BreakerSettings, CircuitBreaker
 from service.routing.retry import RetryBudget, RetryPolicy
 
 DEFAULT_MAX_TOTAL_ATTEMPTS = 6
+DEFAULT_QUOTA_COOL_DOWN = 60.0
 
 
 class Resilience:
-    def __init__(self, config: config_pb2.GatewayConfig, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        config: config_pb2.GatewayConfig,
+        clock: Callable[[], float],
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> None:
         routing = config.routing
         self.max_total_attempts = (
             routing.max_total_attempts
@@ -22,6 +31,9 @@ class Resilience:
             else DEFAULT_MAX_TOTAL_ATTEMPTS
         )
         self._clock = clock
+        self._uniform = uniform
+        default_quota = seconds_or(routing, "quota_cool_down", DEFAULT_QUOTA_COOL_DOWN)
+        self._quota_cool_downs: dict[str, float] = {}
         self._policies: dict[str, RetryPolicy] = {}
         self._budgets: dict[str, RetryBudget] = {}
         self._breaker_settings: dict[str, BreakerSettings] = {}
@@ -31,6 +43,9 @@ class Resilience:
             self._policies[provider.name] = RetryPolicy.from_config(retry)
             self._budgets[provider.name] = RetryBudget.from_config(retry.budget, clock)
             self._breaker_settings[provider.name] = BreakerSettings.from_config(breaker)
+            self._quota_cool_downs[provider.name] = seconds_or(
+                provider, "quota_cool_down", default_quota
+            )
         self.breakers: dict[str, CircuitBreaker] = {}
 
     def policy(self, provider: str) -> RetryPolicy:
@@ -39,9 +54,15 @@ class Resilience:
     def budget(self, provider: str) -> RetryBudget:
         return self._budgets[provider]
 
+    def quota_cool_down(self, provider: str) -> float:
+        """How long a deployment of `provider` rests after an out-of-quota answer
+        (0: not at all)."""
+        return self._quota_cool_downs[provider]
+
     def breaker(self, deployment: Deployment) -> CircuitBreaker:
         breaker = self.breakers.get(deployment.key)
         if breaker is None:
-            breaker = CircuitBreaker(self._breaker_settings[deployment.provider], self._clock)
+            settings = self._breaker_settings[deployment.provider]
+            breaker = CircuitBreaker(settings, self._clock, self._uniform)
             self.breakers[deployment.key] = breaker
         return breaker

@@ -12,6 +12,10 @@ from llmgateway.config.v1 import config_pb2
 
 from service.config import seconds_or
 
+# Failures that say as much about the request as about the deployment: tried again on
+# the same deployment at most this many times in all, whatever max_attempts says.
+ATTEMPTS_BY_REASON = {"UPSTREAM_EMPTY_STREAM": 2}
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -32,6 +36,10 @@ class RetryPolicy:
             max_retry_after=seconds_or(config, "max_retry_after", 30.0),
             min_attempt_time=seconds_or(config, "min_attempt_time", 0.1),
         )
+
+    def attempts_for(self, reason: str) -> int:
+        """Attempts on one deployment for a failure with this ErrorInfo reason."""
+        return min(self.max_attempts, ATTEMPTS_BY_REASON.get(reason, self.max_attempts))
 
     def backoff(
         self, retry: int, uniform: Callable[[float, float], float] = random.uniform

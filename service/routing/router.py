@@ -3,7 +3,8 @@
 The router never speaks HTTP. For each call it builds the chain of deployments (the
 alias, then its fallbacks), and runs attempts along it: retries of transient failures
 with capped, fully jittered backoff (Retry-After as a floor), a retry budget per
-provider, a circuit breaker per deployment, every attempt inside the caller's deadline.
+provider, a circuit breaker per deployment (and a quota cool-down after the provider
+said the account is out of quota), every attempt inside the caller's deadline.
 Streams may be retried and moved to a fallback only until their first chunk; after
 that they end with their final chunk or with a status that says they were cut.
 """
@@ -27,14 +28,20 @@ from service.providers.base import CallContext, Deployment
 from service.providers.registry import Registry
 from service.providers.upstream_errors import transport_failure
 from service.routing.balancer import Balancer
+from service.routing.breaker import CircuitBreaker
 from service.routing.cache import ResponseCache, cache_key
 from service.routing.capabilities import check_chat, check_embed
 from service.routing.coalesce import Coalescer
+from service.routing.context import context_too_long, prompt_tokens
 from service.routing.pricing import apply_cost
 from service.routing.resilience import Resilience
 from service.routing.stats import Outcome, StatsBook
 
 T = TypeVar("T")
+# An upstream's "the account is out of quota" (upstream_errors.py), and the gateway's
+# refusal to call a deployment while it rests after one.
+QUOTA_EXHAUSTED = "UPSTREAM_QUOTA_EXHAUSTED"
+QUOTA_COOLING_DOWN = "QUOTA_COOLING_DOWN"
 R = TypeVar("R", chat_pb2.ChatResponse, embed_pb2.EmbedResponse)
 Check = Callable[[Deployment], None]
 # Request metadata: "bypass" (neither cache nor coalescing) or "refresh" (store anew).
@@ -159,15 +166,46 @@ class Router:
         attempt: Callable[[Deployment, CallContext], Awaitable[T]],
         count_success: bool = True,
         operation: str = "chat",
+        prompt: chat_pb2.ChatRequest | None = None,
     ) -> tuple[T, Deployment]:
+        """Attempts along `chain` until one serves. A chat `prompt` is checked against
+        each deployment's configured context window before it is sent."""
         loop = asyncio.get_running_loop()
         errors: list[GatewayError] = []
         position = 0
+        tokens = 0  # the prompt's estimate, once a deployment needs it
         context_fallbacks_added = False
+
+        def widen(deployment: Deployment) -> bool:
+            """After a context-too-long answer: the deployment's context_fallbacks come
+            next (once per call). False when there are none to add."""
+            nonlocal context_fallbacks_added
+            if not deployment.context_fallbacks or context_fallbacks_added:
+                return False
+            context_fallbacks_added = True
+            extra = self._candidates(deployment.context_fallbacks, chain, check, ctx)
+            chain[position:position] = extra
+            return True
+
         while position < len(chain):
             deployment = chain[position]
             position += 1
+            if prompt is not None and deployment.context_limit:
+                tokens = tokens or prompt_tokens(prompt)
+            if tokens > deployment.context_limit > 0:
+                # As if the upstream had said so, without asking it.
+                refusal = context_too_long(deployment, tokens)
+                record.tried.append(f"{deployment.key}:{refusal.reason}")
+                errors.append(refusal)
+                if widen(deployment):
+                    continue
+                raise record.annotate(refusal)
             breaker = self.resilience.breaker(deployment)
+            resting = breaker.quota_remaining()
+            if resting > 0:
+                record.tried.append(f"{deployment.key}:{QUOTA_COOLING_DOWN}")
+                errors.append(_quota_cooling_down(deployment, resting))
+                continue
             if not breaker.allow():
                 record.tried.append(f"{deployment.key}:CIRCUIT_OPEN")
                 errors.append(_circuit_open(deployment, breaker.open_remaining()))
@@ -196,23 +234,18 @@ class Router:
                     if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                         breaker.release()
                         raise record.annotate(error) from None
-                    if error.failover and error.upstream_fault:
+                    if self._quota_exhausted(deployment, breaker, error):
+                        pass  # no circuit verdict: the deployment rests instead
+                    elif error.failover and error.upstream_fault:
                         breaker.failure()
                     else:
                         breaker.release()
                     errors.append(error)
-                    if (
-                        error.reason == "CONTEXT_LENGTH_EXCEEDED"
-                        and deployment.context_fallbacks
-                        and not context_fallbacks_added
-                    ):
-                        context_fallbacks_added = True
-                        extra = self._candidates(deployment.context_fallbacks, chain, check, ctx)
-                        chain[position:position] = extra
+                    if error.reason == "CONTEXT_LENGTH_EXCEEDED" and widen(deployment):
                         break
                     if not error.failover:
                         raise record.annotate(error) from None
-                    if not error.retryable or tries >= policy.max_attempts:
+                    if not error.retryable or tries >= policy.attempts_for(error.reason):
                         break
                     delay = policy.delay(tries, error.retry_after, self._uniform)
                     if delay is None:  # the upstream asks for more than we wait
@@ -236,6 +269,21 @@ class Router:
                     record.fallback_used = deployment.alias != chain[0].alias
                     return result, deployment
         raise record.annotate(_exhausted(errors))
+
+    def _quota_exhausted(
+        self, deployment: Deployment, breaker: CircuitBreaker, error: GatewayError
+    ) -> bool:
+        """After an out-of-quota answer: the deployment gets no calls for the provider's
+        quota_cool_down, and the error says when that ends. False when the error is
+        another one, or quota cool-downs are off."""
+        if error.reason != QUOTA_EXHAUSTED:
+            return False
+        cool_down = self.resilience.quota_cool_down(deployment.provider)
+        if cool_down <= 0:
+            return False
+        breaker.quota_exhausted(cool_down)
+        error.retry_after = cool_down
+        return True
 
     async def _attempt(
         self,
@@ -323,7 +371,9 @@ class Router:
         async def attempt(d: Deployment, actx: CallContext) -> chat_pb2.ChatResponse:
             return await self.registry.provider(d.provider).chat(request, d, actx)
 
-        return await self._unary(request, ctx, record, check, attempt, chat_pb2.ChatResponse)
+        return await self._unary(
+            request, ctx, record, check, attempt, chat_pb2.ChatResponse, prompt=request
+        )
 
     async def embed(
         self, request: embed_pb2.EmbedRequest, ctx: CallContext, record: CallRecord | None = None
@@ -354,13 +404,14 @@ class Router:
         attempt: Callable[[Deployment, CallContext], Awaitable[R]],
         answer_type: type[R],
         operation: str = "chat",
+        prompt: chat_pb2.ChatRequest | None = None,
     ) -> R:
         primary = self._primary(request.model, check)
 
         async def run() -> R:
             chain = self._chain(primary, check, ctx)  # only for calls that go upstream
             response, deployment = await self._run(
-                chain, ctx, record, check, attempt, operation=operation
+                chain, ctx, record, check, attempt, operation=operation, prompt=prompt
             )
             response.route.CopyFrom(record.route(response.route.upstream_request_id))
             apply_cost(response.usage, deployment.pricing)
@@ -461,6 +512,7 @@ class Router:
             check,
             open_stream,
             count_success=False,
+            prompt=request,
         )
         started = opened.started
         route = record.route()
@@ -584,6 +636,19 @@ def _circuit_open(deployment: Deployment, remaining: float) -> GatewayError:
     )
 
 
+def _quota_cooling_down(deployment: Deployment, remaining: float) -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        QUOTA_COOLING_DOWN,
+        f"{deployment.provider}: the account is out of quota; not tried again for now",
+        metadata={"provider": deployment.provider, "model": deployment.upstream_model},
+        retry_after=remaining,
+        retryable=False,
+        failover=True,
+        upstream_fault=False,
+    )
+
+
 def _exhausted(errors: list[GatewayError]) -> GatewayError:
     """The error for a call whose every deployment failed over."""
     if not errors:
@@ -594,6 +659,14 @@ def _exhausted(errors: list[GatewayError]) -> GatewayError:
     if len(deployments) == 1:
         return errors[-1]  # one deployment: its own error (429 stays RESOURCE_EXHAUSTED)
     hints = [e.retry_after for e in errors if e.retry_after is not None]
+    if all(e.reason in (QUOTA_EXHAUSTED, QUOTA_COOLING_DOWN) for e in errors):
+        return GatewayError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            QUOTA_COOLING_DOWN,
+            "every deployment for this model is out of quota at its provider",
+            metadata={"lastReason": errors[-1].reason},
+            retry_after=min(hints) if hints else None,
+        )
     return GatewayError(
         grpc.StatusCode.UNAVAILABLE,
         "ALL_DEPLOYMENTS_FAILED",

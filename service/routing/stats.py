@@ -108,6 +108,8 @@ def _deployments(
         breaker = breakers[key]
         remaining = duration_pb2.Duration()
         remaining.FromNanoseconds(round(breaker.open_remaining() * 1e9))
+        resting = duration_pb2.Duration()
+        resting.FromNanoseconds(round(breaker.quota_remaining() * 1e9))
         result.append(
             models_pb2.DeploymentStats(
                 upstream_model=model,
@@ -116,6 +118,7 @@ def _deployments(
                 open_remaining=remaining,
                 times_opened=breaker.times_opened,
                 transitions=list(breaker.transitions),
+                quota_cool_down_remaining=resting,
             )
         )
     return result

@@ -20,9 +20,10 @@ from tests.support import Gateway, chat_request, details_of, running_gateway, us
 
 CONFIG = """
 server: {{host: 127.0.0.1, port: 0, shutdown_grace: 1s}}
-# One attempt per call and no circuit breaker: every test sees what one upstream
-# answer maps to, and the failures of one test do not open a circuit for the next.
-routing: {{retry: {{max_attempts: 1}}, breaker: {{disabled: true}}}}
+# One attempt per call, no circuit breaker and no quota cool-down: every test sees what
+# one upstream answer maps to, and the failures of one test do not keep the next from
+# the upstream.
+routing: {{retry: {{max_attempts: 1}}, breaker: {{disabled: true}}, quota_cool_down: 0s}}
 providers:
   - name: claude
     api_key_env: ANTHROPIC_TEST_KEY
@@ -790,11 +791,17 @@ async def test_mid_stream_error_after_delivered_chunks(env: Setup) -> None:
 
 
 @pytest.mark.parametrize(
-    ("cut", "delivered"),
-    [(1, 0), (6, 3), (11, 7)],
+    ("cut", "delivered", "reason"),
+    [
+        (1, 0, "UPSTREAM_EMPTY_STREAM"),  # nothing said yet: an empty stream
+        (6, 3, "UPSTREAM_STREAM_TRUNCATED"),
+        (11, 7, "UPSTREAM_STREAM_TRUNCATED"),
+    ],
     ids=["after-message-start", "mid-text", "before-message-stop"],
 )
-async def test_truncated_stream_is_an_error(env: Setup, cut: int, delivered: int) -> None:
+async def test_truncated_stream_is_an_error(
+    env: Setup, cut: int, delivered: int, reason: str
+) -> None:
     # 12 events: message_start, block start, ping, 6 deltas, block stop, message_delta,
     # message_stop; the fake closes the stream cleanly after `cut` of them.
     env.fake.cut_after = cut
@@ -803,10 +810,7 @@ async def test_truncated_stream_is_an_error(env: Setup, cut: int, delivered: int
     )
     assert error is not None, "a cut stream must never end with OK"
     details = details_of(error)
-    assert (details.code, details.error_info.reason) == (
-        grpc.StatusCode.UNAVAILABLE,
-        "UPSTREAM_STREAM_TRUNCATED",
-    )
+    assert (details.code, details.error_info.reason) == (grpc.StatusCode.UNAVAILABLE, reason)
     assert len(chunks) == delivered  # the finish reason (7th chunk) came, message_stop did not
     assert not any(c.HasField("usage") for c in chunks)
 

@@ -166,6 +166,19 @@ async def test_fallbacks_attempts_and_breakers_are_reported(gateway: Gateway) ->
     )
 
 
+async def test_a_quota_cool_down_is_reported(gateway: Gateway) -> None:
+    # 402: the provider says the gateway's account is out of quota.
+    out = (("x-mock-fail-status", "402"), ("x-mock-target", "backup"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gateway.stub.Chat(chat_request("x", model="backup/out-of-quota"), metadata=out)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    samples = await scrape(gateway)
+    name = "llm_gateway_quota_cool_down_remaining_seconds"
+    resting = value(samples, name, provider="backup", upstream_model="out-of-quota")
+    assert 0 < resting <= 60, "the default cool-down"
+    assert value(samples, name, provider="primary", upstream_model="m-main") == 0
+
+
 async def test_state_is_read_while_calls_are_in_flight(gateway: Gateway) -> None:
     stall = (("x-mock-stall", "0.5"), ("x-mock-target", "backup"))
     call = asyncio.ensure_future(

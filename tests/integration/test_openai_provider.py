@@ -29,7 +29,9 @@ from tests.support import Gateway, chat_request, details_of, running_gateway, us
 
 CONFIG = """
 server: {{host: 127.0.0.1, port: 0}}
-routing: {{retry: {{max_attempts: 1}}, breaker: {{disabled: true}}}}
+# One attempt per call, no circuit breaker and no quota cool-down: every test sees what
+# one upstream answer maps to, and no test's answer keeps the next from the upstream.
+routing: {{retry: {{max_attempts: 1}}, breaker: {{disabled: true}}, quota_cool_down: 0s}}
 providers:
   - name: openai
     api_key_env: OPENAI_TEST_KEY

@@ -34,7 +34,9 @@ routing:
     max_retry_after: 2s
     min_attempt_time: 0.02s
     budget: {{ratio: 1.0, min_retries_per_second: 1000}}
-  breaker: {{consecutive_failures: 3, minimum_calls: 1000, cool_down: 0.4s, max_cool_down: 2s}}
+  # Exact cool-downs (no jitter): these tests measure them. Jitter has its own unit tests.
+  breaker: {{consecutive_failures: 3, minimum_calls: 1000, cool_down: 0.4s, max_cool_down: 2s,
+            cool_down_jitter: 0}}
   max_total_attempts: 6
 providers:
   - {{name: primary, api_key_env: K, base_url: "{primary}/v1", timeouts: {{read: 1s}}, openai: {{}}}}
@@ -357,7 +359,12 @@ async def test_outage_opens_the_breaker_serves_from_fallback_and_recovers_with_o
         assert w.primary_calls("m-main") == 3
         # The primary recovers; after the cool-down exactly one probe goes through.
         w.primary.handler = OpenAIFake(OpenAIFakeConfig(key="k")).handle  # type: ignore[assignment]
-        await asyncio.sleep(0.45)
+
+        async def cooled_down() -> bool:
+            deployment = (await stats(w.gateway, "primary")).deployments[0]
+            return deployment.open_remaining.ToNanoseconds() == 0
+
+        assert await wait_until(cooled_down, 3)
         slow_probe = FakeResponse.json(
             {
                 "id": "x",

@@ -728,11 +728,6 @@ def test_stream_ignores_pings_unknown_events_and_what_follows_message_stop() -> 
             "no message_stop",
         ),
         (REFERENCE_STREAM.split("event: message_delta")[0], "cut after the content"),
-        (
-            sse(start({"input_tokens": 1, "output_tokens": 1}), MESSAGE_STOP),
-            "message_stop without a stop reason",
-        ),
-        ("", "empty body"),
     ],
 )
 def test_stream_that_ends_early_is_truncated(wire: str, what: str) -> None:
@@ -742,6 +737,26 @@ def test_stream_that_ends_early_is_truncated(wire: str, what: str) -> None:
         grpc.StatusCode.UNAVAILABLE,
         "UPSTREAM_STREAM_TRUNCATED",
     ), what
+
+
+@pytest.mark.parametrize(
+    ("wire", "what"),
+    [
+        (
+            sse(start({"input_tokens": 1, "output_tokens": 1}), MESSAGE_STOP),
+            "message_stop without a stop reason",
+        ),
+        ("", "empty body"),
+    ],
+)
+def test_stream_that_ends_before_any_output_is_empty(wire: str, what: str) -> None:
+    with pytest.raises(GatewayError) as caught:
+        run_stream(wire)
+    assert (caught.value.code, caught.value.reason) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_EMPTY_STREAM",
+    ), what
+    assert not caught.value.upstream_fault, what
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,21 @@ def test_skipping_everything_is_an_error() -> None:
             "providers[0].mock",
             "must not be empty",
         ),
+        (
+            "routing: {breaker: {cool_down_jitter: 0.8}}\n" + GOOD,
+            "routing.breaker.cool_down_jitter",
+            "0 to 0.5",
+        ),
+        (
+            "routing: {quota_cool_down: -5s}\n" + GOOD,
+            "routing.quota_cool_down",
+            "must not be negative",
+        ),
+        (
+            "providers:\n  - {name: m, mock: {}, quota_cool_down: -1s}",
+            "providers[0].quota_cool_down",
+            "must not be negative",
+        ),
     ],
 )
 def test_errors_name_the_field_path(text: str, path: str, problem: str) -> None:

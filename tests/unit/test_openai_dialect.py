@@ -233,6 +233,28 @@ def test_stream_without_done_is_truncated() -> None:
     assert caught.value.reason == stream_truncated("p", "m").reason
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "",
+        "data: [DONE]\n\n",
+        ": keep-alive\n\n"
+        'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+        "data: [DONE]\n\n",
+        'data: {"choices":[],"usage":{"prompt_tokens":9000,"completion_tokens":0}}\n\n',
+    ],
+    ids=["nothing", "done-only", "role-only", "usage-only"],
+)
+def test_stream_without_any_output_is_empty_not_truncated(body: str) -> None:
+    """llama.cpp answers an over-long prompt with such a stream: a failure of its own,
+    which must not count against the deployment's breaker."""
+    with pytest.raises(GatewayError) as caught:
+        _run_stream(body)
+    error = caught.value
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_EMPTY_STREAM")
+    assert error.retryable and error.failover and not error.upstream_fault
+
+
 def test_in_stream_error() -> None:
     body = 'data: {"choices":[{"index":0,"delta":{"content":"Partial"},"finish_reason":null}]}\n\ndata: {"error":{"message":"Rate limit. Please try again in 1.5s","type":"tokens","param":null,"code":"rate_limit_exceeded"}}\n\n'
     parser = OpenAIDialect("openai").stream_parser(DEPLOYMENT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from service.routing.breaker import BreakerSettings, CircuitBreaker, State
@@ -33,6 +35,12 @@ def test_retry_after_is_a_floor_and_a_too_long_hint_means_fallback() -> None:
     assert policy.delay(1, 31.0) is None
 
 
+def test_an_empty_stream_gets_two_attempts_at_most() -> None:
+    assert RetryPolicy(max_attempts=3).attempts_for("UPSTREAM_EMPTY_STREAM") == 2
+    assert RetryPolicy(max_attempts=1).attempts_for("UPSTREAM_EMPTY_STREAM") == 1
+    assert RetryPolicy(max_attempts=5).attempts_for("UPSTREAM_INTERNAL") == 5
+
+
 def test_retry_budget_keeps_retries_a_small_share() -> None:
     clock = Clock()
     budget = RetryBudget(ratio=0.2, min_per_second=0.5, window=10.0, clock=clock)
@@ -52,6 +60,7 @@ def _breaker(clock: Clock, **overrides: float) -> CircuitBreaker:
         window=30,
         cool_down=5,
         max_cool_down=20,
+        jitter=0,
     )
     return CircuitBreaker(BreakerSettings(**{**settings.__dict__, **overrides}), clock)
 
@@ -115,3 +124,73 @@ def test_disabled_breaker_never_opens() -> None:
     for _ in range(50):
         breaker.failure()
     assert breaker.state is State.CLOSED and breaker.allow()
+
+
+def _jittered(clock: Clock, seed: int, jitter: float = 0.2) -> CircuitBreaker:
+    settings = BreakerSettings(consecutive_failures=1, cool_down=5, max_cool_down=20, jitter=jitter)
+    return CircuitBreaker(settings, clock, random.Random(seed).uniform)
+
+
+def test_cool_downs_are_jittered_within_bounds() -> None:
+    clock = Clock()
+    first: list[float] = []
+    doubled: list[float] = []
+    for seed in range(200):
+        breaker = _jittered(clock, seed)
+        breaker.failure()
+        first.append(breaker.open_remaining())
+        clock.now += 100
+        assert breaker.allow()
+        breaker.failure()  # the probe failed: the nominal cool-down doubles to 10 s
+        doubled.append(breaker.open_remaining())
+    assert all(4.0 <= d <= 6.0 for d in first), "within ±20 % of 5 s"
+    assert all(8.0 <= d <= 12.0 for d in doubled), "within ±20 % of 10 s"
+    assert min(first) < 4.2 and max(first) > 5.8, "spread over the whole range"
+    assert len({round(d, 6) for d in first}) > 150, "replicas do not open in lock-step"
+    again = _jittered(clock, 7)
+    again.failure()
+    assert again.open_remaining() == pytest.approx(first[7]), "the same seed, the same one"
+
+
+def test_jitter_draws_within_the_configured_factor() -> None:
+    clock = Clock()
+    draws: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        draws.append((low, high))
+        return high
+
+    settings = BreakerSettings(consecutive_failures=1, cool_down=5, jitter=0.1)
+    breaker = CircuitBreaker(settings, clock, uniform)
+    breaker.failure()
+    assert draws == [(pytest.approx(0.9), pytest.approx(1.1))]
+    assert breaker.open_remaining() == pytest.approx(5.5)
+    unjittered = CircuitBreaker(BreakerSettings(consecutive_failures=1, jitter=0), clock, uniform)
+    unjittered.failure()
+    assert len(draws) == 1 and unjittered.open_remaining() == pytest.approx(5.0)
+
+
+def test_quota_cool_down_is_beside_the_circuit() -> None:
+    clock = Clock()
+    breaker = _breaker(clock)
+    assert breaker.allow()  # e.g. the call that then got the out-of-quota answer
+    breaker.quota_exhausted(60)
+    assert breaker.quota_remaining() == pytest.approx(60)
+    assert breaker.state is State.CLOSED and breaker.consecutive_failures == 0
+    breaker.quota_exhausted(10)  # a shorter one never cuts a longer one short
+    assert breaker.quota_remaining() == pytest.approx(60)
+    clock.now += 59
+    assert breaker.quota_remaining() == pytest.approx(1)
+    clock.now += 1
+    assert breaker.quota_remaining() == 0
+
+
+def test_an_out_of_quota_probe_lets_another_call_probe() -> None:
+    clock = Clock()
+    breaker = _breaker(clock)
+    for _ in range(3):
+        breaker.failure()
+    clock.now += 5
+    assert breaker.allow() and not breaker.allow()
+    breaker.quota_exhausted(60)
+    assert breaker.state is State.HALF_OPEN and breaker.allow()

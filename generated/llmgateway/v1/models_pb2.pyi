@@ -319,6 +319,7 @@ class DeploymentStats(_message.Message):
     OPEN_REMAINING_FIELD_NUMBER: _builtins.int
     TIMES_OPENED_FIELD_NUMBER: _builtins.int
     TRANSITIONS_FIELD_NUMBER: _builtins.int
+    QUOTA_COOL_DOWN_REMAINING_FIELD_NUMBER: _builtins.int
     upstream_model: _builtins.str
     """OUTPUT_ONLY. The upstream model."""
     circuit_state: Global___CircuitState.ValueType
@@ -335,6 +336,13 @@ class DeploymentStats(_message.Message):
     def transitions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """OUTPUT_ONLY. State changes, oldest first, as "CLOSED->OPEN" (at most the last 20)."""
 
+    @_builtins.property
+    def quota_cool_down_remaining(self) -> _duration_pb2.Duration:
+        """OUTPUT_ONLY. Time left of the deployment's quota cool-down: after its provider
+        said the account is out of quota, no call goes to it until this reaches zero
+        (routing.quota_cool_down). Zero when it is not cooling down.
+        """
+
     def __init__(
         self,
         *,
@@ -344,10 +352,11 @@ class DeploymentStats(_message.Message):
         open_remaining: _duration_pb2.Duration | None = ...,
         times_opened: _builtins.int = ...,
         transitions: _abc.Iterable[_builtins.str] | None = ...,
+        quota_cool_down_remaining: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["open_remaining", b"open_remaining"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["open_remaining", b"open_remaining", "quota_cool_down_remaining", b"quota_cool_down_remaining"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_state", b"circuit_state", "consecutive_failures", b"consecutive_failures", "open_remaining", b"open_remaining", "times_opened", b"times_opened", "transitions", b"transitions", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_state", b"circuit_state", "consecutive_failures", b"consecutive_failures", "open_remaining", b"open_remaining", "quota_cool_down_remaining", b"quota_cool_down_remaining", "times_opened", b"times_opened", "transitions", b"transitions", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

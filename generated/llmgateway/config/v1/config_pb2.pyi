@@ -849,6 +849,7 @@ class RoutingConfig(_message.Message):
     RETRY_FIELD_NUMBER: _builtins.int
     BREAKER_FIELD_NUMBER: _builtins.int
     MAX_TOTAL_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    QUOTA_COOL_DOWN_FIELD_NUMBER: _builtins.int
     max_total_attempts: _builtins.int
     """OPTIONAL. Most upstream attempts for one call, fallbacks included; default 6."""
     @_builtins.property
@@ -859,16 +860,26 @@ class RoutingConfig(_message.Message):
     def breaker(self) -> Global___BreakerConfig:
         """OPTIONAL. Circuit breaker per deployment (provider + upstream model)."""
 
+    @_builtins.property
+    def quota_cool_down(self) -> _duration_pb2.Duration:
+        """OPTIONAL. How long a deployment gets no calls after its provider answered
+        that the account is out of quota (OpenAI 429 `insufficient_quota`, HTTP 402,
+        Anthropic billing and spend limits); default 60s, 0s turns it off. Calls go
+        to the next deployment or fallback meanwhile, or fail RESOURCE_EXHAUSTED
+        (QUOTA_COOLING_DOWN) with RetryInfo for the time left.
+        """
+
     def __init__(
         self,
         *,
         retry: Global___RetryConfig | None = ...,
         breaker: Global___BreakerConfig | None = ...,
         max_total_attempts: _builtins.int | None = ...,
+        quota_cool_down: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_total_attempts", b"_max_total_attempts", "breaker", b"breaker", "max_total_attempts", b"max_total_attempts", "retry", b"retry"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_total_attempts", b"_max_total_attempts", "breaker", b"breaker", "max_total_attempts", b"max_total_attempts", "quota_cool_down", b"quota_cool_down", "retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_total_attempts", b"_max_total_attempts", "breaker", b"breaker", "max_total_attempts", b"max_total_attempts", "retry", b"retry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_total_attempts", b"_max_total_attempts", "breaker", b"breaker", "max_total_attempts", b"max_total_attempts", "quota_cool_down", b"quota_cool_down", "retry", b"retry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_total_attempts: _TypeAlias = _typing.Literal["max_total_attempts"]  # noqa: Y015
     _WhichOneofArgType__max_total_attempts: _TypeAlias = _typing.Literal["_max_total_attempts", b"_max_total_attempts"]  # noqa: Y015
@@ -1001,6 +1012,7 @@ class BreakerConfig(_message.Message):
     WINDOW_FIELD_NUMBER: _builtins.int
     COOL_DOWN_FIELD_NUMBER: _builtins.int
     MAX_COOL_DOWN_FIELD_NUMBER: _builtins.int
+    COOL_DOWN_JITTER_FIELD_NUMBER: _builtins.int
     disabled: _builtins.bool
     """OPTIONAL. Turn the breaker off."""
     consecutive_failures: _builtins.int
@@ -1010,6 +1022,12 @@ class BreakerConfig(_message.Message):
     minimum_calls: _builtins.int
     """OPTIONAL. The failure rate counts only with this many calls in the window;
     default 20.
+    """
+    cool_down_jitter: _builtins.float
+    """OPTIONAL. Each time the circuit opens, its cool-down is the nominal one
+    (cool_down, doubled per failed probe, capped by max_cool_down) times a random
+    factor between 1 - cool_down_jitter and 1 + cool_down_jitter, so that
+    replicas do not probe in lock-step; 0 to 0.5, default 0.2.
     """
     @_builtins.property
     def window(self) -> _duration_pb2.Duration:
@@ -1035,19 +1053,24 @@ class BreakerConfig(_message.Message):
         window: _duration_pb2.Duration | None = ...,
         cool_down: _duration_pb2.Duration | None = ...,
         max_cool_down: _duration_pb2.Duration | None = ...,
+        cool_down_jitter: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures", "_failure_rate", b"_failure_rate", "_minimum_calls", b"_minimum_calls", "consecutive_failures", b"consecutive_failures", "cool_down", b"cool_down", "failure_rate", b"failure_rate", "max_cool_down", b"max_cool_down", "minimum_calls", b"minimum_calls", "window", b"window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures", "_cool_down_jitter", b"_cool_down_jitter", "_failure_rate", b"_failure_rate", "_minimum_calls", b"_minimum_calls", "consecutive_failures", b"consecutive_failures", "cool_down", b"cool_down", "cool_down_jitter", b"cool_down_jitter", "failure_rate", b"failure_rate", "max_cool_down", b"max_cool_down", "minimum_calls", b"minimum_calls", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures", "_failure_rate", b"_failure_rate", "_minimum_calls", b"_minimum_calls", "consecutive_failures", b"consecutive_failures", "cool_down", b"cool_down", "disabled", b"disabled", "failure_rate", b"failure_rate", "max_cool_down", b"max_cool_down", "minimum_calls", b"minimum_calls", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures", "_cool_down_jitter", b"_cool_down_jitter", "_failure_rate", b"_failure_rate", "_minimum_calls", b"_minimum_calls", "consecutive_failures", b"consecutive_failures", "cool_down", b"cool_down", "cool_down_jitter", b"cool_down_jitter", "disabled", b"disabled", "failure_rate", b"failure_rate", "max_cool_down", b"max_cool_down", "minimum_calls", b"minimum_calls", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__consecutive_failures: _TypeAlias = _typing.Literal["consecutive_failures"]  # noqa: Y015
     _WhichOneofArgType__consecutive_failures: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures"]  # noqa: Y015
+    _WhichOneofReturnType__cool_down_jitter: _TypeAlias = _typing.Literal["cool_down_jitter"]  # noqa: Y015
+    _WhichOneofArgType__cool_down_jitter: _TypeAlias = _typing.Literal["_cool_down_jitter", b"_cool_down_jitter"]  # noqa: Y015
     _WhichOneofReturnType__failure_rate: _TypeAlias = _typing.Literal["failure_rate"]  # noqa: Y015
     _WhichOneofArgType__failure_rate: _TypeAlias = _typing.Literal["_failure_rate", b"_failure_rate"]  # noqa: Y015
     _WhichOneofReturnType__minimum_calls: _TypeAlias = _typing.Literal["minimum_calls"]  # noqa: Y015
     _WhichOneofArgType__minimum_calls: _TypeAlias = _typing.Literal["_minimum_calls", b"_minimum_calls"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__consecutive_failures) -> _WhichOneofReturnType__consecutive_failures | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cool_down_jitter) -> _WhichOneofReturnType__cool_down_jitter | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_rate) -> _WhichOneofReturnType__failure_rate | None: ...
     @_typing.overload
@@ -1296,6 +1319,7 @@ class ProviderConfig(_message.Message):
     MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
     BREAKER_FIELD_NUMBER: _builtins.int
+    QUOTA_COOL_DOWN_FIELD_NUMBER: _builtins.int
     MOCK_FIELD_NUMBER: _builtins.int
     OPENAI_FIELD_NUMBER: _builtins.int
     AZURE_OPENAI_FIELD_NUMBER: _builtins.int
@@ -1342,6 +1366,10 @@ class ProviderConfig(_message.Message):
         """OPTIONAL. Replaces routing.breaker for this provider's deployments."""
 
     @_builtins.property
+    def quota_cool_down(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Replaces routing.quota_cool_down for this provider's deployments."""
+
+    @_builtins.property
     def mock(self) -> Global___MockProviderConfig:
         """The built-in mock provider: no network, deterministic."""
 
@@ -1386,6 +1414,7 @@ class ProviderConfig(_message.Message):
         max_response_bytes: _builtins.int | None = ...,
         retry: Global___RetryConfig | None = ...,
         breaker: Global___BreakerConfig | None = ...,
+        quota_cool_down: _duration_pb2.Duration | None = ...,
         mock: Global___MockProviderConfig | None = ...,
         openai: Global___OpenAIProviderConfig | None = ...,
         azure_openai: Global___AzureOpenAIProviderConfig | None = ...,
@@ -1395,9 +1424,9 @@ class ProviderConfig(_message.Message):
         openai_compatible: Global___OpenAICompatibleProviderConfig | None = ...,
         custom: Global___CustomProviderConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "retry", b"retry", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "retry", b"retry", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "retry", b"retry", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "retry", b"retry", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_response_bytes: _TypeAlias = _typing.Literal["max_response_bytes"]  # noqa: Y015
     _WhichOneofArgType__max_response_bytes: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes"]  # noqa: Y015
@@ -1979,7 +2008,12 @@ class ModelConfig(_message.Message):
     provider kind's model-name rule (docs/providers.md).
     """
     context_window: _builtins.int
-    """OPTIONAL. Context window in tokens, reported by ListModels."""
+    """OPTIONAL. Context window in tokens, reported by ListModels. When set, a
+    chat prompt estimated to be longer (UTF-8 bytes / 4, plus overheads) is
+    refused before it is sent: INVALID_ARGUMENT CONTEXT_LENGTH_EXCEEDED, or the
+    call moves to context_fallbacks. Unset: the provider kind's default window is
+    reported and nothing is checked.
+    """
     balance: Global___BalanceStrategy.ValueType
     """OPTIONAL. How calls are spread over `deployments`."""
     @_builtins.property

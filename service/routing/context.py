@@ -1,0 +1,54 @@
+"""The context-window check made before a chat call is sent. Pure.
+
+An alias with a configured `context_window` gets no prompt that is estimated to be
+longer: the call ends INVALID_ARGUMENT `CONTEXT_LENGTH_EXCEEDED` (or moves to the
+alias's `context_fallbacks`) without an upstream request. Servers differ in how they
+refuse an over-long prompt (a 400, or llama.cpp's empty 200 stream); the check makes
+every one of them look the same, and costs the provider nothing.
+
+The estimate is limits/estimate.py's (UTF-8 bytes / 4 plus overheads), for the prompt
+alone: the output is not counted, since servers stop generating at the end of the
+window rather than refuse the call. Byte counts err low for most text (code, CJK), so
+a prompt the model can take is rarely refused; the upstream still answers for the rest.
+"""
+
+from __future__ import annotations
+
+import grpc
+from llmgateway.v1 import chat_pb2
+
+from service.errors import FieldViolation, GatewayError
+from service.limits.estimate import estimate_tokens
+from service.providers.base import Deployment
+
+
+def prompt_tokens(request: chat_pb2.ChatRequest) -> int:
+    """The estimated input tokens of a chat call.
+
+    estimate_tokens counts max_output_tokens as the output when it is set: with it
+    set to 1, the estimate is the prompt plus one."""
+    prompt_only = chat_pb2.ChatRequest()
+    prompt_only.CopyFrom(request)
+    prompt_only.generation_config.max_output_tokens = 1
+    return max(1, estimate_tokens(prompt_only) - 1)
+
+
+def context_too_long(deployment: Deployment, tokens: int) -> GatewayError:
+    """The refusal of a prompt the alias's context window cannot hold."""
+    problem = (
+        f"the conversation is about {tokens} tokens, more than the "
+        f'{deployment.context_limit}-token context window of model "{deployment.alias}"'
+    )
+    return GatewayError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CONTEXT_LENGTH_EXCEEDED",
+        f"messages: {problem}",
+        metadata={
+            "provider": deployment.provider,
+            "model": deployment.upstream_model,
+            "alias": deployment.alias,
+            "contextWindow": str(deployment.context_limit),
+            "estimatedPromptTokens": str(tokens),
+        },
+        field_violations=[FieldViolation("messages", problem)],
+    )
