@@ -74,8 +74,11 @@ def server_options(server: config_pb2.ServerConfig) -> list[tuple[str, int]]:
         # A second process on the same port must fail to start, not share it silently.
         ("grpc.so_reuseport", 0),
         # Room for bearer tokens up to auth.max_token_bytes (and then some), so that an
-        # oversized token reaches authentication and gets a proper, audited refusal.
+        # oversized token reaches authentication and gets a proper, audited refusal. The
+        # soft and the hard limit are the same: between the two gRPC refuses a random
+        # share of calls, and the same request must always get the same answer.
         ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
     ]
     if keepalive.HasField("max_connection_age"):
         options.append(("grpc.max_connection_age_ms", _ms(keepalive, "max_connection_age", 0)))

@@ -9,7 +9,7 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service.config import parse_config
-from service.server import server_options
+from service.server import MAX_METADATA_BYTES, server_options
 from tests.support import (
     BASE_CONFIG,
     PYTHON,
@@ -86,3 +86,22 @@ def test_console_script_is_installed() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "config/default.yaml: ok"
+
+
+async def test_the_metadata_limit_gives_the_same_answer_every_time() -> None:
+    """Request metadata up to MAX_METADATA_BYTES is served, above it refused, every time:
+    gRPC's soft and hard limits are one number (between them it refuses at random)."""
+    below = (("x-padding", "a" * (MAX_METADATA_BYTES - 2048)),)
+    above = (("x-padding", "a" * (MAX_METADATA_BYTES + 1024)),)
+    async with running_gateway() as gateway:
+        served = refused = 0
+        for _ in range(20):
+            reply = await gateway.stub.Chat(chat_request("under"), metadata=below, timeout=5)
+            served += reply.message.parts[0].text == "under"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await gateway.stub.Chat(chat_request("over"), metadata=above, timeout=5)
+            refused += caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (served, refused) == (20, 20)
+    options = dict(server_options(parse_config(BASE_CONFIG, {}).config.server))
+    assert options["grpc.max_metadata_size"] == MAX_METADATA_BYTES == 96 * 1024
+    assert options["grpc.absolute_max_metadata_size"] == MAX_METADATA_BYTES
