@@ -23,6 +23,11 @@ from service.auth.verifier import TokenVerifier
 from service.config import ConfigError, seconds_or
 from service.interceptors import build_interceptors
 from service.interceptors.admission import AdmissionInterceptor
+from service.interceptors.decode import (
+    DEFAULT_MESSAGE_BYTES,
+    receive_limit,
+    transport_receive_limit,
+)
 from service.limits import Limiter
 from service.limits.redis_store import RedisLimitStore
 from service.metrics.calls import CallMetrics
@@ -40,7 +45,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = provider_service_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
 DEFAULT_PORT = 50051
-DEFAULT_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_METADATA_BYTES = 96 * 1024
 
 
@@ -52,12 +56,9 @@ def server_options(server: config_pb2.ServerConfig) -> list[tuple[str, int]]:
     """gRPC channel arguments from the server configuration."""
     keepalive = server.keepalive
     options = [
-        (
-            "grpc.max_receive_message_length",
-            server.max_receive_message_bytes
-            if server.HasField("max_receive_message_bytes")
-            else DEFAULT_MESSAGE_BYTES,
-        ),
+        # A ceiling only: the configured limit is enforced by the decode guard, which
+        # refuses with a reason and leaves an audit record (gRPC's transport would not).
+        ("grpc.max_receive_message_length", transport_receive_limit(receive_limit(server))),
         (
             "grpc.max_send_message_length",
             server.max_send_message_bytes

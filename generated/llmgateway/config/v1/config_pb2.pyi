@@ -1075,7 +1075,10 @@ class ServerConfig(_message.Message):
     port: _builtins.int
     """OPTIONAL. Port to bind; default 50051; 0 picks a free port."""
     max_receive_message_bytes: _builtins.int
-    """OPTIONAL. Largest request message accepted; default 16 MiB."""
+    """OPTIONAL. Largest request message accepted; default 16 MiB. Larger ones
+    get RESOURCE_EXHAUSTED MESSAGE_TOO_LARGE and an audit record; gRPC's
+    transport refuses, unrecorded, those over four times this.
+    """
     max_send_message_bytes: _builtins.int
     """OPTIONAL. Largest response message sent; default 16 MiB."""
     reflection: _builtins.bool
