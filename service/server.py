@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from service.audit.sink import AuditSink
 from service.auth.verifier import TokenVerifier
 from service.config import ConfigError, seconds_or
+from service.health import HealthService
 from service.interceptors import build_interceptors
 from service.interceptors.admission import AdmissionInterceptor
 from service.interceptors.decode import (
@@ -140,7 +141,7 @@ class GatewayServer:
             else None
         )
         self.limiter = Limiter.from_config(config.limits, store=self.limit_store)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthService()
         self.audit = AuditSink.from_config(config.audit)
         self.verifier = None if config.auth.disabled else TokenVerifier(config.auth, env)
         server_config = config.server
