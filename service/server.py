@@ -35,6 +35,7 @@ from service.metrics.calls import CallMetrics
 from service.metrics.endpoint import MetricsEndpoint
 from service.metrics.state import GatewaySnapshot, StateCollector, on_loop
 from service.providers.registry import Registry
+from service.reflection import enable_reflection
 from service.routing.cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, ResponseCache
 from service.routing.resilience import Resilience
 from service.routing.router import Router
@@ -171,7 +172,7 @@ class GatewayServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if not server_config.HasField("reflection") or server_config.reflection:
-            reflection.enable_server_reflection(
+            enable_reflection(
                 (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
             )
         self.port = 0
