@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from service.audit.sink import AuditSink
 from service.auth.verifier import TokenVerifier
 from service.config import ConfigError, seconds_or
+from service.exposure import plaintext_credential_warnings
 from service.health import HealthService
 from service.interceptors import build_interceptors
 from service.interceptors.admission import AdmissionInterceptor
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = provider_service_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
 DEFAULT_PORT = 50051
 MAX_METADATA_BYTES = 96 * 1024
+# The metrics endpoint has no authentication: this host only, unless metrics.host says.
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
 
 def _ms(holder: config_pb2.KeepaliveConfig, field: str, default: float) -> int:
@@ -232,7 +235,7 @@ class GatewayServer:
         metrics = self.config.metrics
         if not metrics.HasField("port"):
             return
-        host = metrics.host or self.config.server.host or "0.0.0.0"
+        host = metrics.host or DEFAULT_METRICS_HOST
         endpoint = MetricsEndpoint(self.metrics_registry, host, metrics.port)
         try:
             port = endpoint.start()
@@ -244,6 +247,10 @@ class GatewayServer:
     @property
     def metrics_port(self) -> int:
         return self._metrics_endpoint.port if self._metrics_endpoint is not None else 0
+
+    @property
+    def metrics_host(self) -> str:
+        return self._metrics_endpoint.host if self._metrics_endpoint is not None else ""
 
     async def start(self) -> int:
         self._loop = asyncio.get_running_loop()
@@ -312,6 +319,8 @@ async def serve(config: config_pb2.GatewayConfig) -> None:
         "listening",
         extra={"fields": {"address": f"{host}:{port}", "port": port, "service": SERVICE_NAME}},
     )
+    for warning in plaintext_credential_warnings(config):
+        log.warning(warning)
     if config.auth.disabled:
         log.warning("authentication is disabled: every caller is 'anonymous'")
     else:

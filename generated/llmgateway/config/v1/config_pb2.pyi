@@ -323,7 +323,10 @@ class MetricsConfig(_message.Message):
     HOST_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
     host: _builtins.str
-    """OPTIONAL. Address to listen on; default the server's host."""
+    """OPTIONAL. Address to listen on; default "127.0.0.1" (this host only: the
+    endpoint has no authentication). Name an address, or "0.0.0.0", for a
+    Prometheus on another host to scrape it.
+    """
     port: _builtins.int
     """OPTIONAL. Port of the endpoint (0 picks a free one); unset: no endpoint."""
     def __init__(
