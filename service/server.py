@@ -32,8 +32,10 @@ from service.interceptors.decode import (
 )
 from service.limits import Limiter
 from service.limits.redis_store import RedisLimitStore
+from service.logs import LOG_GUARD, WINDOW, report_suppressed
 from service.metrics.calls import CallMetrics
 from service.metrics.endpoint import MetricsEndpoint
+from service.metrics.logs import LogGuardCollector
 from service.metrics.state import GatewaySnapshot, StateCollector, on_loop
 from service.providers.registry import Registry
 from service.reflection import enable_reflection
@@ -169,6 +171,7 @@ class GatewayServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_registry.register(StateCollector(self._snapshot_from_any_thread))
+        self.metrics_registry.register(LogGuardCollector(LOG_GUARD))
         self._server = grpc.aio.server(interceptors=chain, options=server_options(server_config))
         provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(
             ProviderServicer.from_config(self.router, config, self.limiter), self._server
@@ -338,7 +341,17 @@ async def serve(config: config_pb2.GatewayConfig) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    reporter = loop.create_task(_report_suppressed_logs())
     await server.wait_stopped()
     if stop_task:
         await stop_task[0]
+    reporter.cancel()
+    report_suppressed()
     log.info("stopped")
+
+
+async def _report_suppressed_logs() -> None:
+    """A summary of the log records held back as repeats, once per window."""
+    while True:
+        await asyncio.sleep(WINDOW)
+        report_suppressed()
