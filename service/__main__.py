@@ -11,6 +11,7 @@ import sys
 from service.auth.devtoken import mint
 from service.auth.verifier import DEFAULT_SCOPES
 from service.config import ConfigError, load_config
+from service.exposure import plaintext_credential_warnings
 from service.logs import setup_logging
 from service.server import serve
 
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error in {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
+        for warning in plaintext_credential_warnings(loaded.config):
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"{args.config}: ok")
         return 0
     if args.command == "token":

@@ -19,6 +19,9 @@ from service.callstate import call_state
 
 DOMAIN = "llm-gateway.local"
 REQUEST_ID_KEY = "x-request-id"
+# gRFC A6: a gRPC client's own retry policy waits this long (whole milliseconds) before
+# its next attempt. Sent with every status that carries RetryInfo, with the same delay.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ def to_status_proto(error: GatewayError) -> status_pb2.Status:
     ]
     if error.retry_after is not None:
         delay = duration_pb2.Duration()
-        delay.FromNanoseconds(max(0, round(error.retry_after * 1e9)))
+        delay.FromNanoseconds(_delay_ns(error.retry_after))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     if error.field_violations:
         details.append(
@@ -147,17 +150,27 @@ def to_status_proto(error: GatewayError) -> status_pb2.Status:
 
 
 def to_rpc_status(error: GatewayError) -> grpc.Status:
-    """The grpc.Status to end a call with (`context.abort_with_status`). The call's
-    request id rides in the trailers with it: an error has no response headers."""
+    """The grpc.Status to end a call with (`context.abort_with_status`). Its trailers
+    carry the details, the retry pushback when the error has a RetryInfo, and the call's
+    request id (an error has no response headers)."""
     status = rpc_status.to_status(to_status_proto(error))
+    trailers: list[tuple[str, str | bytes]] = list(status.trailing_metadata)
+    if error.retry_after is not None:
+        trailers.append((RETRY_PUSHBACK_KEY, str(retry_pushback_ms(error.retry_after))))
     state = call_state()
-    if state is None:
-        return status  # type: ignore[no-any-return]
-    return _Status(
-        code=status.code,
-        details=status.details,
-        trailing_metadata=(*status.trailing_metadata, (REQUEST_ID_KEY, state.request_id)),
-    )
+    if state is not None:
+        trailers.append((REQUEST_ID_KEY, state.request_id))
+    return _Status(code=status.code, details=status.details, trailing_metadata=tuple(trailers))
+
+
+def _delay_ns(retry_after: float) -> int:
+    return max(0, round(retry_after * 1e9))
+
+
+def retry_pushback_ms(retry_after: float) -> int:
+    """The RetryInfo delay as gRFC A6 pushback: whole milliseconds, rounded up so that a
+    client never comes back before the delay."""
+    return -(-_delay_ns(retry_after) // 1_000_000)
 
 
 @dataclass(frozen=True)

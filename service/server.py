@@ -21,14 +21,24 @@ from prometheus_client import CollectorRegistry
 from service.audit.sink import AuditSink
 from service.auth.verifier import TokenVerifier
 from service.config import ConfigError, seconds_or
+from service.exposure import plaintext_credential_warnings
+from service.health import HealthService
 from service.interceptors import build_interceptors
 from service.interceptors.admission import AdmissionInterceptor
+from service.interceptors.decode import (
+    DEFAULT_MESSAGE_BYTES,
+    receive_limit,
+    transport_receive_limit,
+)
 from service.limits import Limiter
 from service.limits.redis_store import RedisLimitStore
+from service.logs import LOG_GUARD, WINDOW, report_suppressed
 from service.metrics.calls import CallMetrics
 from service.metrics.endpoint import MetricsEndpoint
+from service.metrics.logs import LogGuardCollector
 from service.metrics.state import GatewaySnapshot, StateCollector, on_loop
 from service.providers.registry import Registry
+from service.reflection import enable_reflection
 from service.routing.cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, ResponseCache
 from service.routing.resilience import Resilience
 from service.routing.router import Router
@@ -40,8 +50,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = provider_service_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
 DEFAULT_PORT = 50051
-DEFAULT_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_METADATA_BYTES = 96 * 1024
+# The metrics endpoint has no authentication: this host only, unless metrics.host says.
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
 
 def _ms(holder: config_pb2.KeepaliveConfig, field: str, default: float) -> int:
@@ -52,12 +63,9 @@ def server_options(server: config_pb2.ServerConfig) -> list[tuple[str, int]]:
     """gRPC channel arguments from the server configuration."""
     keepalive = server.keepalive
     options = [
-        (
-            "grpc.max_receive_message_length",
-            server.max_receive_message_bytes
-            if server.HasField("max_receive_message_bytes")
-            else DEFAULT_MESSAGE_BYTES,
-        ),
+        # A ceiling only: the configured limit is enforced by the decode guard, which
+        # refuses with a reason and leaves an audit record (gRPC's transport would not).
+        ("grpc.max_receive_message_length", transport_receive_limit(receive_limit(server))),
         (
             "grpc.max_send_message_length",
             server.max_send_message_bytes
@@ -74,8 +82,11 @@ def server_options(server: config_pb2.ServerConfig) -> list[tuple[str, int]]:
         # A second process on the same port must fail to start, not share it silently.
         ("grpc.so_reuseport", 0),
         # Room for bearer tokens up to auth.max_token_bytes (and then some), so that an
-        # oversized token reaches authentication and gets a proper, audited refusal.
+        # oversized token reaches authentication and gets a proper, audited refusal. The
+        # soft and the hard limit are the same: between the two gRPC refuses a random
+        # share of calls, and the same request must always get the same answer.
         ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
     ]
     if keepalive.HasField("max_connection_age"):
         options.append(("grpc.max_connection_age_ms", _ms(keepalive, "max_connection_age", 0)))
@@ -136,7 +147,7 @@ class GatewayServer:
             else None
         )
         self.limiter = Limiter.from_config(config.limits, store=self.limit_store)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthService()
         self.audit = AuditSink.from_config(config.audit)
         self.verifier = None if config.auth.disabled else TokenVerifier(config.auth, env)
         server_config = config.server
@@ -160,13 +171,14 @@ class GatewayServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_registry.register(StateCollector(self._snapshot_from_any_thread))
+        self.metrics_registry.register(LogGuardCollector(LOG_GUARD))
         self._server = grpc.aio.server(interceptors=chain, options=server_options(server_config))
         provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(
             ProviderServicer.from_config(self.router, config, self.limiter), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if not server_config.HasField("reflection") or server_config.reflection:
-            reflection.enable_server_reflection(
+            enable_reflection(
                 (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
             )
         self.port = 0
@@ -226,7 +238,7 @@ class GatewayServer:
         metrics = self.config.metrics
         if not metrics.HasField("port"):
             return
-        host = metrics.host or self.config.server.host or "0.0.0.0"
+        host = metrics.host or DEFAULT_METRICS_HOST
         endpoint = MetricsEndpoint(self.metrics_registry, host, metrics.port)
         try:
             port = endpoint.start()
@@ -238,6 +250,10 @@ class GatewayServer:
     @property
     def metrics_port(self) -> int:
         return self._metrics_endpoint.port if self._metrics_endpoint is not None else 0
+
+    @property
+    def metrics_host(self) -> str:
+        return self._metrics_endpoint.host if self._metrics_endpoint is not None else ""
 
     async def start(self) -> int:
         self._loop = asyncio.get_running_loop()
@@ -306,6 +322,8 @@ async def serve(config: config_pb2.GatewayConfig) -> None:
         "listening",
         extra={"fields": {"address": f"{host}:{port}", "port": port, "service": SERVICE_NAME}},
     )
+    for warning in plaintext_credential_warnings(config):
+        log.warning(warning)
     if config.auth.disabled:
         log.warning("authentication is disabled: every caller is 'anonymous'")
     else:
@@ -323,7 +341,17 @@ async def serve(config: config_pb2.GatewayConfig) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    reporter = loop.create_task(_report_suppressed_logs())
     await server.wait_stopped()
     if stop_task:
         await stop_task[0]
+    reporter.cancel()
+    report_suppressed()
     log.info("stopped")
+
+
+async def _report_suppressed_logs() -> None:
+    """A summary of the log records held back as repeats, once per window."""
+    while True:
+        await asyncio.sleep(WINDOW)
+        report_suppressed()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from service.logs import JsonFormatter
+from service.logs import JsonFormatter, guarded
 from tests.support import Gateway, running_gateway
 
 SECRETS_SCAN_MODULE = "test_zz_secrets_scan.py"
@@ -23,11 +23,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def session_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every log record of the test process (gateways served in-process included), at
     DEBUG, as the service's JSON lines with their extra fields, in a file under the
-    session's base temp directory where the secrets scan reads it."""
+    session's base temp directory where the secrets scan reads it. Guarded as the
+    service's own handler is (service.logs.guarded)."""
     directory = tmp_path_factory.getbasetemp() / "in-process-logs"
     directory.mkdir(exist_ok=True)
     path = directory / "session.log"
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = guarded(logging.FileHandler(path, encoding="utf-8"))
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -19,7 +19,7 @@ from service.config import seconds_or
 from service.interceptors.admission import AdmissionInterceptor
 from service.interceptors.audit import AuditInterceptor, RecordObserver
 from service.interceptors.auth import AuthInterceptor
-from service.interceptors.decode import DecodeGuardInterceptor
+from service.interceptors.decode import DecodeGuardInterceptor, receive_limit
 
 PROVIDER_SERVICE_PREFIX = "/llmgateway.v1.ProviderService/"
 
@@ -53,5 +53,5 @@ def build_interceptors(
                 auth.reflection_open if auth.HasField("reflection_open") else True,
             )
         )
-    chain.append(DecodeGuardInterceptor())
+    chain.append(DecodeGuardInterceptor(receive_limit(config.server)))
     return chain

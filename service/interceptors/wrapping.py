@@ -5,8 +5,8 @@ itself (its context, its request, its responses, its outcome) an interceptor reb
 the handler around the original behaviour, keeping the (de)serializers and — crucially
 for streaming methods — the handler's kind, so that a rejection is a proper status.
 Subclasses override `enter` / `leave` (what happens before and after a call), or
-`around_unary` / `around_stream` to act on its outcome, and optionally `applies` and
-`wrap_deserializer`; the wrapped code runs in the RPC's own task.
+`around_unary` / `around_stream` to act on its outcome, and optionally `applies`,
+`wrap_deserializer` and `wrap_requests`; the wrapped code runs in the RPC's own task.
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
 
     def wrap_deserializer(self, deserializer: Deserializer) -> Deserializer:
         return deserializer
+
+    def wrap_requests(self, method: str, requests: Any, context: Context) -> Any:
+        """For client- and bidirectional-streaming methods: the request iterator the
+        behaviour reads (by default grpc's own)."""
+        return requests
 
     async def enter(self, method: str, request: Any, context: Context) -> Any:
         """Runs before the call's behaviour (it may abort the call); what it returns is
@@ -91,8 +96,16 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         # and bidirectional-streaming methods (server reflection is one) the request the
         # hooks see is the iterator of requests.
         inner = cast(Callable[..., Any], getattr(handler, kind))
+        streamed_requests = handler.request_streaming
+
+        def requests_of(request: Any, context: Context) -> Any:
+            if streamed_requests:
+                return self.wrap_requests(method, request, context)
+            return request
 
         async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+            request = requests_of(request, context)
+
             def proceed() -> AsyncIterator[Any]:
                 return _as_stream(inner(request, context))
 
@@ -100,6 +113,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
                 yield item
 
         async def unary(request: Any, context: Context) -> Any:
+            request = requests_of(request, context)
             return await self.around_unary(
                 method, request, context, lambda: inner(request, context)
             )

@@ -1,5 +1,6 @@
 """The metrics endpoint: prometheus_client's HTTP server (its own thread) serving one
-registry in the text exposition format at any path, /metrics included."""
+registry in the text exposition format at any path, /metrics included. It has no
+authentication: the server binds it to loopback unless metrics.host names an address."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ class MetricsEndpoint:
         self._server = server
         self.port = int(server.server_port)
         return self.port
+
+    @property
+    def host(self) -> str:
+        """The address listened on ("" before start)."""
+        return str(self._server.server_address[0]) if self._server is not None else ""
 
     def stop(self) -> None:
         server = self._server

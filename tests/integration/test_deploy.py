@@ -68,6 +68,8 @@ def test_probes_ports_and_shutdown_fit_the_config() -> None:
     gateway = container()
     ports = {port["name"]: port["containerPort"] for port in gateway["ports"]}
     assert ports == {"grpc": loaded.server.port, "metrics": loaded.metrics.port}
+    # The endpoint is loopback-only by default: the pod's config opens it to Prometheus.
+    assert loaded.metrics.host == "0.0.0.0"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert gateway[probe]["grpc"]["port"] == loaded.server.port, probe
     service = documents()["Service/llm-gateway"]

@@ -101,9 +101,12 @@ def test_readme_grpcurl_command(default_gateway: GatewayProcess, command: str) -
             "grpc.reflection.v1alpha.ServerReflection",
             "llmgateway.v1.ProviderService",
         ]
-    elif " describe " in command:
+    elif command.endswith(" describe llmgateway.v1.ProviderService"):
         for rpc in ("Chat", "StreamChat", "Embed", "ListModels", "GetProviderStats"):
             assert f"rpc {rpc} (" in result.stdout
+    elif command.endswith(" describe llmgateway.v1.ProviderService.Chat"):
+        assert result.stdout.startswith("llmgateway.v1.ProviderService.Chat is a method:\n")
+        assert "rpc Chat ( .llmgateway.v1.ChatRequest )" in result.stdout
     elif method.endswith("Health/Check"):
         assert json_documents(result.stdout) == [{"status": "SERVING"}]
     elif method.endswith("/Chat"):
@@ -143,3 +146,45 @@ def test_the_default_gateway_says_how_to_get_a_development_token(
     makefile = (ROOT / "Makefile").read_text()
     run_recipe = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
     assert "make token" in run_recipe and "service token --sub alice" in run_recipe
+
+
+def describe(symbol: str, gateway: GatewayProcess) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(GRPCURL), "-plaintext", f"localhost:{gateway.port}", "describe", symbol],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=subprocess_env(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("symbol", "kind"),
+    [
+        ("llmgateway.v1.ProviderService", "a service"),
+        ("llmgateway.v1.ProviderService.Chat", "a method"),
+        ("llmgateway.v1.ProviderService.StreamChat", "a method"),
+        ("grpc.health.v1.Health.Watch", "a method"),
+        ("grpc.reflection.v1alpha.ServerReflection.ServerReflectionInfo", "a method"),
+        ("llmgateway.v1.ChatRequest", "a message"),
+        ("llmgateway.v1.ChatRequest.model", "a field"),
+        ("llmgateway.v1.Part.kind", "a one-of"),
+        ("llmgateway.v1.Role", "an enum"),
+        ("llmgateway.v1.Role.ROLE_USER", "an enum value"),
+        ("grpc.health.v1.HealthCheckResponse.ServingStatus", "an enum"),
+        ("grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING", "an enum value"),
+        ("google.protobuf.Struct", "a message"),
+    ],
+)
+def test_grpcurl_describes_every_kind_of_symbol(
+    default_gateway: GatewayProcess, symbol: str, kind: str
+) -> None:
+    result = describe(symbol, default_gateway)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{symbol} is {kind}:\n"), result.stdout
+
+
+def test_grpcurl_describe_of_an_unknown_symbol_fails(default_gateway: GatewayProcess) -> None:
+    result = describe("llmgateway.v1.ProviderService.NoSuchMethod", default_gateway)
+    assert result.returncode != 0
+    assert "Symbol not found" in result.stderr

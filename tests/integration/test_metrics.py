@@ -246,3 +246,22 @@ async def test_the_dashboard_queries_only_exposed_metrics_and_labels() -> None:
             assert name in exposed, f"{name} is not exposed ({expr})"
         available = set().union(*(exposed[name] for name in names))
         assert labels <= available, f"{expr}: labels {labels - available} do not exist"
+
+
+async def test_the_endpoint_listens_on_loopback_unless_a_host_is_named() -> None:
+    """The gRPC port on another loopback address (127.0.0.2): the endpoint does not follow
+    it, it stays on 127.0.0.1; an explicit metrics.host is used as given."""
+    config = (
+        "server: {host: 127.0.0.2, port: 0}\nmetrics: {port: 0}\n"
+        "providers: [{name: mock, mock: {}}]\nmodels: [{alias: mock, provider: mock}]\n"
+    )
+    async with running_gateway(config) as gateway:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(
+                f"http://127.0.0.1:{gateway.server.metrics_port}/metrics", timeout=5
+            )
+        assert response.status_code == 200
+        assert gateway.server.metrics_host == "127.0.0.1"
+    named = config.replace("metrics: {port: 0}", "metrics: {host: 127.0.0.3, port: 0}")
+    async with running_gateway(named) as gateway:
+        assert gateway.server.metrics_host == "127.0.0.3"

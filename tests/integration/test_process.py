@@ -65,7 +65,8 @@ async def test_graceful_shutdown_finishes_in_flight_streams(tmp_path: Path, sign
 
             gateway.process.send_signal(signum)
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
-            watch.cancel()  # a Watch never ends by itself and would hold shutdown to its grace
+            assert await watch.read() is grpc.aio.EOF, "draining ends every Watch"
+            assert await watch.code() == grpc.StatusCode.OK
 
             rest = []
             while (chunk := await stream.read()) is not grpc.aio.EOF:

@@ -3,8 +3,9 @@
 Runs last (tests/conftest.py moves it after every other test): first a workload of its
 own against a real gateway process whose log and audit file it then reads, and the same
 workload against a gateway served inside the test process, whose log records go to the
-session log (tests/conftest.py), with prompts, keys and tokens it can recognise; then a
-scan of every log and audit file the rest of the suite wrote, the session log included."""
+session log (tests/conftest.py), with prompts, keys and tokens it can recognise (header
+values that are not UTF-8, which grpc's own logger quotes, included); then a scan of every
+log and audit file the rest of the suite wrote, the session log included."""
 
 from __future__ import annotations
 
@@ -24,10 +25,14 @@ from llmgateway.v1 import embed_pb2, provider_service_pb2_grpc
 from tests.fakes.http_server import FakeHttpServer, FakeRequest, FakeResponse
 from tests.fakes.keys import HS_SECRET, claims, sign
 from tests.fakes.openai_fake import OpenAIFake, OpenAIFakeConfig, error_body
+from tests.fakes.raw_http2 import raw_grpc_call
 from tests.fakes.redis_server import REDIS_PASSWORD
 from tests.support import DEV_SECRET, chat_request, free_port, gateway_process, running_gateway
 
 PROMPT_MARKER = "PROMPT-MARKER-7f3a9c"
+# A header value that is not UTF-8 (sent over raw HTTP/2): grpc's own logger quotes such
+# values, so the scan looks for it too.
+HEADER_MARKER = "HEADER-MARKER-c81d47"
 UPSTREAM_KEY = "sk-scan-secret-key-5d1e0b"
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}")
 KNOWN_SECRETS = (
@@ -63,8 +68,7 @@ models:
 def leaks(text: str) -> list[str]:
     found = [secret for secret in KNOWN_SECRETS if secret in text]
     found.extend(match.group(0)[:24] for match in JWT.finditer(text))
-    if PROMPT_MARKER in text:
-        found.append(PROMPT_MARKER)
+    found.extend(marker for marker in (PROMPT_MARKER, HEADER_MARKER) if marker in text)
     return found
 
 
@@ -99,6 +103,7 @@ async def test_a_workload_leaves_no_secret_in_logs_or_audit(tmp_path: Path) -> N
         assert UPSTREAM_KEY in fake.requests[0].headers["authorization"], "the key went upstream"
     audit_text = audit.read_text()
     assert audit_text.count("\n") >= 8, "the workload was audited"
+    assert "Invalid encoding on <" in log_text, "grpc's records of the raw calls are in"
     assert leaks(log_text) == []
     assert leaks(audit_text) == []
 
@@ -127,6 +132,17 @@ async def _workload(port: int) -> None:
                 await stub.Chat(request, metadata=metadata, timeout=5)
             assert PROMPT_MARKER not in (caught.value.details() or "")
             assert UPSTREAM_KEY not in (caught.value.details() or "")
+    # A valid token followed by bytes that are not UTF-8, and another such header value.
+    hostile = [
+        (b"authorization", f"Bearer {token}".encode() + b"\xff\xfe"),
+        (b"x-note", HEADER_MARKER.encode() + b"\xff"),
+    ]
+    message = chat_request(prompt).SerializeToString()
+    for _ in range(3):
+        reply = await asyncio.to_thread(
+            raw_grpc_call, port, "/llmgateway.v1.ProviderService/Chat", hostile, message
+        )
+        assert reply.grpc_status == grpc.StatusCode.UNAUTHENTICATED.value[0]
 
 
 @dataclass

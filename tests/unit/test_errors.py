@@ -60,8 +60,27 @@ def test_status_carries_exactly_one_error_info_and_the_rest() -> None:
     grpc_status = to_rpc_status(error)
     assert grpc_status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert grpc_status.details == "slow down"
-    [(key, raw)] = grpc_status.trailing_metadata
-    assert key == "grpc-status-details-bin" and raw == status.SerializeToString()
+    assert list(grpc_status.trailing_metadata) == [
+        ("grpc-status-details-bin", status.SerializeToString()),
+        ("grpc-retry-pushback-ms", "1250"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "pushback"),
+    [(0.0, "0"), (0.0004, "1"), (0.3, "300"), (1.0000001, "1001"), (59.9, "59900")],
+)
+def test_retry_pushback_is_the_retry_info_delay_rounded_up_to_whole_milliseconds(
+    retry_after: float, pushback: str
+) -> None:
+    error = GatewayError(grpc.StatusCode.UNAVAILABLE, "X", "x", retry_after=retry_after)
+    trailers = dict(to_rpc_status(error).trailing_metadata)
+    assert trailers["grpc-retry-pushback-ms"] == pushback
+
+
+def test_no_retry_info_no_pushback() -> None:
+    status = to_rpc_status(GatewayError(grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", "x"))
+    assert [key for key, _ in status.trailing_metadata] == ["grpc-status-details-bin"]
 
 
 def test_plain_error_has_only_error_info() -> None:

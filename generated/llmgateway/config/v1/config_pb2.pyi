@@ -325,7 +325,10 @@ class MetricsConfig(_message.Message):
     HOST_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
     host: _builtins.str
-    """OPTIONAL. Address to listen on; default the server's host."""
+    """OPTIONAL. Address to listen on; default "127.0.0.1" (this host only: the
+    endpoint has no authentication). Name an address, or "0.0.0.0", for a
+    Prometheus on another host to scrape it.
+    """
     port: _builtins.int
     """OPTIONAL. Port of the endpoint (0 picks a free one); unset: no endpoint."""
     def __init__(
@@ -1100,7 +1103,10 @@ class ServerConfig(_message.Message):
     port: _builtins.int
     """OPTIONAL. Port to bind; default 50051; 0 picks a free port."""
     max_receive_message_bytes: _builtins.int
-    """OPTIONAL. Largest request message accepted; default 16 MiB."""
+    """OPTIONAL. Largest request message accepted; default 16 MiB. Larger ones
+    get RESOURCE_EXHAUSTED MESSAGE_TOO_LARGE and an audit record; gRPC's
+    transport refuses, unrecorded, those over four times this.
+    """
     max_send_message_bytes: _builtins.int
     """OPTIONAL. Largest response message sent; default 16 MiB."""
     reflection: _builtins.bool
