@@ -178,7 +178,8 @@ class TokenVerifier:
             raise AuthFailure("algorithm not allowed") from exc
         except jwt.PyJWTError as exc:
             raise AuthFailure(f"invalid token ({type(exc).__name__})") from exc
-        return self._identity(issuer, claims), float(claims["exp"])
+        identity = self._identity(issuer, claims, header)
+        return identity, float(claims["exp"])
 
     async def _key(self, issuer: _Issuer, header: Mapping[str, Any]) -> Any:
         if issuer.secret is not None:
@@ -194,7 +195,9 @@ class TokenVerifier:
                 return found.key
         raise AuthFailure("unknown kid")
 
-    def _identity(self, issuer: _Issuer, claims: Mapping[str, Any]) -> Identity:
+    def _identity(
+        self, issuer: _Issuer, claims: Mapping[str, Any], header: Mapping[str, Any]
+    ) -> Identity:
         config = issuer.config
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
@@ -209,8 +212,16 @@ class TokenVerifier:
         else:
             scopes = frozenset()
         models = self._models(claims.get(config.models_claim or "models"), tenant)
+        kid = header.get("kid", "")
+        jti = claims.get("jti", "")
         return Identity(
-            subject=subject, tenant=tenant, issuer=config.issuer, scopes=scopes, models=models
+            subject=subject,
+            tenant=tenant,
+            issuer=config.issuer,
+            scopes=scopes,
+            models=models,
+            key_id=kid if isinstance(kid, str) else "",
+            token_id=jti if isinstance(jti, str) else "",
         )
 
     def _models(self, claim: Any, tenant: str) -> tuple[str, ...] | None:

@@ -283,3 +283,50 @@ def test_valid_issuers_and_leeway_bounds_parse(issuers: str, leeway: str) -> Non
     loaded = parse_config(AUTH_BASE.replace("LEEWAY", leeway) + issuers, AUTH_ENV)
     assert seconds_or(loaded.config.auth, "leeway", -1.0) == float(leeway[:-1])
     assert len(loaded.config.auth.issuers) == issuers.count("issuer:")
+
+
+ISSUER_LIMITS = (
+    "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m}\n"
+    "auth:\n  issuers:\n    - {issuer: internal, audiences: [gw], algorithms: [HS256], "
+    "secret_env: S}\nlimits:\n  issuers: "
+)
+
+
+@pytest.mark.parametrize(
+    ("issuers", "path", "problem"),
+    [
+        ("{intern: {}}", "limits.issuers.intern", "is not one of auth.issuers"),
+        ("{internal: {subjects: {'': {}}}}", "limits.issuers.internal.subjects", "not be empty"),
+        (
+            "{internal: {tenants: {acme: {budget_usd: -1}}}}",
+            "limits.issuers.internal.tenants.acme.budget_usd",
+            "positive",
+        ),
+    ],
+)
+def test_issuer_scoped_limits_name_a_configured_issuer(
+    issuers: str, path: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(ISSUER_LIMITS + issuers + "\n", {"S": "s" * 32})
+    assert caught.value.path == path
+    assert problem in caught.value.problem
+
+
+def test_issuer_scoped_limits_need_authentication() -> None:
+    text = (
+        "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m}\n"
+        "auth: {disabled: true}\nlimits:\n  issuers: {internal: {}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, {})
+    assert caught.value.path == "limits.issuers.internal"
+    assert "disabled" in caught.value.problem
+
+
+def test_issuer_scoped_limits_parse() -> None:
+    loaded = parse_config(
+        ISSUER_LIMITS + "{internal: {subjects: {alice: {requests_per_minute: 3}}}}\n",
+        {"S": "s" * 32},
+    )
+    assert loaded.config.limits.issuers["internal"].subjects["alice"].requests_per_minute == 3
