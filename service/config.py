@@ -189,6 +189,8 @@ def _validate_auth(auth: config_pb2.AuthConfig, environ: Mapping[str, str]) -> N
         seen.add(issuer.issuer)
         if not issuer.audiences:
             raise ConfigError(f"{path}.audiences", "at least one audience is required")
+        if issuer.required_typ and not _MEDIA_TYPE.fullmatch(issuer.required_typ):
+            raise ConfigError(f"{path}.required_typ", 'must be a media type such as "at+jwt"')
         algorithms = set(issuer.algorithms)
         if not algorithms:
             raise ConfigError(f"{path}.algorithms", "at least one algorithm is required")
@@ -385,6 +387,7 @@ _SECRET_HEADERS = frozenset(
     {"authorization", "api-key", "x-api-key", "x-goog-api-key", "proxy-authorization"}
 )
 _FULL_METHOD = re.compile(r"^/[A-Za-z0-9_.]+/[A-Za-z0-9_]+$")
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+/-]{0,126}")
 _CLASS_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 

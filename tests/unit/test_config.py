@@ -261,6 +261,12 @@ def _issuer(algorithms: str, extra: str = "secret_env: GW_SECRET") -> str:
             "auth.issuers[1]",
             "set public_keys or jwks_url",
         ),
+        (
+            _issuer("[HS256]", "secret_env: GW_SECRET, required_typ: 'at jwt'"),
+            "30s",
+            "auth.issuers[0].required_typ",
+            'must be a media type such as "at+jwt"',
+        ),
         (HS_OK, "301s", "auth.leeway", "must be 0 to 300s"),
         (HS_OK, "300.5s", "auth.leeway", "must be 0 to 300s"),
         (HS_OK, "-1s", "auth.leeway", "must be 0 to 300s"),
@@ -278,7 +284,15 @@ def test_issuer_errors_name_the_field_path(
 
 
 @pytest.mark.parametrize("leeway", ["0s", "300s"])
-@pytest.mark.parametrize("issuers", [HS_OK, RS_OK, HS_OK + RS_OK])
+@pytest.mark.parametrize(
+    "issuers",
+    [
+        HS_OK,
+        RS_OK,
+        HS_OK + RS_OK,
+        _issuer("[HS256]", "secret_env: GW_SECRET, required_typ: at+jwt"),
+    ],
+)
 def test_valid_issuers_and_leeway_bounds_parse(issuers: str, leeway: str) -> None:
     loaded = parse_config(AUTH_BASE.replace("LEEWAY", leeway) + issuers, AUTH_ENV)
     assert seconds_or(loaded.config.auth, "leeway", -1.0) == float(leeway[:-1])

@@ -441,6 +441,7 @@ class IssuerConfig(_message.Message):
     TENANT_CLAIM_FIELD_NUMBER: _builtins.int
     SCOPE_CLAIM_FIELD_NUMBER: _builtins.int
     MODELS_CLAIM_FIELD_NUMBER: _builtins.int
+    REQUIRED_TYP_FIELD_NUMBER: _builtins.int
     issuer: _builtins.str
     """REQUIRED. The exact `iss` value."""
     secret_env: _builtins.str
@@ -455,6 +456,12 @@ class IssuerConfig(_message.Message):
     """OPTIONAL. Claim holding the model aliases the caller may use (list of glob
     patterns); default "models". When absent, authorization.tenant_models and
     authorization.default_models decide.
+    """
+    required_typ: _builtins.str
+    """OPTIONAL. The `typ` header every token of this issuer must carry (RFC 8725
+    §3.11), e.g. "at+jwt" for OAuth access tokens (RFC 9068), so that an ID token
+    with the right audience is not taken for an access token. Compared
+    case-insensitively, "application/" prefix or not. Unset: any `typ`, or none.
     """
     @_builtins.property
     def audiences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -492,10 +499,11 @@ class IssuerConfig(_message.Message):
         tenant_claim: _builtins.str = ...,
         scope_claim: _builtins.str = ...,
         models_claim: _builtins.str = ...,
+        required_typ: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["jwks_min_refetch", b"jwks_min_refetch", "jwks_refresh", b"jwks_refresh"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithms", b"algorithms", "audiences", b"audiences", "issuer", b"issuer", "jwks_min_refetch", b"jwks_min_refetch", "jwks_refresh", b"jwks_refresh", "jwks_url", b"jwks_url", "models_claim", b"models_claim", "public_keys", b"public_keys", "scope_claim", b"scope_claim", "secret_env", b"secret_env", "tenant_claim", b"tenant_claim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithms", b"algorithms", "audiences", b"audiences", "issuer", b"issuer", "jwks_min_refetch", b"jwks_min_refetch", "jwks_refresh", b"jwks_refresh", "jwks_url", b"jwks_url", "models_claim", b"models_claim", "public_keys", b"public_keys", "required_typ", b"required_typ", "scope_claim", b"scope_claim", "secret_env", b"secret_env", "tenant_claim", b"tenant_claim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
