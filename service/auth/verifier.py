@@ -23,7 +23,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ class AuthFailure(Exception):
 class _Key:
     """The key a token was verified with, and where it came from."""
 
-    material: Any  # what jwt.decode takes
+    material: Any = field(repr=False)  # what jwt.decode takes (an HS* secret, too)
     jwks: JwksCache | None = None  # the set it was published in, for JWKS keys
     kid: str = ""
     published: jwt.PyJWK | None = None
