@@ -9,6 +9,7 @@ in the RPC's own task, so the context variable is the RPC's own.
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ class CallState:
     request_id: str
     method: str
     peer: str = ""
+    user_agent: str = ""  # the caller's `user-agent` metadata, for the audit
     started: float = 0.0  # event-loop clock
     identity: Identity | None = None
     denied_reason: str = ""  # why authentication or authorization refused, for the audit only
@@ -42,6 +44,14 @@ class CallState:
         self.attempts = max(self.attempts, route.attempts)
         self.fallback_used = self.fallback_used or route.fallback_used
         self.cache_hit = self.cache_hit or route.cache_hit
+
+
+def user_agent_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The `user-agent` metadata value ("" when absent or binary)."""
+    for key, value in metadata or ():
+        if key.lower() == "user-agent":
+            return value if isinstance(value, str) else ""
+    return ""
 
 
 current_call: contextvars.ContextVar[CallState | None] = contextvars.ContextVar(

@@ -190,6 +190,8 @@ def _validate_auth(auth: config_pb2.AuthConfig, environ: Mapping[str, str]) -> N
         seen.add(issuer.issuer)
         if not issuer.audiences:
             raise ConfigError(f"{path}.audiences", "at least one audience is required")
+        if issuer.required_typ and not _MEDIA_TYPE.fullmatch(issuer.required_typ):
+            raise ConfigError(f"{path}.required_typ", 'must be a media type such as "at+jwt"')
         algorithms = set(issuer.algorithms)
         if not algorithms:
             raise ConfigError(f"{path}.algorithms", "at least one algorithm is required")
@@ -313,7 +315,7 @@ def _validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> N
                 if getattr(prices, name) < 0:
                     raise ConfigError(f"{path}.pricing.{name}", "must not be negative")
     _validate_auth(config.auth, environ)
-    _validate_limits(config.limits, environ)
+    _validate_limits(config.limits, config.auth, environ)
     _validate_tracing(config.tracing)
     cache = config.cache
     if cache.HasField("max_entries") and cache.max_entries < 1:
@@ -324,18 +326,33 @@ def _validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> N
         raise ConfigError("audit.queue_size", "must be at least 1")
 
 
-def _validate_limits(limits: config_pb2.LimitsConfig, environ: Mapping[str, str]) -> None:
+def _validate_limits(
+    limits: config_pb2.LimitsConfig, auth: config_pb2.AuthConfig, environ: Mapping[str, str]
+) -> None:
     if limits.HasField("redis"):
         _validate_redis(limits.redis, environ)
     entries: list[tuple[str, config_pb2.LimitConfig]] = [
         ("limits.subject", limits.subject),
         ("limits.tenant", limits.tenant),
     ]
-    for kind in ("subjects", "tenants"):
-        for name, limit in getattr(limits, kind).items():
-            if not name:
-                raise ConfigError(f"limits.{kind}", "names must not be empty")
-            entries.append((f"limits.{kind}.{name}", limit))
+    scopes: list[tuple[str, message.Message]] = [("limits", limits)]
+    issuers = {issuer.issuer for issuer in auth.issuers}
+    for issuer, scoped in limits.issuers.items():
+        path = f"limits.issuers.{issuer}"
+        if auth.disabled or issuer not in issuers:
+            raise ConfigError(
+                path,
+                "authentication is disabled: every caller is the anonymous subject"
+                if auth.disabled
+                else "is not one of auth.issuers (give the issuer's exact iss)",
+            )
+        scopes.append((path, scoped))
+    for prefix, holder in scopes:
+        for kind in ("subjects", "tenants"):
+            for name, limit in getattr(holder, kind).items():
+                if not name:
+                    raise ConfigError(f"{prefix}.{kind}", "names must not be empty")
+                entries.append((f"{prefix}.{kind}.{name}", limit))
     for path, limit in entries:
         if not math.isfinite(limit.budget_usd) or limit.budget_usd < 0:
             raise ConfigError(f"{path}.budget_usd", "must be a positive amount (or 0 for none)")
@@ -374,6 +391,7 @@ _SECRET_HEADERS = frozenset(
     {"authorization", "api-key", "x-api-key", "x-goog-api-key", "proxy-authorization"}
 )
 _FULL_METHOD = re.compile(r"^/[A-Za-z0-9_.]+/[A-Za-z0-9_]+$")
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+/-]{0,126}")
 _CLASS_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 

@@ -105,6 +105,7 @@ def response_cache(config: config_pb2.GatewayConfig) -> ResponseCache | None:
         max_entries=cache.max_entries if cache.HasField("max_entries") else DEFAULT_MAX_ENTRIES,
         max_bytes=cache.max_bytes if cache.HasField("max_bytes") else DEFAULT_MAX_BYTES,
         shared_between_tenants=cache.shared_between_tenants,
+        share_without_tenant=cache.share_without_tenant,
     )
 
 

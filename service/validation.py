@@ -10,11 +10,15 @@ import math
 import re
 from collections.abc import Callable, Mapping
 
+from google.protobuf import struct_pb2
 from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2
 
 from service.errors import FieldViolation, invalid_argument
+from service.schema_check import schema_problem
 
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# The providers' common rule for tool and schema names. Matched with fullmatch: "$"
+# would let a trailing newline through.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 IMAGE_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 MAX_STOP_SEQUENCES = 16
 MAX_LABELS = 16
@@ -114,7 +118,7 @@ def _check_image(image: content_pb2.Image, path: str, out: _Violations) -> None:
 def _check_tool_call(call: content_pb2.ToolCall, path: str, out: _Violations) -> None:
     if not call.id:
         out.add(f"{path}.id", "is required")
-    if not _TOOL_NAME.match(call.name):
+    if not _TOOL_NAME.fullmatch(call.name):
         out.add(f"{path}.name", "must be 1 to 64 letters, digits, '_' or '-'")
 
 
@@ -148,24 +152,34 @@ def _check_generation(config: chat_pb2.GenerationConfig, path: str, out: _Violat
     response_format = config.response_format
     if response_format.type not in chat_pb2.ResponseFormatType.values():
         out.add(f"{path}.response_format.type", "is not a known response format")
+    if response_format.HasField("json_schema"):
+        _check_schema(response_format.json_schema, f"{path}.response_format.json_schema", out)
     if response_format.type == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
         if not response_format.json_schema.fields:
             out.add(f"{path}.response_format.json_schema", "is required with JSON_SCHEMA")
-        if not _TOOL_NAME.match(response_format.schema_name):
+        if not _TOOL_NAME.fullmatch(response_format.schema_name):
             out.add(
                 f"{path}.response_format.schema_name",
                 "is required with JSON_SCHEMA: 1 to 64 letters, digits, '_' or '-'",
             )
 
 
+def _check_schema(schema: struct_pb2.Struct, path: str, out: _Violations) -> None:
+    problem = schema_problem(schema)
+    if problem is not None:
+        out.add(path, problem)
+
+
 def _check_tools(request: chat_pb2.ChatRequest, out: _Violations) -> None:
     names: set[str] = set()
     for i, tool in enumerate(request.tools):
-        if not _TOOL_NAME.match(tool.name):
+        if not _TOOL_NAME.fullmatch(tool.name):
             out.add(f"tools[{i}].name", "must be 1 to 64 letters, digits, '_' or '-'")
         elif tool.name in names:
             out.add(f"tools[{i}].name", f'"{tool.name}" is given twice')
         names.add(tool.name)
+        if tool.HasField("parameters"):
+            _check_schema(tool.parameters, f"tools[{i}].parameters", out)
     choice = request.tool_choice
     which = choice.WhichOneof("choice")
     if which == "tool_name" and choice.tool_name not in names:

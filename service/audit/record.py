@@ -2,7 +2,12 @@
 
 Only the fields listed in FIELDS are written, each taken from a known place: never a
 token, an API key, authorization metadata, nor any prompt or completion text. Strings
-that a caller chooses (the method of an unknown RPC, a model name, labels) are bounded.
+that a caller chooses (the method of an unknown RPC, a model name, labels, the user
+agent, the token's `jti`) are bounded.
+
+The caller is named by `issuer` and `subject` together (a subject means something only
+with its issuer), with the `kid` of the key that verified its token and the token's
+`jti`. The sink numbers the records it is given (`seq`, see SEQUENCE_FIELD).
 """
 
 from __future__ import annotations
@@ -18,9 +23,13 @@ FIELDS = (
     "time",
     "request_id",
     "peer",
+    "user_agent",
     "method",
+    "issuer",
     "subject",
     "tenant",
+    "kid",
+    "jti",
     "model",
     "provider",
     "upstream_model",
@@ -36,6 +45,9 @@ FIELDS = (
     "cost_usd",
     "labels",
 )
+# Added by the sink when a record is submitted: 1, 2, 3, ... in this process, in the
+# order records are written; a gap is a record lost (and counted as dropped).
+SEQUENCE_FIELD = "seq"
 MAX_TEXT = 256  # characters kept of any one string field
 MAX_LABELS = 64
 
@@ -91,9 +103,13 @@ def build_record(
         "time": rfc3339_utc(wall_started),
         "request_id": _text(state.request_id),
         "peer": _text(state.peer),
+        "user_agent": _text(state.user_agent),
         "method": _text(state.method),
+        "issuer": _text(identity.issuer) if identity is not None else "",
         "subject": _text(identity.subject) if identity is not None else "",
         "tenant": _text(identity.tenant) if identity is not None else "",
+        "kid": _text(identity.key_id) if identity is not None else "",
+        "jti": _text(identity.token_id) if identity is not None else "",
         "model": _text(state.model),
         "provider": _text(state.provider),
         "upstream_model": _text(state.upstream_model),

@@ -38,6 +38,7 @@ from typing import Any, BinaryIO, Protocol
 from llmgateway.config.v1 import config_pb2
 
 from service.audit.chain import GENESIS, Chain, canonical_json, head_of_line
+from service.audit.record import SEQUENCE_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +265,10 @@ class AuditSink:
             self._calls_idle.set()
 
     def submit(self, record: dict[str, Any]) -> None:
-        """Queues one record; never blocks. The record must not be changed afterwards."""
+        """Numbers one record (its `seq`) and queues it; never blocks. The record must
+        not be changed afterwards."""
         self.submitted += 1
+        record[SEQUENCE_FIELD] = self.submitted
         if self._closed:
             self._drop(1, "the audit log is closed")
         elif self._output is None:

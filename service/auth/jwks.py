@@ -5,6 +5,10 @@ Keys are fetched with an async HTTP client, refreshed in the background, looked 
 time), and unknown kids are remembered for that long, so random kids cannot cause a
 fetch storm. A failed fetch keeps the keys already known: the cache stays warm through
 a JWKS outage.
+
+A key that a fetch no longer lists is gone at once (`current(kid)` says None), and a
+key published again unchanged stays the same object, so that what was verified with it
+can tell whether the key it relied on is still there (see verifier.TokenVerifier).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class JwksCache:
         self._clock = clock
         self._client = client or httpx.AsyncClient(timeout=FETCH_TIMEOUT, trust_env=False)
         self._keys: dict[str, jwt.PyJWK] = {}
+        self._entries: dict[str, dict[str, Any]] = {}  # kid → the JWK as published
         self._unknown: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._last_fetch = float("-inf")
         self._lock = asyncio.Lock()
@@ -73,7 +78,7 @@ class JwksCache:
             response.raise_for_status()
             if len(response.content) > MAX_JWKS_BYTES:
                 raise ValueError("JWKS document too large")
-            keys = _parse(response.json())
+            entries = _parse(response.json())
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
             self.failures += 1
             log.warning(
@@ -81,9 +86,18 @@ class JwksCache:
                 extra={"fields": {"url": self.url, "error": type(exc).__name__}},
             )
             return
+        keys: dict[str, jwt.PyJWK] = {}
+        for kid, (entry, key) in entries.items():
+            unchanged = self._entries.get(kid) == entry and kid in self._keys
+            keys[kid] = self._keys[kid] if unchanged else key
         self._keys = keys
+        self._entries = {kid: entry for kid, (entry, _) in entries.items()}
         for kid in keys:
             self._unknown.pop(kid, None)
+
+    def current(self, kid: str) -> jwt.PyJWK | None:
+        """The key published under `kid` now, without fetching; None when it is gone."""
+        return self._keys.get(kid)
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
         known = self._keys.get(kid)
@@ -106,18 +120,19 @@ class JwksCache:
         return known
 
 
-def _parse(document: Any) -> dict[str, jwt.PyJWK]:
-    """Signing keys with a `kid`, from a JWKS document (keys it cannot use are skipped)."""
+def _parse(document: Any) -> dict[str, tuple[dict[str, Any], jwt.PyJWK]]:
+    """Signing keys with a `kid`, from a JWKS document, each with its JWK as published
+    (keys it cannot use are skipped)."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("not a JWKS document")
-    keys: dict[str, jwt.PyJWK] = {}
+    keys: dict[str, tuple[dict[str, Any], jwt.PyJWK]] = {}
     for entry in document["keys"]:
         if not isinstance(entry, dict) or not entry.get("kid") or entry.get("use", "sig") != "sig":
             continue
         if entry.get("kty") == "oct":
             continue  # a shared secret has no place in a public key set (key confusion)
         try:
-            keys[str(entry["kid"])] = jwt.PyJWK.from_dict(entry)
+            keys[str(entry["kid"])] = (entry, jwt.PyJWK.from_dict(entry))
         except jwt.PyJWTError:
             continue
     return keys

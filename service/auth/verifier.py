@@ -4,8 +4,14 @@ Strict by construction: the accepted algorithms come from the issuer's configura
 never from the token; symmetric and asymmetric keys never serve one issuer; keys are
 never fetched from a URL named in the token (`jku`, `x5u`, `jwk`, `x5c` are refused);
 `crit` headers are refused; `exp`, `sub`, `iss` and `aud` (plus configured claims) are
-required; the issuer must match exactly. Every refusal carries a precise reason for the
-audit log; callers only ever see a generic UNAUTHENTICATED.
+required; the issuer must match exactly; an issuer with `required_typ` accepts only
+tokens whose `typ` header says so (RFC 8725 §3.11: an ID token with the right audience
+is not an access token). Every refusal carries a precise reason for the audit log;
+callers only ever see a generic UNAUTHENTICATED.
+
+A verified token is remembered for a minute at most, and never longer than the key that
+verified it: a token whose key a JWKS fetch no longer lists (or lists changed) is
+checked again on its next call, and so refused.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,27 @@ class AuthFailure(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Key:
+    """The key a token was verified with, and where it came from."""
+
+    material: Any = field(repr=False)  # what jwt.decode takes (an HS* secret, too)
+    jwks: JwksCache | None = None  # the set it was published in, for JWKS keys
+    kid: str = ""
+    published: jwt.PyJWK | None = None
+
+    def still_published(self) -> bool:
+        """False once the JWKS no longer lists this key under its kid."""
+        return self.jwks is None or self.jwks.current(self.kid) is self.published
+
+
+@dataclass(frozen=True)
+class _Verified:
+    identity: Identity
+    until: float  # Unix time
+    key: _Key
 
 
 @dataclass
@@ -80,10 +107,11 @@ class TokenVerifier:
             path = f"auth.issuers[{index}]"
             self._issuers[issuer.issuer] = _load_issuer(issuer, environ, clock, path)
         self._wall_clock = wall_clock
-        # Tokens already verified → (identity, Unix time until which that holds). A
-        # client sends the same token with every call; checking it once per minute
-        # saves a signature check per call. Never past the token's own expiry.
-        self._verified: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
+        # Tokens already verified → identity, Unix time until which that holds, and the
+        # key relied on. A client sends the same token with every call; checking it
+        # once per minute saves a signature check per call. Never past the token's own
+        # expiry, nor past its key's removal from the JWKS.
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
         self.cache_hits = 0
 
     async def start(self) -> None:
@@ -120,20 +148,21 @@ class TokenVerifier:
         digest = hashlib.sha256(token.encode()).digest()  # bounded memory per entry
         known = self._verified.get(digest)
         if known is not None:
-            if self._wall_clock() < known[1]:
+            if self._wall_clock() < known.until and known.key.still_published():
                 self._verified.move_to_end(digest)
                 self.cache_hits += 1
-                return known[0]
+                return known.identity
             del self._verified[digest]
-        identity, expires = await self._verify(token)
+        identity, expires, key = await self._verify(token)
         until = min(expires + self.leeway, self._wall_clock() + VERIFIED_TTL)
-        self._verified[digest] = (identity, until)
+        self._verified[digest] = _Verified(identity, until, key)
         if len(self._verified) > VERIFIED_MAX:
             self._verified.popitem(last=False)
         return identity
 
-    async def _verify(self, token: str) -> tuple[Identity, float]:
-        """The identity a token proves and its expiry (Unix time), or AuthFailure."""
+    async def _verify(self, token: str) -> tuple[Identity, float, _Key]:
+        """The identity a token proves, its expiry (Unix time) and the key that verified
+        it, or AuthFailure."""
         segments = token.split(".")
         if len(segments) != 3 or not all(segments[:2]):
             raise AuthFailure("malformed token")
@@ -155,7 +184,7 @@ class TokenVerifier:
         try:
             claims = jwt.decode(
                 token,
-                key,
+                key.material,
                 algorithms=issuer.algorithms,
                 audience=list(issuer.config.audiences),
                 issuer=issuer.config.issuer,
@@ -178,23 +207,27 @@ class TokenVerifier:
             raise AuthFailure("algorithm not allowed") from exc
         except jwt.PyJWTError as exc:
             raise AuthFailure(f"invalid token ({type(exc).__name__})") from exc
-        return self._identity(issuer, claims), float(claims["exp"])
+        _check_typ(issuer.config.required_typ, header.get("typ"))
+        identity = self._identity(issuer, claims, header)
+        return identity, float(claims["exp"]), key
 
-    async def _key(self, issuer: _Issuer, header: Mapping[str, Any]) -> Any:
+    async def _key(self, issuer: _Issuer, header: Mapping[str, Any]) -> _Key:
         if issuer.secret is not None:
-            return issuer.secret
+            return _Key(issuer.secret)
         kid = header.get("kid", "")
         if not isinstance(kid, str) or len(kid) > 256:
             raise AuthFailure("malformed kid")
         if kid in issuer.pem_keys:
-            return issuer.pem_keys[kid]
+            return _Key(issuer.pem_keys[kid])
         if kid and issuer.jwks is not None:
             found = await issuer.jwks.key(kid)
             if found is not None:
-                return found.key
+                return _Key(found.key, issuer.jwks, kid, found)
         raise AuthFailure("unknown kid")
 
-    def _identity(self, issuer: _Issuer, claims: Mapping[str, Any]) -> Identity:
+    def _identity(
+        self, issuer: _Issuer, claims: Mapping[str, Any], header: Mapping[str, Any]
+    ) -> Identity:
         config = issuer.config
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
@@ -209,8 +242,16 @@ class TokenVerifier:
         else:
             scopes = frozenset()
         models = self._models(claims.get(config.models_claim or "models"), tenant)
+        kid = header.get("kid", "")
+        jti = claims.get("jti", "")
         return Identity(
-            subject=subject, tenant=tenant, issuer=config.issuer, scopes=scopes, models=models
+            subject=subject,
+            tenant=tenant,
+            issuer=config.issuer,
+            scopes=scopes,
+            models=models,
+            key_id=kid if isinstance(kid, str) else "",
+            token_id=jti if isinstance(jti, str) else "",
         )
 
     def _models(self, claim: Any, tenant: str) -> tuple[str, ...] | None:
@@ -224,6 +265,20 @@ class TokenVerifier:
         else:
             return None
         return None if "*" in patterns else patterns
+
+
+def media_type(value: object) -> str:
+    """A `typ` value as compared (RFC 7515 §4.1.9): case-insensitive, and "at+jwt"
+    the same as "application/at+jwt"; "" for a missing or non-string value."""
+    if not isinstance(value, str):
+        return ""
+    return value.strip().lower().removeprefix("application/")
+
+
+def _check_typ(required: str, typ: object) -> None:
+    if required and media_type(typ) != media_type(required):
+        shown = str(typ)[:32] if typ is not None else "none"
+        raise AuthFailure(f"token typ {shown!r} is not the required {required!r}")
 
 
 def _load_issuer(

@@ -46,7 +46,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from service.audit.record import build_record
 from service.audit.sink import AuditSink
-from service.callstate import CallState, current_call
+from service.callstate import CallState, current_call, user_agent_from
 from service.errors import REQUEST_ID_KEY, GatewayError, internal, to_rpc_status
 from service.interceptors.wrapping import Context, WrappingInterceptor
 
@@ -237,6 +237,7 @@ class AuditInterceptor(WrappingInterceptor):
             request_id=request_id_from(context.invocation_metadata()),
             method=method,
             peer=peer if isinstance(peer, str) else "",
+            user_agent=user_agent_from(context.invocation_metadata()),
             started=_loop_time(),
         )
         call = _Call(self.sink, state, context, streaming, self.observers)

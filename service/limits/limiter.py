@@ -15,9 +15,13 @@ When the store cannot answer (a shared store during an outage), the call is let
 through unlimited or refused with UNAVAILABLE (LIMITS_UNAVAILABLE), as configured;
 every such failure is counted in `Limiter.failures` and logged.
 
-A `LimitConfig` override for a subject (or tenant) replaces the default for it as a
-whole; zero or unset fields mean no limit. Callers without authentication are
-limited as the subject "anonymous".
+Subjects and tenants are those of one issuer: the state of each (buckets, spend) is
+keyed by issuer and name, so that the same `sub` or tenant claim from two issuers
+never shares, and cannot exhaust, the other's limits. Which limits apply: the issuer's
+own override for the name (`limits.issuers[iss].subjects`), else the override for the
+bare name (`limits.subjects`, meaning that subject from any issuer), else the default.
+An override replaces the default as a whole; zero or unset fields mean no limit.
+Callers without authentication are limited as the subject "anonymous" (of no issuer).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import grpc
 from llmgateway.config.v1 import config_pb2
 from llmgateway.v1 import route_pb2
 
-from service.auth.identity import Identity
+from service.auth.identity import Identity, scoped
 from service.errors import GatewayError, QuotaViolation
 from service.limits import budgets
 from service.limits.buckets import Rate
@@ -75,23 +79,29 @@ class Limits:
 
 @dataclass(frozen=True)
 class _Scope:
-    """A subject or a tenant, with the limits that apply to it."""
+    """A subject or a tenant of one issuer, with the limits that apply to it."""
 
     kind: str  # "subject" or "tenant"
+    issuer: str
     name: str
     limits: Limits
 
     @property
     def label(self) -> str:
-        """The QuotaFailure subject, also the stem of the store keys."""
+        """The QuotaFailure subject, as the caller knows itself."""
         return f"{self.kind}:{self.name}"
+
+    @property
+    def stem(self) -> str:
+        """The stem of the store keys: kind, issuer and name."""
+        return f"{self.kind}:{scoped(self.issuer, self.name)}"
 
     @property
     def spoken(self) -> str:
         return f'{self.kind} "{self.name}"'
 
     def budget_key(self, period_key: str) -> str:
-        return f"usd:{self.label}:{period_key}"
+        return f"usd:{self.stem}:{period_key}"
 
 
 class StoreFailures:
@@ -209,19 +219,32 @@ class Limiter:
         subjects: Mapping[str, Limits],
         tenants: Mapping[str, Limits],
         clock: Callable[[], float],
+        issuer_subjects: Mapping[str, Mapping[str, Limits]] | None = None,
+        issuer_tenants: Mapping[str, Mapping[str, Limits]] | None = None,
         wall_clock: Callable[[], float],
         store: LimitStore,
         deny_on_store_failure: bool = False,
     ) -> None:
         self._defaults = {"subject": subject_default, "tenant": tenant_default}
         self._overrides = {"subject": dict(subjects), "tenant": dict(tenants)}
+        self._issuer_overrides = {
+            "subject": {iss: dict(names) for iss, names in (issuer_subjects or {}).items()},
+            "tenant": {iss: dict(names) for iss, names in (issuer_tenants or {}).items()},
+        }
         self._clock = clock
         self._wall_clock = wall_clock
         self._store = store
         self.failures = StoreFailures(deny_on_store_failure, clock)
         self._enabled = any(
             limits.any
-            for limits in (subject_default, tenant_default, *subjects.values(), *tenants.values())
+            for limits in (
+                subject_default,
+                tenant_default,
+                *subjects.values(),
+                *tenants.values(),
+                *(v for names in (issuer_subjects or {}).values() for v in names.values()),
+                *(v for names in (issuer_tenants or {}).values() for v in names.values()),
+            )
         )
 
     @classmethod
@@ -240,6 +263,14 @@ class Limiter:
             tenant_default=Limits.from_config(config.tenant),
             subjects={name: Limits.from_config(c) for name, c in config.subjects.items()},
             tenants={name: Limits.from_config(c) for name, c in config.tenants.items()},
+            issuer_subjects={
+                issuer: {name: Limits.from_config(c) for name, c in scoped.subjects.items()}
+                for issuer, scoped in config.issuers.items()
+            },
+            issuer_tenants={
+                issuer: {name: Limits.from_config(c) for name, c in scoped.tenants.items()}
+                for issuer, scoped in config.issuers.items()
+            },
             clock=clock,
             wall_clock=wall_clock,
             store=store if store is not None else InMemoryLimitStore(clock),
@@ -251,16 +282,22 @@ class Limiter:
         """False when no limit of any kind is configured: admit then does nothing."""
         return self._enabled
 
-    def limits_for(self, kind: str, name: str) -> Limits:
-        """The limits of a subject or tenant: its override, else the default."""
+    def limits_for(self, kind: str, name: str, issuer: str = "") -> Limits:
+        """The limits of a subject or tenant of `issuer`: the issuer's override for the
+        name, else the bare name's override, else the default."""
+        own = self._issuer_overrides[kind].get(issuer, {}).get(name)
+        if own is not None:
+            return own
         return self._overrides[kind].get(name, self._defaults[kind])
 
     def _scopes(self, identity: Identity) -> list[_Scope]:
         subject = _subject_name(identity)
-        scopes = [_Scope("subject", subject, self.limits_for("subject", subject))]
+        issuer = identity.issuer if identity.authenticated else ""
+        scopes = [_Scope("subject", issuer, subject, self.limits_for("subject", subject, issuer))]
         if identity.tenant:
+            tenant = identity.tenant
             scopes.append(
-                _Scope("tenant", identity.tenant, self.limits_for("tenant", identity.tenant))
+                _Scope("tenant", issuer, tenant, self.limits_for("tenant", tenant, issuer))
             )
         return [scope for scope in scopes if scope.limits.any]
 
@@ -272,6 +309,8 @@ class Limiter:
             return self._reservation(estimate, (), ())
         scopes = self._scopes(identity)
         metadata = {"subject": _subject_name(identity)}
+        if identity.authenticated and identity.issuer:
+            metadata["issuer"] = identity.issuer
         if identity.tenant:
             metadata["tenant"] = identity.tenant
         taken: list[_Charge] = []
@@ -330,7 +369,7 @@ class Limiter:
     ) -> _Charge:
         """Takes `amount` from the scope's `unit`-per-minute bucket and adds the charge to
         `taken`, or raises CALLER_RATE_LIMITED."""
-        charge = _Charge(f"{unit}:{scope.label}", amount, Rate.per_minute(per_minute))
+        charge = _Charge(f"{unit}:{scope.stem}", amount, Rate.per_minute(per_minute))
         decision = await self._store.take(charge.key, charge.amount, charge.rate, self._clock())
         if not decision.allowed:
             raise _rate_limited(scope, metadata, unit, per_minute, amount, decision.retry_after)

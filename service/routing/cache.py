@@ -2,9 +2,15 @@
 bounded in entries and bytes (least recently used go first).
 
 The key is a hash of the exact request (labels aside: they describe the caller, not
-the question), the caller's tenant unless tenants share the cache, and the models the
-caller may use (which decide the fallbacks, and so the answer). Entries are stored as
-serialized bytes: a hit is a fresh message, never one another call may change.
+the question), the caller's partition, and the models the caller may use (which decide
+the fallbacks, and so the answer). Entries are stored as serialized bytes: a hit is a
+fresh message, never one another call may change.
+
+Partitions keep one caller's answers from another's. A tenant or subject is only a name
+its issuer vouches for, so each partition names the issuer too: the callers of one tenant
+(issuer and tenant claim) share one; a caller whose token has no tenant has one of its
+own (issuer and subject), or shares one with the other tenant-less callers of its issuer
+when `share_without_tenant`; with `shared_between_tenants`, every caller shares one.
 """
 
 from __future__ import annotations
@@ -25,7 +31,25 @@ DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
-def cache_key(request: Message, identity: Identity, shared_between_tenants: bool) -> str:
+def partition(
+    identity: Identity, shared_between_tenants: bool, share_without_tenant: bool = False
+) -> tuple[str, ...]:
+    """The callers whose answers `identity` may be given (see the module docstring)."""
+    if shared_between_tenants:
+        return ("shared",)
+    if identity.tenant:
+        return ("tenant", identity.issuer, identity.tenant)
+    if share_without_tenant:
+        return ("issuer", identity.issuer)
+    return ("subject", identity.issuer, identity.subject)
+
+
+def cache_key(
+    request: Message,
+    identity: Identity,
+    shared_between_tenants: bool,
+    share_without_tenant: bool = False,
+) -> str:
     """The key of a request: the same for requests that must get the same answer."""
     question = type(request)()
     question.CopyFrom(request)
@@ -33,7 +57,9 @@ def cache_key(request: Message, identity: Identity, shared_between_tenants: bool
         question.ClearField("labels")
     digest = hashlib.sha256()
     digest.update(type(request).DESCRIPTOR.full_name.encode())
-    digest.update(b"\0" + (b"" if shared_between_tenants else identity.tenant.encode()))
+    for part in partition(identity, shared_between_tenants, share_without_tenant):
+        encoded = part.encode()
+        digest.update(b"\0%d:" % len(encoded) + encoded)  # length-prefixed: unambiguous
     allowed = "*" if identity.models is None else "\x1f".join(sorted(identity.models))
     digest.update(b"\0" + allowed.encode() + b"\0")
     digest.update(question.SerializeToString(deterministic=True))
@@ -53,10 +79,12 @@ class ResponseCache:
         max_bytes: int = DEFAULT_MAX_BYTES,
         shared_between_tenants: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        share_without_tenant: bool = False,
     ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.shared_between_tenants = shared_between_tenants
+        self.share_without_tenant = share_without_tenant
         self._clock = clock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._bytes = 0
@@ -79,6 +107,10 @@ class ResponseCache:
             "entries": len(self._entries),
             "bytes": self._bytes,
         }
+
+    def key(self, request: Message, identity: Identity) -> str:
+        """The key of `request` asked by `identity`, in this cache's partitioning."""
+        return cache_key(request, identity, self.shared_between_tenants, self.share_without_tenant)
 
     def get(self, key: str, message_type: type[M]) -> M | None:
         entry = self._entries.get(key)

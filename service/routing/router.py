@@ -29,7 +29,7 @@ from service.providers.registry import Registry
 from service.providers.upstream_errors import transport_failure
 from service.routing.balancer import Balancer
 from service.routing.breaker import CircuitBreaker
-from service.routing.cache import ResponseCache, cache_key
+from service.routing.cache import ResponseCache
 from service.routing.capabilities import check_chat, check_embed
 from service.routing.coalesce import Coalescer
 from service.routing.context import context_too_long, prompt_tokens
@@ -443,7 +443,7 @@ class Router:
         if mode == "bypass":
             return await run()
         cache = self.cache
-        key = cache_key(request, ctx.identity, cache.shared_between_tenants)
+        key = cache.key(request, ctx.identity)
         if mode != "refresh":
             hit = cache.get(key, answer_type)
             if hit is not None:

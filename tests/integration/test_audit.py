@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmgateway.v1 import chat_pb2, embed_pb2, models_pb2, provider_service_pb2_grpc
 
 from service.audit.chain import verify_lines
-from service.audit.record import FIELDS
+from service.audit.record import FIELDS, SEQUENCE_FIELD
 from service.audit.sink import AuditSink, FileOutput
 from service.callstate import call_state
 from service.interceptors.audit import AuditInterceptor
@@ -260,7 +260,9 @@ async def test_every_rpc_gets_exactly_one_record_with_its_status(tmp_path: Path)
     for name, (_, expected, _) in cases.items():
         record = by_id[outcomes[name].request_id]
         assert record["status"] == expected.name, (name, record)
-        assert tuple(k for k in record if k not in ("hash", "prev_hash")) == tuple(sorted(FIELDS))
+        assert tuple(k for k in record if k not in ("hash", "prev_hash")) == tuple(
+            sorted((*FIELDS, SEQUENCE_FIELD))
+        )
         assert TIME.fullmatch(record["time"]), record["time"]
         assert record["peer"].startswith(("ipv4:", "ipv6:")), record["peer"]
         assert record["subject"] in ("", "anonymous")

@@ -239,7 +239,7 @@ async def test_missing_scope_is_permission_denied_before_any_upstream_call(world
         )
     assert stats.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert await world.upstream_requests() == before
-    records = await _flushed(world, 1)
+    records = await _flushed(world, 4)  # one record for each of the four calls above
     assert any(r["reason"] == "missing scope chat" for r in records)
 
 

@@ -218,10 +218,10 @@ async def test_what_was_taken_is_given_back_when_a_later_check_fails(
     limiter = Limiter.from_config(limits, store=store)
     alice = Identity("alice")
     try:
-        await raw.set("gb:tokens:subject:alice", "not a bucket")  # the tokens check fails
+        await raw.set("gb:tokens:subject:|alice", "not a bucket")  # the tokens check fails
         await limiter.admit(alice, 10)  # let through (fail open), the request given back
         assert limiter.failures.count == 1
-        await raw.delete("gb:tokens:subject:alice")
+        await raw.delete("gb:tokens:subject:|alice")
         store._down_until = 0.0  # past the failure window
         for _ in range(2):
             await limiter.admit(alice, 10)  # both requests of the minute are still there

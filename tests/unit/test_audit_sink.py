@@ -163,7 +163,7 @@ async def test_close_waits_for_calls_still_ending() -> None:
     await sink.close()
     await ending
     assert sink.open_calls == 0
-    assert output.records() == [_record(1)]
+    assert output.records() == [_record(1, seq=1)]
     _balanced(sink)
 
 
@@ -304,7 +304,7 @@ async def test_an_unchained_file_gets_a_new_chain_with_a_warning(
         await _write_file(path, range(2, 4))
     assert "a new chain starts" in caplog.text
     lines = path.read_bytes().splitlines(keepends=True)
-    assert json.loads(lines[0]) == _record(0, labels={"k": "ü"})
+    assert json.loads(lines[0]) == _record(0, labels={"k": "ü"}, seq=1)
     assert verify_lines(lines[2:]).ok
 
 
@@ -334,7 +334,7 @@ def test_path_dash_writes_to_stdout(capfdbinary: pytest.CaptureFixture[bytes]) -
 
     asyncio.run(run())
     out = capfdbinary.readouterr().out
-    assert json.loads(out) == _record(7)
+    assert json.loads(out) == _record(7, seq=1)
 
 
 def test_file_mode_is_not_world_readable(tmp_path: Path) -> None:
@@ -363,7 +363,15 @@ def _state(**changes: Any) -> CallState:
 def test_a_record_has_exactly_the_agreed_fields() -> None:
     usage = route_pb2.Usage(input_tokens=12, output_tokens=34, cost_usd=0.25)
     state = _state(
-        identity=Identity(subject="alice", tenant="acme", scopes=frozenset({"chat"})),
+        identity=Identity(
+            subject="alice",
+            tenant="acme",
+            issuer="https://idp.example/",
+            scopes=frozenset({"chat"}),
+            key_id="k1",
+            token_id="t-1",
+        ),
+        user_agent="billing/2.1 grpc-python/1.85",
         model="gpt",
         provider="openai",
         upstream_model="gpt-4o",
@@ -380,9 +388,13 @@ def test_a_record_has_exactly_the_agreed_fields() -> None:
         "time": "1970-01-01T00:00:00.000Z",
         "request_id": "rid-1",
         "peer": "ipv4:127.0.0.1:5000",
+        "user_agent": "billing/2.1 grpc-python/1.85",
         "method": "/llmgateway.v1.ProviderService/Chat",
+        "issuer": "https://idp.example/",
         "subject": "alice",
         "tenant": "acme",
+        "kid": "k1",
+        "jti": "t-1",
         "model": "gpt",
         "provider": "openai",
         "upstream_model": "gpt-4o",

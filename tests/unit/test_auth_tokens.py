@@ -17,7 +17,7 @@ import pytest_asyncio
 from google.protobuf import json_format
 from llmgateway.config.v1 import config_pb2
 
-from service.auth.verifier import AuthFailure, TokenVerifier
+from service.auth.verifier import AuthFailure, TokenVerifier, media_type
 from tests.fakes.http_server import FakeHttpServer, FakeRequest, FakeResponse
 from tests.fakes.keys import (
     HS_SECRET,
@@ -583,3 +583,18 @@ async def test_refused_tokens_are_never_remembered() -> None:
             await verifier.verify(bearer(forged))
         assert caught.value.reason == "bad signature"
     assert verifier.cache_hits == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "compared"),
+    [
+        ("at+jwt", "at+jwt"),
+        ("application/at+jwt", "at+jwt"),
+        ("Application/AT+JWT", "at+jwt"),
+        ("JWT", "jwt"),
+        (None, ""),
+        (7, ""),
+    ],
+)
+def test_typ_values_compare_as_media_types(value: object, compared: str) -> None:
+    assert media_type(value) == compared

@@ -50,6 +50,28 @@ def test_keys_follow_the_question_not_the_caller_labels() -> None:
     assert cache_key(embed, ALICE, False) != cache_key(base, ALICE, False)
 
 
+def test_partitions_name_the_issuer_and_tenantless_callers_keep_their_own() -> None:
+    base = chat_request("hello", model="m")
+    acme_of_j = Identity("alice", "acme", "j", frozenset(), None)
+    assert cache_key(base, acme_of_j, False) != cache_key(base, ALICE, False)
+    assert cache_key(base, acme_of_j, True) == cache_key(base, ALICE, True)
+    carol, dave = Identity("carol", issuer="i"), Identity("dave", issuer="i")
+    carol_of_j = Identity("carol", issuer="j")
+    assert cache_key(base, carol, False) != cache_key(base, dave, False)
+    assert cache_key(base, carol, False, True) == cache_key(base, dave, False, True)
+    assert cache_key(base, carol, False, True) != cache_key(base, carol_of_j, False, True)
+    # A subject named like a tenant is not that tenant; the fields cannot run together.
+    named_acme = Identity("acme", issuer="i")
+    assert cache_key(base, named_acme, False) != cache_key(base, ALICE, False)
+    run_together = Identity("b", "c", "a", frozenset(), None)
+    assert cache_key(base, run_together, False) != cache_key(
+        base, Identity("b", "", "a\0c", frozenset(), None), False
+    )
+    cache = ResponseCache(share_without_tenant=True)
+    assert cache.key(base, carol) == cache.key(base, dave)
+    assert cache.key(base, carol) != cache.key(base, carol_of_j)
+
+
 def test_entries_expire_and_come_back_as_fresh_messages() -> None:
     clock = Clock()
     cache = ResponseCache(clock=clock)

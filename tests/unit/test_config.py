@@ -276,6 +276,12 @@ def _issuer(algorithms: str, extra: str = "secret_env: GW_SECRET") -> str:
             "auth.issuers[1]",
             "set public_keys or jwks_url",
         ),
+        (
+            _issuer("[HS256]", "secret_env: GW_SECRET, required_typ: 'at jwt'"),
+            "30s",
+            "auth.issuers[0].required_typ",
+            'must be a media type such as "at+jwt"',
+        ),
         (HS_OK, "301s", "auth.leeway", "must be 0 to 300s"),
         (HS_OK, "300.5s", "auth.leeway", "must be 0 to 300s"),
         (HS_OK, "-1s", "auth.leeway", "must be 0 to 300s"),
@@ -293,8 +299,63 @@ def test_issuer_errors_name_the_field_path(
 
 
 @pytest.mark.parametrize("leeway", ["0s", "300s"])
-@pytest.mark.parametrize("issuers", [HS_OK, RS_OK, HS_OK + RS_OK])
+@pytest.mark.parametrize(
+    "issuers",
+    [
+        HS_OK,
+        RS_OK,
+        HS_OK + RS_OK,
+        _issuer("[HS256]", "secret_env: GW_SECRET, required_typ: at+jwt"),
+    ],
+)
 def test_valid_issuers_and_leeway_bounds_parse(issuers: str, leeway: str) -> None:
     loaded = parse_config(AUTH_BASE.replace("LEEWAY", leeway) + issuers, AUTH_ENV)
     assert seconds_or(loaded.config.auth, "leeway", -1.0) == float(leeway[:-1])
     assert len(loaded.config.auth.issuers) == issuers.count("issuer:")
+
+
+ISSUER_LIMITS = (
+    "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m}\n"
+    "auth:\n  issuers:\n    - {issuer: internal, audiences: [gw], algorithms: [HS256], "
+    "secret_env: S}\nlimits:\n  issuers: "
+)
+
+
+@pytest.mark.parametrize(
+    ("issuers", "path", "problem"),
+    [
+        ("{intern: {}}", "limits.issuers.intern", "is not one of auth.issuers"),
+        ("{internal: {subjects: {'': {}}}}", "limits.issuers.internal.subjects", "not be empty"),
+        (
+            "{internal: {tenants: {acme: {budget_usd: -1}}}}",
+            "limits.issuers.internal.tenants.acme.budget_usd",
+            "positive",
+        ),
+    ],
+)
+def test_issuer_scoped_limits_name_a_configured_issuer(
+    issuers: str, path: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(ISSUER_LIMITS + issuers + "\n", {"S": "s" * 32})
+    assert caught.value.path == path
+    assert problem in caught.value.problem
+
+
+def test_issuer_scoped_limits_need_authentication() -> None:
+    text = (
+        "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m}\n"
+        "auth: {disabled: true}\nlimits:\n  issuers: {internal: {}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, {})
+    assert caught.value.path == "limits.issuers.internal"
+    assert "disabled" in caught.value.problem
+
+
+def test_issuer_scoped_limits_parse() -> None:
+    loaded = parse_config(
+        ISSUER_LIMITS + "{internal: {subjects: {alice: {requests_per_minute: 3}}}}\n",
+        {"S": "s" * 32},
+    )
+    assert loaded.config.limits.issuers["internal"].subjects["alice"].requests_per_minute == 3

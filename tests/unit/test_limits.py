@@ -509,7 +509,7 @@ class FailingStore(InMemoryLimitStore):
     """Fails on the tenant's bucket, as a shared store might on a lost connection."""
 
     async def take(self, key: str, amount: float, rate: Rate, now: float) -> Decision:
-        if key.endswith("tenant:acme"):
+        if key.endswith("tenant:|acme"):
             raise ConnectionError("store unavailable")
         return await super().take(key, amount, rate, now)
 
@@ -646,3 +646,48 @@ def test_estimate_for_embeddings_is_the_inputs_and_never_zero() -> None:
     assert estimate_tokens(embed_pb2.EmbedRequest(model="e", inputs=["abcd", "abcdefgh"])) == 3
     assert estimate_tokens(embed_pb2.EmbedRequest(model="e", inputs=["a"])) == 1
     assert estimate_tokens(embed_pb2.EmbedRequest(model="e")) == 1
+
+
+# --- subjects and tenants are those of one issuer ---------------------------------------
+
+
+async def test_the_same_names_from_two_issuers_have_their_own_buckets_and_budgets() -> None:
+    wall = Clock(utc(2025, 6, 15, 12))
+    limiter = make_limiter(
+        subject=limit(rpm=1),
+        tenant=limit(budget=1.0, period=config_pb2.BUDGET_PERIOD_DAY),
+        wall=wall,
+    )
+    internal = Identity(subject="alice", tenant="acme", issuer="internal")
+    corporate = Identity(subject="alice", tenant="acme", issuer="https://corp.example/")
+    reservation = await limiter.admit(internal, 1)
+    await reservation.settle(usage(total=2, cost=1.0))  # acme of internal spends its budget
+    assert (await refused(limiter, internal)).reason == "CALLER_RATE_LIMITED"
+    bob = Identity(subject="bob", tenant="acme", issuer="internal")
+    assert (await refused(limiter, bob)).reason == "BUDGET_EXCEEDED"
+    await limiter.admit(corporate, 1)  # alice of corp: her own bucket, acme its own budget
+    assert (await refused(limiter, corporate)).reason == "CALLER_RATE_LIMITED"
+
+
+async def test_names_with_separators_never_meet_another_issuers_keys() -> None:
+    limiter = make_limiter(subject=limit(rpm=1))
+    await limiter.admit(Identity(subject="b", issuer="a|"), 1)
+    await limiter.admit(Identity(subject="|b", issuer="a"), 1)
+    await limiter.admit(Identity(subject="b", issuer="a%7C"), 1)
+    assert (await refused(limiter, Identity(subject="b", issuer="a|"))).reason == (
+        "CALLER_RATE_LIMITED"
+    )
+
+
+def test_an_issuers_own_override_wins_over_the_bare_name() -> None:
+    config = config_pb2.LimitsConfig()
+    config.subject.requests_per_minute = 5
+    config.subjects["alice"].requests_per_minute = 10
+    config.issuers["internal"].subjects["alice"].requests_per_minute = 100
+    config.issuers["internal"].tenants["acme"].tokens_per_minute = 7
+    limiter = Limiter.from_config(config)
+    assert limiter.limits_for("subject", "alice", "internal").requests_per_minute == 100
+    assert limiter.limits_for("subject", "alice", "other").requests_per_minute == 10
+    assert limiter.limits_for("subject", "bob", "internal").requests_per_minute == 5
+    assert limiter.limits_for("tenant", "acme", "internal").tokens_per_minute == 7
+    assert not limiter.limits_for("tenant", "acme", "other").any

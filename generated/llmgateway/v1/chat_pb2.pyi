@@ -201,7 +201,10 @@ class ResponseFormat(_message.Message):
     """OPTIONAL. Ask the provider to enforce the schema strictly where it can."""
     @_builtins.property
     def json_schema(self) -> _struct_pb2.Struct:
-        """REQUIRED with RESPONSE_FORMAT_TYPE_JSON_SCHEMA. The JSON Schema."""
+        """REQUIRED with RESPONSE_FORMAT_TYPE_JSON_SCHEMA. The JSON Schema. When set, it must be
+        valid against the JSON Schema meta-schema (the draft its `$schema` names, else
+        2020-12), or the call is INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,

@@ -314,7 +314,10 @@ class Tool(_message.Message):
     """OPTIONAL. What the function does; models use it to decide when to call it."""
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
-        """OPTIONAL. JSON Schema of the arguments object. Empty means no arguments."""
+        """OPTIONAL. JSON Schema of the arguments object. Empty means no arguments. When set,
+        it must be valid against the JSON Schema meta-schema (the draft its `$schema` names,
+        else 2020-12), or the call is INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,

@@ -280,7 +280,8 @@ Global___TracingConfig: _TypeAlias = TracingConfig  # noqa: Y015
 @_typing.final
 class CacheConfig(_message.Message):
     """An in-process cache of whole Chat and Embed responses, keyed by the exact
-    request (and, unless shared, the caller's tenant).
+    request and, unless shared, the caller's partition: its issuer and tenant, or its
+    issuer and subject when its token has no tenant.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -288,22 +289,30 @@ class CacheConfig(_message.Message):
     MAX_ENTRIES_FIELD_NUMBER: _builtins.int
     MAX_BYTES_FIELD_NUMBER: _builtins.int
     SHARED_BETWEEN_TENANTS_FIELD_NUMBER: _builtins.int
+    SHARE_WITHOUT_TENANT_FIELD_NUMBER: _builtins.int
     max_entries: _builtins.int
     """OPTIONAL. Most responses kept; default 10000."""
     max_bytes: _builtins.int
     """OPTIONAL. Most bytes of responses kept; default 64 MiB."""
     shared_between_tenants: _builtins.bool
-    """OPTIONAL. Let tenants share entries; default: each tenant has its own."""
+    """OPTIONAL. One partition for every caller, whatever its issuer and tenant;
+    default: each tenant (issuer and tenant claim) has its own.
+    """
+    share_without_tenant: _builtins.bool
+    """OPTIONAL. Callers whose token has no tenant share one partition per issuer;
+    default: each such caller (issuer and subject) has its own.
+    """
     def __init__(
         self,
         *,
         max_entries: _builtins.int | None = ...,
         max_bytes: _builtins.int | None = ...,
         shared_between_tenants: _builtins.bool = ...,
+        share_without_tenant: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes", "_max_entries", b"_max_entries", "max_bytes", b"max_bytes", "max_entries", b"max_entries"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes", "_max_entries", b"_max_entries", "max_bytes", b"max_bytes", "max_entries", b"max_entries", "shared_between_tenants", b"shared_between_tenants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes", "_max_entries", b"_max_entries", "max_bytes", b"max_bytes", "max_entries", b"max_entries", "share_without_tenant", b"share_without_tenant", "shared_between_tenants", b"shared_between_tenants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_bytes: _TypeAlias = _typing.Literal["max_bytes"]  # noqa: Y015
     _WhichOneofArgType__max_bytes: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes"]  # noqa: Y015
@@ -437,6 +446,7 @@ class IssuerConfig(_message.Message):
     TENANT_CLAIM_FIELD_NUMBER: _builtins.int
     SCOPE_CLAIM_FIELD_NUMBER: _builtins.int
     MODELS_CLAIM_FIELD_NUMBER: _builtins.int
+    REQUIRED_TYP_FIELD_NUMBER: _builtins.int
     issuer: _builtins.str
     """REQUIRED. The exact `iss` value."""
     secret_env: _builtins.str
@@ -451,6 +461,12 @@ class IssuerConfig(_message.Message):
     """OPTIONAL. Claim holding the model aliases the caller may use (list of glob
     patterns); default "models". When absent, authorization.tenant_models and
     authorization.default_models decide.
+    """
+    required_typ: _builtins.str
+    """OPTIONAL. The `typ` header every token of this issuer must carry (RFC 8725
+    §3.11), e.g. "at+jwt" for OAuth access tokens (RFC 9068), so that an ID token
+    with the right audience is not taken for an access token. Compared
+    case-insensitively, "application/" prefix or not. Unset: any `typ`, or none.
     """
     @_builtins.property
     def audiences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -488,10 +504,11 @@ class IssuerConfig(_message.Message):
         tenant_claim: _builtins.str = ...,
         scope_claim: _builtins.str = ...,
         models_claim: _builtins.str = ...,
+        required_typ: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["jwks_min_refetch", b"jwks_min_refetch", "jwks_refresh", b"jwks_refresh"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithms", b"algorithms", "audiences", b"audiences", "issuer", b"issuer", "jwks_min_refetch", b"jwks_min_refetch", "jwks_refresh", b"jwks_refresh", "jwks_url", b"jwks_url", "models_claim", b"models_claim", "public_keys", b"public_keys", "scope_claim", b"scope_claim", "secret_env", b"secret_env", "tenant_claim", b"tenant_claim"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithms", b"algorithms", "audiences", b"audiences", "issuer", b"issuer", "jwks_min_refetch", b"jwks_min_refetch", "jwks_refresh", b"jwks_refresh", "jwks_url", b"jwks_url", "models_claim", b"models_claim", "public_keys", b"public_keys", "required_typ", b"required_typ", "scope_claim", b"scope_claim", "secret_env", b"secret_env", "tenant_claim", b"tenant_claim"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -671,7 +688,10 @@ Global___AuditConfig: _TypeAlias = AuditConfig  # noqa: Y015
 
 @_typing.final
 class LimitsConfig(_message.Message):
-    """Rate limits and spend budgets, per subject and per tenant."""
+    """Rate limits and spend budgets, per subject and per tenant. A subject or tenant is
+    always that of one issuer: the same `sub` from two issuers has two sets of buckets
+    and two budgets, whichever entry gives their limits.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -717,11 +737,33 @@ class LimitsConfig(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class IssuersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___IssuerLimitsConfig: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___IssuerLimitsConfig | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SUBJECT_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     SUBJECTS_FIELD_NUMBER: _builtins.int
     TENANTS_FIELD_NUMBER: _builtins.int
     REDIS_FIELD_NUMBER: _builtins.int
+    ISSUERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def subject(self) -> Global___LimitConfig:
         """OPTIONAL. Applied to every subject without an entry in `subjects`."""
@@ -732,16 +774,25 @@ class LimitsConfig(_message.Message):
 
     @_builtins.property
     def subjects(self) -> _containers.MessageMap[_builtins.str, Global___LimitConfig]:
-        """OPTIONAL. Per-subject overrides."""
+        """OPTIONAL. Per-subject overrides, by bare name: the limits of that subject from
+        any issuer (each issuer's subject still has buckets and a budget of its own).
+        """
 
     @_builtins.property
     def tenants(self) -> _containers.MessageMap[_builtins.str, Global___LimitConfig]:
-        """OPTIONAL. Per-tenant overrides."""
+        """OPTIONAL. Per-tenant overrides, by bare name: as `subjects`, for tenants."""
 
     @_builtins.property
     def redis(self) -> Global___RedisStoreConfig:
         """OPTIONAL. Keep the limits' state (buckets and spend) in Redis, shared by every
         replica that points at it. Unset: each process keeps its own.
+        """
+
+    @_builtins.property
+    def issuers(self) -> _containers.MessageMap[_builtins.str, Global___IssuerLimitsConfig]:
+        """OPTIONAL. Overrides for the subjects and tenants of one issuer, keyed by the
+        issuer's exact `iss` (one of auth.issuers). An entry here wins over the bare
+        name's entry in `subjects` or `tenants`.
         """
 
     def __init__(
@@ -752,14 +803,87 @@ class LimitsConfig(_message.Message):
         subjects: _abc.Mapping[_builtins.str, Global___LimitConfig] | None = ...,
         tenants: _abc.Mapping[_builtins.str, Global___LimitConfig] | None = ...,
         redis: Global___RedisStoreConfig | None = ...,
+        issuers: _abc.Mapping[_builtins.str, Global___IssuerLimitsConfig] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["redis", b"redis", "subject", b"subject", "tenant", b"tenant"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["redis", b"redis", "subject", b"subject", "subjects", b"subjects", "tenant", b"tenant", "tenants", b"tenants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issuers", b"issuers", "redis", b"redis", "subject", b"subject", "subjects", b"subjects", "tenant", b"tenant", "tenants", b"tenants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LimitsConfig: _TypeAlias = LimitsConfig  # noqa: Y015
+
+@_typing.final
+class IssuerLimitsConfig(_message.Message):
+    """Limits for the subjects and tenants of one issuer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SubjectsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___LimitConfig: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___LimitConfig | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TenantsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___LimitConfig: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___LimitConfig | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subjects(self) -> _containers.MessageMap[_builtins.str, Global___LimitConfig]:
+        """OPTIONAL. Per-subject overrides for this issuer's subjects."""
+
+    @_builtins.property
+    def tenants(self) -> _containers.MessageMap[_builtins.str, Global___LimitConfig]:
+        """OPTIONAL. Per-tenant overrides for this issuer's tenants."""
+
+    def __init__(
+        self,
+        *,
+        subjects: _abc.Mapping[_builtins.str, Global___LimitConfig] | None = ...,
+        tenants: _abc.Mapping[_builtins.str, Global___LimitConfig] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subjects", b"subjects", "tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssuerLimitsConfig: _TypeAlias = IssuerLimitsConfig  # noqa: Y015
 
 @_typing.final
 class RedisStoreConfig(_message.Message):
