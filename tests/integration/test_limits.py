@@ -47,21 +47,41 @@ async def gateway_with(limits: str) -> AsyncIterator[Gateway]:
 async def refused_of_stalled_calls(
     gateways: list[Gateway], config: chat_pb2.GenerationConfig
 ) -> list[grpc.aio.AioRpcError]:
-    """One call to each gateway at once, each holding its token estimate for a moment;
-    the errors of those refused."""
-    stall = (("x-mock-stall", "0.4"),)
-    results = await asyncio.gather(
-        *(
-            gateway.stub.Chat(
-                chat_request("x", generation_config=config),
-                metadata=(*bearer(), *stall),
-                timeout=5,
-            )
-            for gateway in gateways
-        ),
-        return_exceptions=True,
-    )
-    return [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    """One call to each gateway at once; the errors of those refused. An admitted call
+    stalls upstream, holding its token estimate, until every call was either admitted
+    (its upstream request started) or refused; then the test cancels it."""
+    distinct = list({id(gateway): gateway for gateway in gateways}.values())
+
+    async def started() -> int:
+        return sum([await upstream_requests(gateway) for gateway in distinct])
+
+    before = await started()
+    stall = (("x-mock-stall", "60"),)
+    calls = [
+        gateway.stub.Chat(
+            chat_request("x", generation_config=config),
+            metadata=(*bearer(), *stall),
+            timeout=60,
+        )
+        for gateway in gateways
+    ]
+    try:
+        for _ in range(500):  # bounded: 500 polls
+            refused = sum(call.done() for call in calls)
+            if refused + await started() - before == len(calls):
+                break
+            await asyncio.sleep(0.01)
+        errors = []
+        for call in calls:
+            if call.done():
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call
+                errors.append(caught.value)
+        assert refused + await started() - before == len(calls), "every call admitted or refused"
+        return errors
+    finally:
+        for call in calls:
+            call.cancel()
 
 
 async def upstream_requests(gateway: Gateway) -> int:
