@@ -34,10 +34,11 @@ async def replicas(
     server: RedisServer, limits: str, on_failure: str = "STORE_FAILURE_MODE_ALLOW", count: int = 2
 ) -> AsyncIterator[list[Gateway]]:
     """`count` gateways with one configuration, sharing `server` (a fresh key prefix each
-    time, so tests do not see each other's state)."""
+    time, so tests do not see each other's state). The outages here are a stopped server,
+    refused at once: the timeout only has to be longer than a busy machine's pauses."""
     store = (
         f"  redis: {{url_env: GW_REDIS_URL, key_prefix: 'test{next(_prefixes)}:', "
-        f"on_failure: {on_failure}, timeout: 0.3s}}\n"
+        f"on_failure: {on_failure}, timeout: 2s}}\n"
     )
     config = CONFIG.format(limits=limits + "\n" + store)
     environ = {"GW_SECRET": HS_SECRET, "GW_REDIS_URL": server.url}
