@@ -30,7 +30,9 @@ def server() -> Iterator[RedisServer]:
 
 
 def client_of(server: RedisServer) -> redis.Redis:
-    return redis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    # The outages here are a stopped server, refused at once: the timeouts only have to be
+    # longer than a busy machine's pauses.
+    return redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
 
 
 @pytest_asyncio.fixture
