@@ -468,7 +468,7 @@ async def test_hard_endings_each_get_one_record(tmp_path: Path) -> None:
 # --- a real process: SIGTERM with calls in flight, then verify-audit -------------------------
 
 PROCESS_CONFIG = """
-server: {{host: 127.0.0.1, port: {port}, shutdown_grace: 1s}}
+server: {{host: 127.0.0.1, port: {port}, shutdown_grace: 3s}}
 auth: {{disabled: true}}
 audit: {{path: {path}, hash_chain: true, queue_size: 1000}}
 providers:
@@ -494,7 +494,7 @@ async def test_records_survive_sigterm_and_the_log_verifies(tmp_path: Path) -> N
     log_path = tmp_path / "audit.log"
     config = tmp_path / "gateway.yaml"
     config.write_text(PROCESS_CONFIG.format(port=port, path=json.dumps(str(log_path))))
-    short = " ".join(f"w{i}" for i in range(10))  # 10 x 50 ms: ends within the grace
+    short = " ".join(f"w{i}" for i in range(10))  # 10 x 50 ms: ends well within the 3 s grace
     long = " ".join(f"w{i}" for i in range(200))  # 10 s: cut by the shutdown
     with gateway_process(config, tmp_path, port) as gateway:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
