@@ -31,7 +31,6 @@ from tests.support import (
     ROOT,
     chat_request,
     details_of,
-    free_port,
     gateway_process,
     running_gateway,
 )
@@ -493,14 +492,13 @@ def _verify(path: Path) -> subprocess.CompletedProcess[str]:
 async def test_records_survive_sigterm_and_the_log_verifies(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = free_port()
     log_path = tmp_path / "audit.log"
     config = tmp_path / "gateway.yaml"
-    config.write_text(PROCESS_CONFIG.format(port=port, path=json.dumps(str(log_path))))
+    config.write_text(PROCESS_CONFIG.format(port=0, path=json.dumps(str(log_path))))
     short = " ".join(f"w{i}" for i in range(10))  # 10 x 50 ms: ends well within the 3 s grace
     long = " ".join(f"w{i}" for i in range(200))  # 10 s: cut by the shutdown
-    with gateway_process(config, tmp_path, port) as gateway:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with gateway_process(config, tmp_path) as gateway:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
             stub = provider_service_pb2_grpc.ProviderServiceStub(channel)
             await stub.ListModels(
                 models_pb2.ListModelsRequest(), metadata=(("x-request-id", "before"),), timeout=5

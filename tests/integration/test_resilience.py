@@ -22,7 +22,7 @@ from tests.fakes.openai_fake import (
     sse_body,
     stream_response,
 )
-from tests.support import Gateway, chat_request, details_of, free_port, running_gateway
+from tests.support import Gateway, chat_request, details_of, refusing_port, running_gateway
 
 CONFIG = """
 server: {{host: 127.0.0.1, port: 0{server_extra}}}
@@ -67,6 +67,7 @@ class World:
     primary: FakeHttpServer
     secondary: FakeHttpServer
     proxy: FaultProxy
+    closed: int  # a loopback port that refuses connections while the world lasts
 
     def primary_calls(self, model: str) -> int:
         return sum(1 for r in self.primary.requests if r.json().get("model") == model)
@@ -81,15 +82,16 @@ async def world(server_extra: str = "") -> AsyncIterator[World]:
         ) as secondary,
         FaultProxy(primary.port) as proxy,
     ):
-        config = CONFIG.format(
-            primary=primary.url,
-            secondary=secondary.url,
-            proxy=proxy.url,
-            closed=free_port(),
-            server_extra=server_extra,
-        )
-        async with running_gateway(config, environ={"K": "k"}) as gateway:
-            yield World(gateway, primary, secondary, proxy)
+        with refusing_port() as closed:
+            config = CONFIG.format(
+                primary=primary.url,
+                secondary=secondary.url,
+                proxy=proxy.url,
+                closed=closed,
+                server_extra=server_extra,
+            )
+            async with running_gateway(config, environ={"K": "k"}) as gateway:
+                yield World(gateway, primary, secondary, proxy, closed)
 
 
 def always(status: int, headers: dict[str, str] | None = None) -> object:
@@ -436,7 +438,7 @@ async def test_retry_budget_caps_retries_during_an_outage() -> None:
             primary=w.primary.url,
             secondary=w.secondary.url,
             proxy=w.proxy.url,
-            closed=free_port(),
+            closed=w.closed,
             server_extra="",
         )
         w.primary.handler = always(503)  # type: ignore[assignment]
@@ -863,7 +865,7 @@ async def test_connect_timeout_of_the_provider_ends_each_attempt() -> None:
             primary=w.primary.url,
             secondary=w.secondary.url,
             proxy=w.proxy.url,
-            closed=free_port(),
+            closed=w.closed,
             server_extra="",
         )
         text = text.replace(
