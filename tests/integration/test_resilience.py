@@ -40,7 +40,7 @@ routing:
 providers:
   - {{name: primary, api_key_env: K, base_url: "{primary}/v1", timeouts: {{read: 1s}}, openai: {{}}}}
   - {{name: secondary, api_key_env: K, base_url: "{secondary}/v1", openai: {{}}}}
-  - {{name: proxied, api_key_env: K, base_url: "{proxy}/v1", timeouts: {{read: 0.5s}}, openai: {{}}}}
+  - {{name: proxied, api_key_env: K, base_url: "{proxy}/v1", timeouts: {{read: 1s}}, openai: {{}}}}
   - {{name: refused, api_key_env: K, base_url: "http://127.0.0.1:{closed}/v1", openai: {{}}}}
   - {{name: flaky, mock: {{faults_from_metadata: true}}}}
   - {{name: steady, mock: {{}}}}
@@ -626,7 +626,7 @@ async def test_per_model_read_timeout_reaches_the_transport() -> None:
                 ],
             }
         )
-        patient.header_delay = 0.5
+        patient.header_delay = 0.3  # over m-read's 0.2 s, well within the provider's 1 s
         w.primary.scripted.clear()
         w.primary.script(patient)
         reply = await w.gateway.stub.Chat(chat_request(model="solo"), timeout=10)
