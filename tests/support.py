@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -170,9 +171,30 @@ def details_of(error: grpc.aio.AioRpcError | grpc.RpcError) -> Details:
 
 
 def free_port() -> int:
+    """A loopback port free a moment ago. Another process may take it before it is used:
+    only for what cannot bind port 0 itself (a gateway process is started with port 0
+    and `gateway_process` reads the port it got; see also `refusing_port`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections while the block runs: bound and never
+    listening, so that no other process can take it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+def _listening_port(logs: str) -> int | None:
+    """The port in the gateway's "listening" log line, once it is there."""
+    for line in logs.splitlines():
+        if '"listening"' in line:
+            with contextlib.suppress(ValueError):
+                return int(json.loads(line)["port"])
+    return None
 
 
 @dataclass
@@ -188,9 +210,13 @@ class GatewayProcess:
 
 @contextlib.contextmanager
 def gateway_process(
-    config_path: Path, tmp: Path, port: int, extra_env: dict[str, str] | None = None
+    config_path: Path, tmp: Path, port: int = 0, extra_env: dict[str, str] | None = None
 ) -> Iterator[GatewayProcess]:
-    """`python -m service --config FILE` as a real process; waits until it listens."""
+    """`python -m service --config FILE` as a real process; waits until it listens.
+
+    A config with `port: 0` (and port=0 here) lets the process bind a port of its own
+    choosing, which `GatewayProcess.port` then holds: no other process can take it
+    between choosing and binding, as it could a port chosen in advance."""
     log_path = tmp / "gateway.log"
     env = {**subprocess_env(), **(extra_env or {})}
     with log_path.open("w") as log:
@@ -204,13 +230,15 @@ def gateway_process(
         )
     running = GatewayProcess(process, port, log_path, config_path)
     try:
-        deadline = time.monotonic() + 20
-        while '"listening"' not in running.logs():
+        deadline = time.monotonic() + 60  # a bound for loaded machines, not a wait
+        while (listening := _listening_port(running.logs())) is None:
             if process.poll() is not None:
                 raise AssertionError(f"gateway exited early:\n{running.logs()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"gateway did not start:\n{running.logs()}")
             time.sleep(0.05)
+        assert port in (0, listening), f"asked for port {port}, listening on {listening}"
+        running.port = listening
         yield running
     finally:
         if process.poll() is None:

@@ -27,6 +27,7 @@ class RedisServer:
             )
         self.binary = binary
         self.port = free_port()
+        self._started_once = False
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -34,6 +35,20 @@ class RedisServer:
         return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Starts redis-server on `port`. The port was only free when chosen: if another
+        process took it meanwhile, the first start tries again on a new port (a restart
+        keeps its port, which clients already know)."""
+        for _ in range(3):
+            if self._start_once():
+                self._started_once = True
+                return
+            if self._started_once:
+                break
+            self.port = free_port()
+        raise AssertionError("redis-server did not start")
+
+    def _start_once(self) -> bool:
+        """True once the server answers PING; False if it exited (port taken)."""
         self._process = subprocess.Popen(
             [
                 self.binary,
@@ -47,11 +62,15 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while not self._answers_ping():
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("redis-server did not start")
+        deadline = time.monotonic() + 30  # a bound for loaded machines, not a wait
+        while not self._answers():
+            if self._process.poll() is not None:
+                return False  # it exited: the port was taken
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("redis-server did not answer")
             time.sleep(0.02)
+        return True
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -59,11 +78,19 @@ class RedisServer:
             self._process.wait(10)
         self._process = None
 
-    def _answers_ping(self) -> bool:
+    def _answers(self) -> bool:
+        """True when this process (not another one that took the port) answers."""
+        assert self._process is not None
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(f"AUTH {REDIS_PASSWORD}\r\nPING\r\n".encode())
-                return b"+PONG" in sock.recv(64)
+                sock.sendall(f"AUTH {REDIS_PASSWORD}\r\nINFO server\r\n".encode())
+                received = b""
+                while b"process_id:" not in received or not received.endswith(b"\r\n"):
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return False
+                    received += chunk
+                return f"process_id:{self._process.pid}\r\n".encode() in received
         except OSError:
             return False
 

@@ -3,8 +3,10 @@ right code with no upstream call and a denied audit record; allowed calls are se
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +56,10 @@ class World:
     audit: Path
 
     def records(self) -> list[dict[str, Any]]:
+        """The records written so far: complete lines only (a write may be under way)."""
         if not self.audit.exists():
             return []
-        return [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+        return [json.loads(line) for line in self.audit.read_text().split("\n")[:-1] if line]
 
     async def upstream_requests(self) -> int:
         stats = await self.gateway.stub.GetProviderStats(
@@ -88,16 +91,27 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         yield w
 
 
-async def _flushed(world: World, count: int) -> list[dict[str, Any]]:
-    """The audit records, once `count` of them reached the file (bounded wait)."""
-    import asyncio
+def request_id() -> str:
+    return uuid.uuid4().hex
 
-    for _ in range(200):
-        records = world.records()
-        if len(records) >= count:
-            return records
+
+def tagged(request: str, metadata: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The metadata with an `x-request-id`, so that the call's own audit record is found."""
+    return (("x-request-id", request), *metadata)
+
+
+async def _audited(world: World, *request_ids: str) -> dict[str, dict[str, Any]]:
+    """The audit records of exactly these calls, by request id, once every one of them
+    reached the file (the sink writes in the background). Bounded: 1000 polls of 10 ms."""
+    wanted = set(request_ids)
+    found: dict[str, dict[str, Any]] = {}
+    for _ in range(1000):
+        found = {r["request_id"]: r for r in world.records() if r["request_id"] in wanted}
+        if len(found) == len(wanted):
+            break
         await asyncio.sleep(0.01)
-    return world.records()
+    assert set(found) == wanted, f"audit records missing for {sorted(wanted - set(found))}"
+    return found
 
 
 OTHER_RSA = rsa_pair("rsa-1")  # same kid, another key
@@ -166,10 +180,10 @@ async def test_hostile_tokens_are_unauthenticated_without_upstream_calls(
     world: World, kind: str
 ) -> None:
     before = await world.upstream_requests()
-    records_before = len(await _flushed(world, 0))
     metadata = HOSTILE[kind]()
+    unary, streamed_id = request_id(), request_id()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await world.gateway.stub.Chat(chat_request(), metadata=metadata, timeout=5)
+        await world.gateway.stub.Chat(chat_request(), metadata=tagged(unary, metadata), timeout=5)
     details = details_of(caught.value)
     assert (details.code, details.error_info.reason) == (
         grpc.StatusCode.UNAUTHENTICATED,
@@ -179,54 +193,63 @@ async def test_hostile_tokens_are_unauthenticated_without_upstream_calls(
         "generic message"
     )
     with pytest.raises(grpc.aio.AioRpcError) as streamed:
-        async for _ in world.gateway.stub.StreamChat(chat_request(), metadata=metadata, timeout=5):
+        async for _ in world.gateway.stub.StreamChat(
+            chat_request(), metadata=tagged(streamed_id, metadata), timeout=5
+        ):
             pass
     assert details_of(streamed.value).code == grpc.StatusCode.UNAUTHENTICATED
     assert await world.upstream_requests() == before
-    records = await _flushed(world, records_before + 3)
-    denied = [r for r in records[records_before:] if r["status"] == "UNAUTHENTICATED"]
-    assert len(denied) == 2 and all(r["reason"] for r in denied)
+    denied = (await _audited(world, unary, streamed_id)).values()
+    assert all(r["status"] == "UNAUTHENTICATED" and r["reason"] for r in denied), denied
     sent = [value for _, value in metadata if len(value) > 20]
-    assert all(value not in json.dumps(r) for r in records for value in sent)
+    assert all(value not in json.dumps(r) for r in world.records() for value in sent)
 
 
 async def test_missing_token_and_the_audit_reason(world: World) -> None:
+    call = request_id()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await world.gateway.stub.Embed(
-            embed_pb2.EmbedRequest(model="mock-embed", inputs=["x"]), timeout=5
+            embed_pb2.EmbedRequest(model="mock-embed", inputs=["x"]),
+            metadata=tagged(call, ()),
+            timeout=5,
         )
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    records = await _flushed(world, 1)
-    assert records[-1]["status"] == "UNAUTHENTICATED"
-    assert records[-1]["reason"] == "no authorization metadata"
-    assert records[-1]["method"] == "/llmgateway.v1.ProviderService/Embed"
+    record = (await _audited(world, call))[call]
+    assert record["status"] == "UNAUTHENTICATED"
+    assert record["reason"] == "no authorization metadata"
+    assert record["method"] == "/llmgateway.v1.ProviderService/Embed"
 
 
 async def test_valid_tokens_are_served_and_audited_with_the_identity(world: World) -> None:
+    unary, streamed = request_id(), request_id()
     reply = await world.gateway.stub.Chat(
-        chat_request("hello"), metadata=bearer(token(tenant="acme")), timeout=5
+        chat_request("hello"), metadata=tagged(unary, bearer(token(tenant="acme"))), timeout=5
     )
     assert reply.message.parts[0].text == "hello"
     corp = sign(claims("corp", sub="bob"), RSA.private, "RS256", kid="rsa-1")
     chunks = [
         c
         async for c in world.gateway.stub.StreamChat(
-            chat_request("a b"), metadata=bearer(corp), timeout=5
+            chat_request("a b"), metadata=tagged(streamed, bearer(corp)), timeout=5
         )
     ]
     assert "".join(c.text_delta for c in chunks) == "a b"
-    records = await _flushed(world, 2)
-    served = [
-        r for r in records if r["status"] == "OK" and r["method"].endswith(("/Chat", "/StreamChat"))
+    records = await _audited(world, unary, streamed)
+    assert [
+        (records[i]["method"].rsplit("/", 1)[1], records[i]["status"]) for i in (unary, streamed)
+    ] == [("Chat", "OK"), ("StreamChat", "OK")]
+    assert [(records[i]["subject"], records[i]["tenant"]) for i in (unary, streamed)] == [
+        ("alice", "acme"),
+        ("bob", ""),
     ]
-    assert [(r["subject"], r["tenant"]) for r in served[-2:]] == [("alice", "acme"), ("bob", "")]
 
 
 async def test_missing_scope_is_permission_denied_before_any_upstream_call(world: World) -> None:
     before = await world.upstream_requests()
+    chat, stats_call = request_id(), request_id()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await world.gateway.stub.Chat(
-            chat_request(), metadata=bearer(token(scope="embed")), timeout=5
+            chat_request(), metadata=tagged(chat, bearer(token(scope="embed"))), timeout=5
         )
     details = details_of(caught.value)
     assert (details.code, details.error_info.reason) == (
@@ -235,12 +258,17 @@ async def test_missing_scope_is_permission_denied_before_any_upstream_call(world
     )
     with pytest.raises(grpc.aio.AioRpcError) as stats:
         await world.gateway.stub.GetProviderStats(
-            models_pb2.GetProviderStatsRequest(), metadata=bearer(token(scope="chat")), timeout=5
+            models_pb2.GetProviderStatsRequest(),
+            metadata=tagged(stats_call, bearer(token(scope="chat"))),
+            timeout=5,
         )
     assert stats.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert await world.upstream_requests() == before
-    records = await _flushed(world, 4)  # one record for each of the four calls above
-    assert any(r["reason"] == "missing scope chat" for r in records)
+    records = await _audited(world, chat, stats_call)
+    assert [(records[i]["status"], records[i]["reason"]) for i in (chat, stats_call)] == [
+        ("PERMISSION_DENIED", "missing scope chat"),
+        ("PERMISSION_DENIED", "missing scope stats:read"),
+    ]
 
 
 async def test_model_allowance_from_claims_and_tenant_mapping(world: World) -> None:
@@ -326,12 +354,21 @@ async def test_health_reflection_and_exact_exemptions(world: World) -> None:
 
 async def test_reflection_closed_by_config(tmp_path: Path) -> None:
     async for world in _world(tmp_path, reflection_open=False):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await _reflected(world.gateway.channel, ())
-        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert await _refused(world.gateway.channel, ()) == grpc.StatusCode.UNAUTHENTICATED
         assert "llmgateway.v1.ProviderService" in await _reflected(
             world.gateway.channel, bearer(token())
         )
+
+
+async def _refused(
+    channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]
+) -> grpc.StatusCode:
+    """The status of a reflection call that the server ends before reading any request.
+    None is written: a write that races the server's refusal fails on the caller's side
+    (INTERNAL, "Internal error from Core") in place of the call's own status. A call the
+    server accepted would wait for its request until the deadline (DEADLINE_EXCEEDED)."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    return await stub.ServerReflectionInfo(metadata=metadata, timeout=5).code()
 
 
 async def _reflected(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> list[str]:

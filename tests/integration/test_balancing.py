@@ -15,6 +15,7 @@ import pytest
 from llmgateway.v1 import models_pb2
 
 from service.config import ConfigError, parse_config
+from service.providers.base import Deployment
 from service.routing.balancer import Balancer
 from tests.support import Gateway, chat_request, details_of, running_gateway
 
@@ -109,29 +110,48 @@ async def test_every_deployment_down_then_the_fallback_alias() -> None:
         assert (await upstream_requests(gateway))["down"] == 2, "each deployment tried once"
 
 
+async def in_flight_becomes(
+    balancer: Balancer, deployments: tuple[Deployment, ...], expected: tuple[int, ...]
+) -> None:
+    """Waits until the deployments have these numbers of calls in flight (bounded: 10 s)."""
+
+    def counts() -> tuple[int, ...]:
+        return tuple(balancer.in_flight(d) for d in deployments)
+
+    for _ in range(1000):
+        if counts() == expected:
+            return
+        await asyncio.sleep(0.01)
+    assert counts() == expected
+
+
 async def test_least_in_flight_avoids_the_busy_deployment() -> None:
     async for gateway in gateway_with("BALANCE_STRATEGY_LEAST_IN_FLIGHT"):
         balancer = gateway.server.router.balancer
-        stall = (("x-mock-stall", "1.0"),)
-        slow = asyncio.ensure_future(
-            gateway.stub.Chat(chat_request("slow", model="pooled"), metadata=stall, timeout=5)
-        )
-        stream = gateway.stub.StreamChat(
-            chat_request("a b c", model="pooled"), metadata=(("x-mock-stall", "1.0"),), timeout=5
-        )
         members = gateway.server.registry.pools["pooled"].members
-        for _ in range(200):  # bounded: until both calls are upstream
-            if sum(balancer.in_flight(m.deployment) for m in members) == 2:
-                break
-            await asyncio.sleep(0.005)
-        east, west = members
+        pair = tuple(member.deployment for member in members)  # east, west
+
+        # Both stall far longer than the test: in flight until the test cancels them.
+        stall = (("x-mock-stall", "30"),)
+        slow = gateway.stub.Chat(chat_request("slow", model="pooled"), metadata=stall, timeout=60)
+        stream = gateway.stub.StreamChat(
+            chat_request("a b c", model="pooled"), metadata=stall, timeout=60
+        )
         # east weighs 2: one call each gives east 0.5 per weight, west 1.0.
-        assert (balancer.in_flight(east.deployment), balancer.in_flight(west.deployment)) == (1, 1)
+        await in_flight_becomes(balancer, pair, (1, 1))
         assert await served_by(gateway, 3) == ["east"] * 3
-        await slow
-        chunks = [chunk async for chunk in stream]
+        slow.cancel()
+        stream.cancel()
+        await in_flight_becomes(balancer, pair, (0, 0))
+        # A stream that runs to its end gives its place back too.
+        chunks = [
+            chunk
+            async for chunk in gateway.stub.StreamChat(
+                chat_request("a b c", model="pooled"), timeout=10
+            )
+        ]
         assert chunks[-1].usage.total_tokens > 0, "the stream ran to its end"
-        assert balancer.in_flight(east.deployment) == balancer.in_flight(west.deployment) == 0
+        await in_flight_becomes(balancer, pair, (0, 0))
 
 
 async def test_pools_are_validated_with_field_paths() -> None:

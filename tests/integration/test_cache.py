@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -49,17 +50,36 @@ class World:
     upstream: FakeHttpServer
     delay: list[float]
     audit: Path
+    answer: asyncio.Event  # the upstream answers only while it is set
 
     def chats(self) -> int:
         return sum(1 for r in self.upstream.requests if r.path.endswith("/chat/completions"))
+
+    def misses(self) -> int:
+        """Cache lookups that missed. A call that misses joins the identical call in
+        flight (or starts it) before it next yields to the loop: once `n` calls have
+        missed, all `n` are waiting on the one upstream call."""
+        cache = self.gateway.server.router.cache
+        assert cache is not None
+        return cache.misses
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """The audit records written so far (complete lines), by request id."""
+        if not self.audit.exists():
+            return {}
+        lines = self.audit.read_text().split("\n")[:-1]
+        return {r["request_id"]: r for r in map(json.loads, lines)}
 
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     fake = OpenAIFake(OpenAIFakeConfig(key="sk-cache"))
     delay = [0.0]
+    answer = asyncio.Event()
+    answer.set()
 
-    def handler(request: FakeRequest) -> FakeResponse:
+    async def handler(request: FakeRequest) -> FakeResponse:
+        await asyncio.wait_for(answer.wait(), 10)  # bounded: a test that forgot fails
         response = fake.handle(request)
         response.header_delay = delay[0]
         return response
@@ -68,7 +88,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         config = CONFIG.format(upstream=upstream.url, audit=tmp_path / "audit.jsonl")
         environ = {"CACHE_KEY": "sk-cache", "CACHE_SECRET": SECRET}
         async with running_gateway(config, environ=environ) as gateway:
-            yield World(gateway, upstream, delay, tmp_path / "audit.jsonl")
+            yield World(gateway, upstream, delay, tmp_path / "audit.jsonl", answer)
 
 
 def bearer(sub: str = "alice", tenant: str = "acme") -> tuple[tuple[str, str], ...]:
@@ -120,15 +140,25 @@ async def test_bypass_and_refresh(world: World) -> None:
     assert hit.route.upstream_request_id == refresh.route.upstream_request_id
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Waits for a condition about the gateway's state (bounded: 10 s)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    assert condition(), "timed out"
+
+
 async def test_identical_calls_in_flight_share_one_upstream_call(world: World) -> None:
-    world.delay[0] = 0.3
+    world.answer.clear()  # the upstream answers once all five calls wait for it
     stub = world.gateway.stub
-    replies = await asyncio.gather(
-        *(
-            stub.Chat(chat_request("same question", model="cached"), metadata=bearer(), timeout=5)
-            for _ in range(5)
-        )
-    )
+    calls = [
+        stub.Chat(chat_request("same question", model="cached"), metadata=bearer(), timeout=10)
+        for _ in range(5)
+    ]
+    await until(lambda: world.misses() == 5)
+    world.answer.set()
+    replies = await asyncio.gather(*calls)
     assert world.chats() == 1
     assert sum(r.route.coalesced for r in replies) == 4
     assert sum(r.route.attempts for r in replies) == 1
@@ -137,10 +167,7 @@ async def test_identical_calls_in_flight_share_one_upstream_call(world: World) -
     # The audit log says which calls made no upstream call of their own.
 
     def chat_records() -> list[dict[str, object]]:
-        if not world.audit.exists():
-            return []
-        records = [json.loads(line) for line in world.audit.read_text().splitlines()]
-        return [r for r in records if str(r["method"]).endswith("/Chat")]
+        return [r for r in world.records().values() if str(r["method"]).endswith("/Chat")]
 
     assert await world.upstream.wait_for(lambda: len(chat_records()) == 5)
     chats = chat_records()
@@ -159,21 +186,25 @@ async def test_identical_calls_in_flight_share_one_upstream_call(world: World) -
 
 
 async def test_a_caller_leaving_does_not_fail_the_others(world: World) -> None:
-    world.delay[0] = 0.4
+    world.answer.clear()  # the upstream answers once the impatient caller has gone
     stub = world.gateway.stub
-    impatient = stub.Chat(chat_request("patience", model="cached"), metadata=bearer(), timeout=0.15)
-    patient = stub.Chat(chat_request("patience", model="cached"), metadata=bearer(), timeout=5)
-    results = await asyncio.gather(impatient, patient, return_exceptions=True)
-    assert isinstance(results[0], grpc.aio.AioRpcError)
-    assert results[0].code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert not isinstance(results[1], BaseException)
-    assert results[1].message.parts[0].text
+    request = chat_request("patience", model="cached")
+    patient = stub.Chat(request, metadata=bearer(), timeout=10)
+    await until(lambda: world.chats() == 1)
+    impatient = stub.Chat(request, metadata=bearer(), timeout=1)
+    await until(lambda: world.misses() == 2)  # it joined the patient caller's call
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await impatient
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    world.answer.set()
+    reply = await patient
+    assert reply.message.parts[0].text == "patience"
     assert world.chats() == 1
     assert world.upstream.client_disconnects == 0
 
 
 async def test_the_upstream_call_closes_when_every_caller_has_gone(world: World) -> None:
-    world.delay[0] = 2.0
+    world.delay[0] = 30.0  # the fake stops waiting as soon as the gateway closes the request
     stub = world.gateway.stub
     calls = [
         stub.Chat(chat_request("nobody waits", model="cached"), metadata=bearer(), timeout=5)
@@ -198,30 +229,36 @@ async def test_embeddings_are_cached_too(world: World) -> None:
 
 
 async def test_a_joined_call_outlives_the_first_callers_deadline(world: World) -> None:
-    world.delay[0] = 0.5
+    world.answer.clear()  # the upstream answers once the first caller's deadline passed
     stub = world.gateway.stub
     request = chat_request("long and short", model="cached")
-    first = asyncio.ensure_future(stub.Chat(request, metadata=bearer(), timeout=0.3))
-    assert await world.upstream.wait_for(lambda: world.chats() == 1)
-    joined = await stub.Chat(request, metadata=bearer(), timeout=5)
+    first = stub.Chat(request, metadata=bearer(), timeout=1)
+    await until(lambda: world.chats() == 1)
+    joined = asyncio.ensure_future(stub.Chat(request, metadata=bearer(), timeout=10))
+    await until(lambda: world.misses() == 2)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await first
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    world.answer.set()
+    joined_reply = await joined
     # The shared call ended with the first caller's deadline; the joiner ran on its own.
-    assert joined.message.parts[0].text == "long and short"
-    assert not joined.route.coalesced and joined.route.attempts == 1
+    assert joined_reply.message.parts[0].text == "long and short"
+    assert not joined_reply.route.coalesced and joined_reply.route.attempts == 1
     assert world.chats() == 2
 
 
 async def test_when_the_first_caller_leaves_the_next_one_pays(world: World) -> None:
-    world.delay[0] = 0.4
+    world.answer.clear()  # the upstream answers once the first caller has gone
     stub = world.gateway.stub
     request = chat_request("who pays", model="cached")
-    first = stub.Chat(request, metadata=bearer(), timeout=5)
-    assert await world.upstream.wait_for(lambda: world.chats() == 1)
-    second = asyncio.ensure_future(stub.Chat(request, metadata=bearer(), timeout=5))
-    await asyncio.sleep(0.05)  # the second call has joined the first one's work
+    first = stub.Chat(request, metadata=(("x-request-id", "first"), *bearer()), timeout=10)
+    await until(lambda: world.chats() == 1)
+    second = asyncio.ensure_future(stub.Chat(request, metadata=bearer(), timeout=10))
+    await until(lambda: world.misses() == 2)  # the second call has joined the first one's work
     first.cancel()
+    # The gateway saw the first caller go (its record is written when it has).
+    await until(lambda: world.records().get("first", {}).get("status") == "CANCELLED")
+    world.answer.set()
     reply = await second
     assert world.chats() == 1, "the upstream call went on for the caller still waiting"
     assert not reply.route.coalesced, "it is that caller's answer now"

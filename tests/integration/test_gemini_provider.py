@@ -38,7 +38,7 @@ server: {host: 127.0.0.1, port: 0, shutdown_grace: 1s}
 routing: {retry: {max_attempts: 1}, breaker: {disabled: true}}
 providers:
   - {name: gemini, api_key_env: GEMINI_TEST_KEY, base_url: "BASE", gemini: {}}
-  - {name: gemini-slow, api_key_env: GEMINI_TEST_KEY, base_url: "BASE", gemini: {}, timeouts: {read: 0.3s}}
+  - {name: gemini-slow, api_key_env: GEMINI_TEST_KEY, base_url: "BASE", gemini: {}, timeouts: {read: 1s}}
   - {name: gemini-badkey, api_key_env: GEMINI_BAD_KEY, base_url: "BASE", gemini: {}}
   - {name: gemini-retry, api_key_env: GEMINI_TEST_KEY, base_url: "BASE", gemini: {}, retry: {max_attempts: 2, initial_backoff: 0.01s}}
 models:
@@ -670,10 +670,11 @@ async def test_slow_first_byte_within_the_read_timeout_succeeds(env: Env) -> Non
 
 
 async def test_timeouts_toward_the_upstream(env: Env) -> None:
-    # Headers late: longer than the provider's 0.3 s read timeout.
+    # Headers late: longer than the provider's 1 s read timeout. (The fake stops waiting
+    # when the gateway gives up and closes the request.)
     body = chunk([{"text": "late"}], "STOP", usage_metadata(1, 1))
     late = FakeResponse.json(body)
-    late.header_delay = 1.0
+    late.header_delay = 5.0
     env.fake.script(late)
     details = details_of(await chat_error(env, chat_request(model="gemini-slow")))
     assert (details.code, details.error_info.reason) == (
@@ -681,14 +682,14 @@ async def test_timeouts_toward_the_upstream(env: Env) -> None:
         "UPSTREAM_TIMEOUT",
     )
     # Headers fast, the first body byte late.
-    env.fake.next_shape = StreamShape(first_byte_delay=1.0)
+    env.fake.next_shape = StreamShape(first_byte_delay=5.0)
     chunks, error = await collect(env, chat_request("a b", model="gemini-slow"))
     assert chunks == [] and error is not None
     assert details_of(error).error_info.reason == "UPSTREAM_TIMEOUT"
     # A stall mid-stream, after output reached the caller.
     payloads = [chunk([{"text": "a"}]), chunk([{"text": " b"}], "STOP", usage_metadata(1, 2))]
     stalled = stream_response(payloads)
-    stalled.writes[1].delay = 1.0
+    stalled.writes[1].delay = 5.0
     env.fake.script(stalled)
     chunks, error = await collect(env, chat_request("a b", model="gemini-slow"))
     assert [c.text_delta for c in chunks] == ["a"] and error is not None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import PYTHON, ROOT, GatewayProcess, free_port, gateway_process, subprocess_env
+from tests.support import PYTHON, ROOT, GatewayProcess, gateway_process, subprocess_env
 
 GRPCURL = Path(PYTHON).parent / "grpcurl"
 
@@ -26,12 +26,11 @@ def readme_grpcurl_commands() -> list[str]:
 @pytest.fixture(scope="module")
 def default_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     tmp = tmp_path_factory.mktemp("grpcurl")
-    port = free_port()
     config = (ROOT / "config" / "default.yaml").read_text()
     assert "port: 50051" in config
     path = tmp / "default.yaml"
-    path.write_text(config.replace("port: 50051", f"port: {port}"))
-    with gateway_process(path, tmp, port) as running:
+    path.write_text(config.replace("port: 50051", "port: 0"))
+    with gateway_process(path, tmp) as running:
         yield running
 
 

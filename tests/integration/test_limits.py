@@ -47,21 +47,41 @@ async def gateway_with(limits: str) -> AsyncIterator[Gateway]:
 async def refused_of_stalled_calls(
     gateways: list[Gateway], config: chat_pb2.GenerationConfig
 ) -> list[grpc.aio.AioRpcError]:
-    """One call to each gateway at once, each holding its token estimate for a moment;
-    the errors of those refused."""
-    stall = (("x-mock-stall", "0.4"),)
-    results = await asyncio.gather(
-        *(
-            gateway.stub.Chat(
-                chat_request("x", generation_config=config),
-                metadata=(*bearer(), *stall),
-                timeout=5,
-            )
-            for gateway in gateways
-        ),
-        return_exceptions=True,
-    )
-    return [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    """One call to each gateway at once; the errors of those refused. An admitted call
+    stalls upstream, holding its token estimate, until every call was either admitted
+    (its upstream request started) or refused; then the test cancels it."""
+    distinct = list({id(gateway): gateway for gateway in gateways}.values())
+
+    async def started() -> int:
+        return sum([await upstream_requests(gateway) for gateway in distinct])
+
+    before = await started()
+    stall = (("x-mock-stall", "60"),)
+    calls = [
+        gateway.stub.Chat(
+            chat_request("x", generation_config=config),
+            metadata=(*bearer(), *stall),
+            timeout=60,
+        )
+        for gateway in gateways
+    ]
+    try:
+        for _ in range(500):  # bounded: 500 polls
+            refused = sum(call.done() for call in calls)
+            if refused + await started() - before == len(calls):
+                break
+            await asyncio.sleep(0.01)
+        errors = []
+        for call in calls:
+            if call.done():
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call
+                errors.append(caught.value)
+        assert refused + await started() - before == len(calls), "every call admitted or refused"
+        return errors
+    finally:
+        for call in calls:
+            call.cancel()
 
 
 async def upstream_requests(gateway: Gateway) -> int:
@@ -73,10 +93,13 @@ async def upstream_requests(gateway: Gateway) -> int:
 
 async def test_requests_per_minute_per_subject() -> None:
     async for gateway in gateway_with("  subjects: {alice: {requests_per_minute: 3}}"):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         for _ in range(3):
             await gateway.stub.Chat(chat_request("hi"), metadata=bearer(), timeout=5)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await gateway.stub.Chat(chat_request("hi"), metadata=bearer(), timeout=5)
+        elapsed = loop.time() - started
         details = details_of(caught.value)
         assert (details.code, details.error_info.reason) == (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -84,7 +107,10 @@ async def test_requests_per_minute_per_subject() -> None:
         )
         assert details.error_info.metadata["subject"] == "alice"
         assert details.error_info.metadata["limit"] == "requests_per_minute"
-        assert details.retry_info is not None and 19 <= details.retry_info.retry_delay.seconds <= 20
+        # One request refills in 20 s, less what refilled since the first call.
+        assert details.retry_info is not None
+        delay = details.retry_info.retry_delay.ToNanoseconds() / 1e9
+        assert 20 - elapsed - 0.01 <= delay <= 20
         assert (
             details.quota_failure is not None
             and details.quota_failure.violations[0].subject == "subject:alice"

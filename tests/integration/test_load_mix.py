@@ -95,8 +95,9 @@ async def _one(stub: object, rng: random.Random, index: int) -> str:
         elif kind == "cancel-at-once":
             call_stub.StreamChat(chat_request(text), metadata=ALICE, timeout=10).cancel()  # type: ignore[attr-defined]
         elif kind == "deadline":
+            # 2 s: dispatched (and so audited) before it expires even on a busy machine.
             await call_stub.Chat(
-                chat_request(text), metadata=(*ALICE, ("x-mock-stall", "5")), timeout=1.0
+                chat_request(text), metadata=(*ALICE, ("x-mock-stall", "5")), timeout=2.0
             )  # type: ignore[attr-defined]
         else:
             await call_stub.Chat(

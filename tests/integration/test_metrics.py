@@ -179,20 +179,25 @@ async def test_a_quota_cool_down_is_reported(gateway: Gateway) -> None:
     assert value(samples, name, provider="primary", upstream_model="m-main") == 0
 
 
-async def test_state_is_read_while_calls_are_in_flight(gateway: Gateway) -> None:
-    stall = (("x-mock-stall", "0.5"), ("x-mock-target", "backup"))
-    call = asyncio.ensure_future(
-        gateway.stub.Chat(chat_request("slow", model="spare"), metadata=stall, timeout=5)
-    )
-    for _ in range(100):  # bounded: until the call is admitted
+async def _scrape_until(gateway: Gateway, in_flight: int) -> Samples:
+    """The first scrape that shows `in_flight` calls in flight (bounded: 100 scrapes)."""
+    for _ in range(100):
         samples = await scrape(gateway)
-        if value(samples, "llm_gateway_calls_in_flight") == 1:
+        if value(samples, "llm_gateway_calls_in_flight") == in_flight:
             break
         await asyncio.sleep(0.01)
+    return samples
+
+
+async def test_state_is_read_while_calls_are_in_flight(gateway: Gateway) -> None:
+    # Stalled far longer than the test: it is in flight until the test cancels it.
+    stall = (("x-mock-stall", "30"), ("x-mock-target", "backup"))
+    call = gateway.stub.Chat(chat_request("slow", model="spare"), metadata=stall, timeout=60)
+    samples = await _scrape_until(gateway, 1)
     assert value(samples, "llm_gateway_calls_in_flight") == 1
     assert ("llm_gateway_calls_shed_total", frozenset()) in samples
-    await call
-    assert value(await scrape(gateway), "llm_gateway_calls_in_flight") == 0
+    call.cancel()
+    assert value(await _scrape_until(gateway, 0), "llm_gateway_calls_in_flight") == 0
 
 
 async def test_audit_counters_match_the_records() -> None:

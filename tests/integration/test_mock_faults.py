@@ -60,7 +60,9 @@ async def test_stream_fails_after_n_chunks_with_partial_output(gateway: Gateway)
 
 async def test_stall_runs_into_the_deadline(gateway: Gateway) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await gateway.stub.Chat(chat_request(), metadata=(("x-mock-stall", "30"),), timeout=0.5)
+        # 2.5 s: the gateway ends the call 0.25 s before the caller's own timer would,
+        # room enough on a loaded machine for its status to arrive first.
+        await gateway.stub.Chat(chat_request(), metadata=(("x-mock-stall", "30"),), timeout=2.5)
     details = details_of(caught.value)  # the gateway's own status, with its details
     assert (details.code, details.error_info.reason) == (
         grpc.StatusCode.DEADLINE_EXCEEDED,

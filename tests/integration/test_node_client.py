@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support import PYTHON, ROOT, free_port, gateway_process, subprocess_env
+from tests.support import PYTHON, ROOT, gateway_process, subprocess_env
 
 NODE_CLIENT = ROOT / "clients" / "node"
 
@@ -26,12 +26,11 @@ def _install() -> None:
 def test_node_client_calls_chat_streamchat_and_reads_error_details(tmp_path: Path) -> None:
     assert shutil.which("node") and shutil.which("npm"), "Node.js and npm are part of the toolchain"
     _install()
-    port = free_port()
     config = tmp_path / "default.yaml"
     config.write_text(
-        (ROOT / "config" / "default.yaml").read_text().replace("port: 50051", f"port: {port}")
+        (ROOT / "config" / "default.yaml").read_text().replace("port: 50051", "port: 0")
     )
-    with gateway_process(config, tmp_path, port):
+    with gateway_process(config, tmp_path) as gateway:
         env = subprocess_env()
         token = subprocess.run(
             [PYTHON, "-m", "service", "token", "--sub", "node-service", "--config", str(config)],
@@ -48,7 +47,7 @@ def test_node_client_calls_chat_streamchat_and_reads_error_details(tmp_path: Pat
             capture_output=True,
             text=True,
             timeout=120,
-            env={**env, "GATEWAY_ADDRESS": f"127.0.0.1:{port}", "GATEWAY_TOKEN": token},
+            env={**env, "GATEWAY_ADDRESS": f"127.0.0.1:{gateway.port}", "GATEWAY_TOKEN": token},
         )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "# pass 4" in result.stdout and "# fail 0" in result.stdout

@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmgateway.v1 import provider_service_pb2_grpc
 
-from tests.support import PYTHON, ROOT, chat_request, free_port, gateway_process, subprocess_env
+from tests.support import PYTHON, ROOT, chat_request, gateway_process, subprocess_env
 
 CONFIG = """
 server: {{host: 127.0.0.1, port: {port}, shutdown_grace: 5s}}
@@ -45,9 +45,8 @@ def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Compl
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_graceful_shutdown_finishes_in_flight_streams(tmp_path: Path, signum: int) -> None:
-    port = free_port()
-    with gateway_process(_write(tmp_path, CONFIG.format(port=port)), tmp_path, port) as gateway:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with gateway_process(_write(tmp_path, CONFIG.format(port=0)), tmp_path) as gateway:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             service_name = "llmgateway.v1.ProviderService"
             check = await health.Check(
@@ -136,12 +135,11 @@ def test_missing_config_file_and_flag() -> None:
 
 
 async def test_port_in_use_exits_non_zero(tmp_path: Path) -> None:
-    port = free_port()
-    with gateway_process(_write(tmp_path, CONFIG.format(port=port)), tmp_path, port):
+    with gateway_process(_write(tmp_path, CONFIG.format(port=0)), tmp_path) as first:
         second_dir = tmp_path / "second"
         second_dir.mkdir()
         result = await asyncio.to_thread(
-            _run, ["--config", str(_write(second_dir, CONFIG.format(port=port)))]
+            _run, ["--config", str(_write(second_dir, CONFIG.format(port=first.port)))]
         )
     assert result.returncode == 3
     assert "cannot start" in result.stderr
@@ -152,9 +150,7 @@ async def test_metrics_port_in_use_exits_non_zero(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         metrics_port = taken.getsockname()[1]
-        text = CONFIG.format(port=free_port()) + (
-            f"metrics: {{host: 127.0.0.1, port: {metrics_port}}}\n"
-        )
+        text = CONFIG.format(port=0) + (f"metrics: {{host: 127.0.0.1, port: {metrics_port}}}\n")
         result = await asyncio.to_thread(_run, ["--config", str(_write(tmp_path, text))])
     assert result.returncode == 3
     assert "cannot serve metrics" in result.stderr

@@ -22,7 +22,7 @@ from tests.fakes.openai_fake import (
     sse_body,
     stream_response,
 )
-from tests.support import Gateway, chat_request, details_of, free_port, running_gateway
+from tests.support import Gateway, chat_request, details_of, refusing_port, running_gateway
 
 CONFIG = """
 server: {{host: 127.0.0.1, port: 0{server_extra}}}
@@ -31,17 +31,18 @@ routing:
     max_attempts: 3
     initial_backoff: 0.02s
     max_backoff: 0.05s
-    max_retry_after: 2s
+    max_retry_after: 10s
     min_attempt_time: 0.02s
     budget: {{ratio: 1.0, min_retries_per_second: 1000}}
-  # Exact cool-downs (no jitter): these tests measure them. Jitter has its own unit tests.
-  breaker: {{consecutive_failures: 3, minimum_calls: 1000, cool_down: 0.4s, max_cool_down: 2s,
+  # Cool-downs outlast the calls a test makes while a breaker is open, even under load;
+  # exact (no jitter): these tests measure them. Jitter has its own unit tests.
+  breaker: {{consecutive_failures: 3, minimum_calls: 1000, cool_down: 2s, max_cool_down: 8s,
             cool_down_jitter: 0}}
   max_total_attempts: 6
 providers:
   - {{name: primary, api_key_env: K, base_url: "{primary}/v1", timeouts: {{read: 1s}}, openai: {{}}}}
   - {{name: secondary, api_key_env: K, base_url: "{secondary}/v1", openai: {{}}}}
-  - {{name: proxied, api_key_env: K, base_url: "{proxy}/v1", timeouts: {{read: 0.5s}}, openai: {{}}}}
+  - {{name: proxied, api_key_env: K, base_url: "{proxy}/v1", timeouts: {{read: 1s}}, openai: {{}}}}
   - {{name: refused, api_key_env: K, base_url: "http://127.0.0.1:{closed}/v1", openai: {{}}}}
   - {{name: flaky, mock: {{faults_from_metadata: true}}}}
   - {{name: steady, mock: {{}}}}
@@ -55,7 +56,7 @@ models:
   - {{alias: refused, provider: refused, upstream_model: m-refused}}
   - {{alias: flaky, provider: flaky, fallbacks: [steady]}}
   - {{alias: steady, provider: steady}}
-  - {{alias: first-token, provider: primary, upstream_model: m-ft, timeouts: {{first_token: 0.3s}}}}
+  - {{alias: first-token, provider: primary, upstream_model: m-ft, timeouts: {{first_token: 0.6s}}}}
   - {{alias: idle, provider: primary, upstream_model: m-idle, timeouts: {{idle: 0.3s}}}}
   - {{alias: total, provider: primary, upstream_model: m-total, timeouts: {{total: 0.3s}}}}
   - {{alias: short-read, provider: primary, upstream_model: m-read, timeouts: {{read: 0.2s}}}}
@@ -68,6 +69,7 @@ class World:
     primary: FakeHttpServer
     secondary: FakeHttpServer
     proxy: FaultProxy
+    closed: int  # a loopback port that refuses connections while the world lasts
 
     def primary_calls(self, model: str) -> int:
         return sum(1 for r in self.primary.requests if r.json().get("model") == model)
@@ -82,15 +84,16 @@ async def world(server_extra: str = "") -> AsyncIterator[World]:
         ) as secondary,
         FaultProxy(primary.port) as proxy,
     ):
-        config = CONFIG.format(
-            primary=primary.url,
-            secondary=secondary.url,
-            proxy=proxy.url,
-            closed=free_port(),
-            server_extra=server_extra,
-        )
-        async with running_gateway(config, environ={"K": "k"}) as gateway:
-            yield World(gateway, primary, secondary, proxy)
+        with refusing_port() as closed:
+            config = CONFIG.format(
+                primary=primary.url,
+                secondary=secondary.url,
+                proxy=proxy.url,
+                closed=closed,
+                server_extra=server_extra,
+            )
+            async with running_gateway(config, environ={"K": "k"}) as gateway:
+                yield World(gateway, primary, secondary, proxy, closed)
 
 
 def always(status: int, headers: dict[str, str] | None = None) -> object:
@@ -271,7 +274,8 @@ async def test_first_token_timeout_retries_the_stream() -> None:
         slow = stream_response(
             sse_body([chunk("m", {"content": "late"}), chunk("m", {}, "stop"), "[DONE]"])
         )
-        slow.writes[0] = Write(slow.writes[0].data, delay=0.8)
+        # Later than the first-token timeout (0.6 s), sooner than the read timeout (1 s).
+        slow.writes[0] = Write(slow.writes[0].data, delay=0.9)
         w.primary.script(slow)
         chunks = [
             c
@@ -281,7 +285,7 @@ async def test_first_token_timeout_retries_the_stream() -> None:
         ]
         assert "".join(c.text_delta for c in chunks) == "fast"
         assert chunks[0].route.attempts == 2
-        assert await w.primary.wait_for(lambda: w.primary.client_disconnects >= 1), (
+        assert await w.primary.wait_for(lambda: w.primary.client_disconnects == 1), (
             "the slow attempt was closed"
         )
 
@@ -316,9 +320,12 @@ async def test_cancelled_unary_call_closes_the_upstream_request() -> None:
 
 async def test_deadline_shorter_than_the_upstream() -> None:
     async with world() as w:
-        w.primary.script(FakeResponse(hang=True))
+        # The secondary (read timeout 60 s) hangs. 2.5 s: the gateway ends the call 0.25 s
+        # before the caller's own timer would, room enough on a loaded machine for its
+        # status to arrive first.
+        w.secondary.script(FakeResponse(hang=True))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await w.gateway.stub.Chat(chat_request(model="solo"), timeout=0.6)
+            await w.gateway.stub.Chat(chat_request(model="backup"), timeout=2.5)
         # The gateway's own status (with its ErrorInfo), not the caller's local timer.
         details = details_of(caught.value)
         assert (details.code, details.error_info.reason) == (
@@ -326,17 +333,17 @@ async def test_deadline_shorter_than_the_upstream() -> None:
             "DEADLINE_EXCEEDED",
         )
         assert details.error_info.metadata["attempts"] == "1"
-        assert await w.primary.wait_for(lambda: w.primary.client_disconnects == 1, 3)
-        assert (await stats(w.gateway, "primary")).failures == 0, (
+        assert await w.secondary.wait_for(lambda: w.secondary.client_disconnects == 1, 3)
+        assert (await stats(w.gateway, "secondary")).failures == 0, (
             "a deadline is not a provider failure"
         )
 
 
 async def test_backoff_that_does_not_fit_the_deadline_is_not_started() -> None:
     async with world() as w:
-        w.primary.script(rate_limited("1.5"))  # fits max_retry_after, not the deadline
+        w.primary.script(rate_limited("5"))  # fits max_retry_after, not the deadline
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await w.gateway.stub.Chat(chat_request(model="solo"), timeout=1.0)
+            await w.gateway.stub.Chat(chat_request(model="solo"), timeout=3)
         # Sleeping into the deadline would have ended DEADLINE_EXCEEDED.
         assert details_of(caught.value).error_info.reason == "RATE_LIMITED"
         assert (await stats(w.gateway, "primary")).retries == 0
@@ -357,34 +364,22 @@ async def test_outage_opens_the_breaker_serves_from_fallback_and_recovers_with_o
             reply = await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
             assert (reply.route.provider, reply.route.attempts) == ("secondary", 1)
         assert w.primary_calls("m-main") == 3
-        # The primary recovers; after the cool-down exactly one probe goes through.
-        w.primary.handler = OpenAIFake(OpenAIFakeConfig(key="k")).handle  # type: ignore[assignment]
+        # The primary recovers; after the cool-down exactly one probe goes through. The
+        # probe is answered only once the other four calls went to the fallback.
+        release = asyncio.Event()
+        healthy = OpenAIFake(OpenAIFakeConfig(key="k")).handle
 
-        async def cooled_down() -> bool:
-            deployment = (await stats(w.gateway, "primary")).deployments[0]
-            return deployment.open_remaining.ToNanoseconds() == 0
+        async def recovered(request: FakeRequest) -> FakeResponse:
+            await asyncio.wait_for(release.wait(), 10)
+            return healthy(request)
 
-        assert await wait_until(cooled_down, 3)
-        slow_probe = FakeResponse.json(
-            {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 1,
-                "model": "m-main",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "probe"},
-                        "finish_reason": "stop",
-                    }
-                ],
-            }
-        )
-        slow_probe.header_delay = 0.3
-        w.primary.script(slow_probe)
-        replies = await asyncio.gather(
-            *(w.gateway.stub.Chat(chat_request(model="main"), timeout=10) for _ in range(5))
-        )
+        w.primary.handler = recovered  # type: ignore[assignment]
+        assert await wait_until(lambda: cooled_down(w), 5)
+        served_before = len(w.secondary.requests)
+        calls = [w.gateway.stub.Chat(chat_request(model="main"), timeout=10) for _ in range(5)]
+        assert await w.secondary.wait_for(lambda: len(w.secondary.requests) == served_before + 4, 5)
+        release.set()
+        replies = await asyncio.gather(*calls)
         assert sorted(r.route.provider for r in replies) == [
             "primary",
             "secondary",
@@ -426,7 +421,7 @@ async def test_outage_of_every_deployment_fails_fast_with_bounded_attempts() -> 
         assert details.code == grpc.StatusCode.UNAVAILABLE
         assert (
             details.retry_info is not None
-            and 0 < details.retry_info.retry_delay.ToMilliseconds() <= 400
+            and 0 < details.retry_info.retry_delay.ToMilliseconds() <= 2000
         )
         assert len(w.primary.requests) + len(w.secondary.requests) == 6
 
@@ -445,7 +440,7 @@ async def test_retry_budget_caps_retries_during_an_outage() -> None:
             primary=w.primary.url,
             secondary=w.secondary.url,
             proxy=w.proxy.url,
-            closed=free_port(),
+            closed=w.closed,
             server_extra="",
         )
         w.primary.handler = always(503)  # type: ignore[assignment]
@@ -518,14 +513,19 @@ async def test_slow_first_byte_through_the_proxy_within_the_read_timeout() -> No
 
 async def test_load_shedding_refuses_over_the_cap_and_keeps_admitted_calls() -> None:
     async with world(server_extra=", max_in_flight: 2, shed_retry_after: 0.5s") as w:
-        stall = (("x-mock-stall", "0.5"), ("x-mock-target", "flaky"))
+        # The two admitted calls are answered only when the test says so.
+        release = asyncio.Event()
+        answer = OpenAIFake(OpenAIFakeConfig(key="k")).handle
+
+        async def held(request: FakeRequest) -> FakeResponse:
+            await asyncio.wait_for(release.wait(), 10)
+            return answer(request)
+
+        w.secondary.handler = held  # type: ignore[assignment]
         admitted = [
-            asyncio.ensure_future(
-                w.gateway.stub.Chat(chat_request("kept", model="flaky"), metadata=stall, timeout=10)
-            )
-            for _ in range(2)
+            w.gateway.stub.Chat(chat_request("kept", model="backup"), timeout=10) for _ in range(2)
         ]
-        await asyncio.sleep(0.1)
+        assert await w.secondary.wait_for(lambda: len(w.secondary.requests) == 2, 5)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await w.gateway.stub.Chat(chat_request(model="steady"), timeout=10)
         # Refused at once: not queued behind the admitted calls, which are still running.
@@ -550,6 +550,7 @@ async def test_load_shedding_refuses_over_the_cap_and_keeps_admitted_calls() -> 
             and details.retry_info.retry_delay.ToMilliseconds() == 500
         )
         assert details.quota_failure is not None
+        release.set()
         replies = await asyncio.gather(*admitted)
         assert [r.message.parts[0].text for r in replies] == ["kept", "kept"]
         after = await w.gateway.stub.Chat(chat_request("again", model="steady"), timeout=10)
@@ -627,7 +628,7 @@ async def test_per_model_read_timeout_reaches_the_transport() -> None:
                 ],
             }
         )
-        patient.header_delay = 0.5
+        patient.header_delay = 0.3  # over m-read's 0.2 s, well within the provider's 1 s
         w.primary.scripted.clear()
         w.primary.script(patient)
         reply = await w.gateway.stub.Chat(chat_request(model="solo"), timeout=10)
@@ -655,6 +656,12 @@ async def test_caller_mistakes_do_not_open_the_breaker() -> None:
         assert deployment.circuit_state == models_pb2.CIRCUIT_STATE_CLOSED
         assert deployment.times_opened == 0
         assert len(w.secondary.requests) == 0, "a rejected request is not sent to the fallback"
+
+
+async def cooled_down(w: World) -> bool:
+    """The primary's m-main breaker has no cool-down left."""
+    deployment = (await stats(w.gateway, "primary")).deployments[0]
+    return deployment.open_remaining.ToNanoseconds() == 0
 
 
 async def wait_until(condition: Callable[[], Awaitable[bool]], seconds: float = 3.0) -> bool:
@@ -730,10 +737,12 @@ async def test_cancellations_and_deadlines_do_not_open_the_breaker() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await unary
         assert await w.primary.wait_for(lambda: w.primary.client_disconnects == 4, 3)
+        # Deadlines long enough for each call to reach the upstream first, even under load,
+        # and shorter than the primary's 1 s read timeout.
         outcomes = await asyncio.gather(
-            *(w.gateway.stub.Chat(chat_request(model="main"), timeout=0.4) for _ in range(2)),
+            *(w.gateway.stub.Chat(chat_request(model="main"), timeout=0.9) for _ in range(2)),
             *(
-                drain(w.gateway.stub.StreamChat(chat_request(model="main"), timeout=0.4))
+                drain(w.gateway.stub.StreamChat(chat_request(model="main"), timeout=0.9))
                 for _ in range(2)
             ),
             return_exceptions=True,
@@ -770,8 +779,8 @@ async def test_cancelled_and_expired_unary_calls_leave_no_upstream_connection_op
         assert w.secondary.client_disconnects == 1
 
         idle = w.secondary.open_connections
-        expiring = asyncio.ensure_future(
-            w.gateway.stub.Chat(chat_request(model="backup"), timeout=0.5)
+        expiring = asyncio.ensure_future(  # long enough to reach the upstream under load
+            w.gateway.stub.Chat(chat_request(model="backup"), timeout=2)
         )
         assert await w.secondary.wait_for(lambda: w.secondary.open_connections == idle + 1, 3)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -786,8 +795,10 @@ async def test_deadline_exceeded_lists_every_attempt_in_its_details() -> None:
     async with world() as w:
         w.primary.handler = always(503)  # type: ignore[assignment]
         w.secondary.script(FakeResponse(hang=True))
+        # 2.5 s: room for three failed attempts and the fallback's, and for the gateway's
+        # status to beat the caller's own timer (it ends the call 0.25 s before).
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await w.gateway.stub.Chat(chat_request(model="main"), timeout=1.0)
+            await w.gateway.stub.Chat(chat_request(model="main"), timeout=2.5)
         details = details_of(caught.value)
         assert (details.code, details.error_info.reason) == (
             grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -806,9 +817,10 @@ async def test_deadline_exceeded_lists_every_attempt_in_its_details() -> None:
 
 async def test_retry_after_beyond_the_deadline_moves_to_the_fallback_at_once() -> None:
     async with world() as w:
-        # 1.5 s is within max_retry_after (2 s) but not within the 1 s deadline.
-        w.primary.script(rate_limited("1.5"))
-        reply = await w.gateway.stub.Chat(chat_request("hi", model="main"), timeout=1.0)
+        # 5 s is within max_retry_after (10 s) but not within the 3 s deadline, which leaves
+        # the fallback time to answer on a loaded machine.
+        w.primary.script(rate_limited("5"))
+        reply = await w.gateway.stub.Chat(chat_request("hi", model="main"), timeout=3)
         assert reply.message.parts[0].text == "hi"
         assert (reply.route.provider, reply.route.attempts, reply.route.fallback_used) == (
             "secondary",
@@ -829,13 +841,8 @@ async def test_failed_half_open_probe_reopens_with_a_longer_cool_down() -> None:
         assert first.circuit_state == models_pb2.CIRCUIT_STATE_OPEN
         assert first.times_opened == 1
         first_remaining = first.open_remaining.ToNanoseconds()
-        assert 0 < first_remaining <= 400_000_000  # cool_down: 0.4s
-
-        async def cooled_down() -> bool:
-            deployment = (await stats(w.gateway, "primary")).deployments[0]
-            return deployment.open_remaining.ToNanoseconds() == 0
-
-        assert await wait_until(cooled_down, 3)
+        assert 0 < first_remaining <= 2_000_000_000  # cool_down: 2s
+        assert await wait_until(lambda: cooled_down(w), 5)
         # The probe fails: one attempt on the primary, then the fallback serves.
         reply = await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
         assert (reply.route.provider, reply.route.attempts) == ("secondary", 2)
@@ -844,8 +851,8 @@ async def test_failed_half_open_probe_reopens_with_a_longer_cool_down() -> None:
         assert second.circuit_state == models_pb2.CIRCUIT_STATE_OPEN
         assert second.times_opened == 2
         assert list(second.transitions) == ["CLOSED->OPEN", "OPEN->HALF_OPEN", "HALF_OPEN->OPEN"]
-        # Doubled: 0.8 s, so more is left than the whole first cool-down.
-        assert 400_000_000 < second.open_remaining.ToNanoseconds() <= 800_000_000
+        # Doubled: 4 s, so more is left than the whole first cool-down.
+        assert 2_000_000_000 < second.open_remaining.ToNanoseconds() <= 4_000_000_000
         # Still open: the next call does not reach the primary.
         reply = await w.gateway.stub.Chat(chat_request(model="main"), timeout=10)
         assert (reply.route.provider, reply.route.attempts) == ("secondary", 1)
@@ -860,7 +867,7 @@ async def test_connect_timeout_of_the_provider_ends_each_attempt() -> None:
             primary=w.primary.url,
             secondary=w.secondary.url,
             proxy=w.proxy.url,
-            closed=free_port(),
+            closed=w.closed,
             server_extra="",
         )
         text = text.replace(

@@ -27,7 +27,7 @@ from tests.fakes.keys import HS_SECRET, claims, sign
 from tests.fakes.openai_fake import OpenAIFake, OpenAIFakeConfig, error_body
 from tests.fakes.raw_http2 import raw_grpc_call
 from tests.fakes.redis_server import REDIS_PASSWORD
-from tests.support import DEV_SECRET, chat_request, free_port, gateway_process, running_gateway
+from tests.support import DEV_SECRET, chat_request, gateway_process, running_gateway
 
 PROMPT_MARKER = "PROMPT-MARKER-7f3a9c"
 # A header value that is not UTF-8 (sent over raw HTTP/2): grpc's own logger quotes such
@@ -89,13 +89,12 @@ def upstream(request: FakeRequest) -> FakeResponse:
 
 async def test_a_workload_leaves_no_secret_in_logs_or_audit(tmp_path: Path) -> None:
     async with FakeHttpServer(upstream) as fake:
-        port = free_port()
         audit = tmp_path / "audit.jsonl"
         config = tmp_path / "gateway.yaml"
-        config.write_text(CONFIG.format(port=port, audit=audit, upstream=fake.url))
+        config.write_text(CONFIG.format(port=0, audit=audit, upstream=fake.url))
         secrets = {"SCAN_SECRET": HS_SECRET, "SCAN_OPENAI_KEY": UPSTREAM_KEY}
-        with gateway_process(config, tmp_path, port, extra_env=secrets) as gateway:
-            await _workload(port)
+        with gateway_process(config, tmp_path, extra_env=secrets) as gateway:
+            await _workload(gateway.port)
             gateway.process.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(gateway.process.wait, 15) == 0
             log_text = gateway.logs()

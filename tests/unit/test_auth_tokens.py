@@ -564,11 +564,16 @@ async def test_a_verified_token_is_trusted_for_a_minute_and_never_past_its_expir
     now[0] += 61  # past the minute: checked again (and still valid)
     assert await verifier.verify(bearer(token)) == first
     assert verifier.cache_hits == 1
-    # A token about to expire is trusted only until its expiry (plus the leeway).
-    short = sign(claims("hs", exp=int(time.time()) + 1), HS_SECRET, "HS256")
+    # A token about to expire is trusted only until its expiry (plus the leeway). `exp`
+    # is whole seconds: int(now) + 2 leaves more than a second to verify it while valid.
+    expiry = int(time.time()) + 2
+    short = sign(claims("hs", exp=expiry), HS_SECRET, "HS256")
     real = _clocked_verifier("0s")
     await real.verify(bearer(short))
-    await asyncio.sleep(1.2)
+    for _ in range(10):  # until the wall clock has reached the expiry (bounded)
+        if time.time() >= expiry:
+            break
+        await asyncio.sleep(expiry - time.time() + 0.01)
     with pytest.raises(AuthFailure) as caught:
         await real.verify(bearer(short))
     assert caught.value.reason == "token expired"
