@@ -13,7 +13,7 @@ import httpx
 
 from service.errors import GatewayError
 from service.providers.base import Timeouts
-from service.providers.upstream_errors import transport_failure
+from service.providers.upstream_errors import pool_exhausted, transport_failure
 
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 # The router's own timer ends an attempt at its deadline (and reports
@@ -46,6 +46,7 @@ class TransportSettings:
     max_connections: int = 100
     max_keepalive_connections: int = 20
     keepalive_expiry: float = 30.0
+    acquire_timeout: float = 1.0  # longest wait for a free connection
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
@@ -71,6 +72,10 @@ class UpstreamClient:
     def __init__(self, provider: str, settings: TransportSettings) -> None:
         self.provider = provider
         self.settings = settings
+        # One slot per pooled connection, held from sending until the response is closed:
+        # a call never waits inside the HTTP client, where the wait would look like a
+        # connect timeout of the upstream.
+        self._slots = asyncio.Semaphore(settings.max_connections)
         self._client = httpx.AsyncClient(
             base_url=settings.base_url,
             headers=dict(settings.headers),
@@ -96,6 +101,24 @@ class UpstreamClient:
             write=min(timeouts.read, remaining),
             pool=min(timeouts.connect, remaining),
         )
+
+    @asynccontextmanager
+    async def _slot(self, deadline: float, model: str) -> AsyncIterator[None]:
+        """A free connection slot, waited for no longer than the pool's acquire timeout
+        and the attempt's deadline."""
+        if self._slots.locked():
+            wait = min(self.settings.acquire_timeout, deadline - asyncio.get_running_loop().time())
+            try:
+                async with asyncio.timeout(max(0.0, wait)):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise pool_exhausted(self.provider, model, self.settings.acquire_timeout) from None
+        else:
+            await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def _error(self, exc: Exception, model: str) -> GatewayError:
         if isinstance(exc, httpx.TimeoutException):
@@ -134,14 +157,17 @@ class UpstreamClient:
         self, spec: HttpRequestSpec, deadline: float, model: str, timeouts: Timeouts
     ) -> HttpResponse:
         """Sends a request and reads the whole (capped) body."""
-        try:
-            response = await self._client.send(self._build(spec, deadline, timeouts), stream=True)
-        except httpx.HTTPError as exc:
-            raise self._error(exc, model) from None
-        try:
-            body = await self.read_capped(response, model)
-        finally:
-            await response.aclose()
+        async with self._slot(deadline, model):
+            try:
+                response = await self._client.send(
+                    self._build(spec, deadline, timeouts), stream=True
+                )
+            except httpx.HTTPError as exc:
+                raise self._error(exc, model) from None
+            try:
+                body = await self.read_capped(response, model)
+            finally:
+                await response.aclose()
         return HttpResponse(
             response.status_code, {k.lower(): v for k, v in response.headers.items()}, body
         )
@@ -151,14 +177,17 @@ class UpstreamClient:
         self, spec: HttpRequestSpec, deadline: float, model: str, timeouts: Timeouts
     ) -> AsyncIterator[UpstreamStream]:
         """Opens a streaming response; leaving the block (or a cancellation) closes it."""
-        try:
-            response = await self._client.send(self._build(spec, deadline, timeouts), stream=True)
-        except httpx.HTTPError as exc:
-            raise self._error(exc, model) from None
-        try:
-            yield UpstreamStream(response, self, model)
-        finally:
-            await response.aclose()
+        async with self._slot(deadline, model):
+            try:
+                response = await self._client.send(
+                    self._build(spec, deadline, timeouts), stream=True
+                )
+            except httpx.HTTPError as exc:
+                raise self._error(exc, model) from None
+            try:
+                yield UpstreamStream(response, self, model)
+            finally:
+                await response.aclose()
 
     async def aclose(self) -> None:
         await self._client.aclose()
