@@ -96,11 +96,8 @@ class Load:
     done: int
     failed: int
     seconds: float
+    rate: float  # calls/s
     latencies_ms: list[float] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        return self.done / self.seconds if self.seconds else 0.0
 
     def pct(self, q: float) -> float:
         values = sorted(self.latencies_ms)
@@ -276,7 +273,7 @@ def h2load(
                 parts = line.split("\t")
                 if len(parts) >= 3:
                     values.append(int(parts[2]) / 1000)
-    finished = re.search(r"finished in ([\d.]+)(ms|s)", run.stdout)
+    finished = re.search(r"finished in ([\d.]+)(ms|s), ([\d.]+) req/s", run.stdout)
     counts = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", run.stdout)
     if finished is None or counts is None:
         raise RuntimeError(f"h2load failed: {run.stdout}\n{run.stderr}")
@@ -284,7 +281,9 @@ def h2load(
     # The first calls of a counted run open connections; drop them from the latencies.
     values = values[len(values) // 10 :] if not seconds else values
     scale = 0.001 if finished.group(2) == "ms" else 1.0
-    return Load(done, done - succeeded, float(finished.group(1)) * scale, values)
+    # h2load's own rate: over the measured time only (after the warm-up of a timed run).
+    rate = float(finished.group(3))
+    return Load(done, done - succeeded, float(finished.group(1)) * scale, rate, values)
 
 
 @contextmanager
