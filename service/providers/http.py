@@ -35,6 +35,7 @@ DEADLINE_SLACK = 0.25
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 _JSON_HEADERS = {"content-type": "application/json"}
 _READ_SIZE = 64 * 1024
+_URL_CACHE = 1024  # distinct request targets remembered (callers may name models)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class UpstreamClient:
         self.settings = settings
         self._base = settings.base_url.rstrip("/") + "/"
         self._headers = dict(settings.headers)
+        self._urls: dict[str, URL] = {}
         # One slot per pooled connection, held from sending until the response is closed:
         # a call never waits inside the HTTP client, where the wait would look like a
         # connect timeout of the upstream.
@@ -199,7 +201,14 @@ class UpstreamClient:
         return transport_failure(self.provider, model, "reset", "ReadError")
 
     def _url(self, spec: HttpRequestSpec) -> URL:
-        return URL(quote(self._base + spec.url.lstrip("/"), safe=_URL_SAFE), encoded=True)
+        """The absolute URL, built once per distinct target (a handful per deployment)."""
+        url = self._urls.get(spec.url)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE:
+                self._urls.clear()
+            url = URL(quote(self._base + spec.url.lstrip("/"), safe=_URL_SAFE), encoded=True)
+            self._urls[spec.url] = url
+        return url
 
     async def _send(
         self, spec: HttpRequestSpec, deadline: float, timeouts: Timeouts, model: str
