@@ -20,9 +20,9 @@ from bench.stack import Stack, Target, h2load, running_stack
 # The least share of the echo server's calls/s each path must keep (best round).
 FLOORS = {
     "gateway, mock provider": float(os.environ.get("BENCH_FLOOR_MOCK", "0.18")),
-    "gateway → fake upstream": float(os.environ.get("BENCH_FLOOR_UPSTREAM", "0.09")),
+    "gateway → fake upstream": float(os.environ.get("BENCH_FLOOR_UPSTREAM", "0.12")),
 }
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
 SECONDS = 2.0
 IN_FLIGHT = 64
 
