@@ -115,7 +115,9 @@ def _completion(text: str) -> dict[str, object]:
 
 async def test_the_pool_limit_caps_connections_to_the_upstream(upstream: FakeHttpServer) -> None:
     config = CONFIG.format(url=upstream.url).replace(
-        "max_response_bytes: 2048,", "max_response_bytes: 2048, pool: {max_connections: 2},"
+        "max_response_bytes: 2048,",
+        # A wait for a free connection as long as the test may take: only the cap is shown.
+        "max_response_bytes: 2048, pool: {max_connections: 2, acquire_timeout: 60s},",
     )
     slow = FakeResponse.json(_completion("queued"))
     slow.header_delay = 0.2
