@@ -60,8 +60,6 @@ class TransportSettings:
     base_url: str
     headers: Mapping[str, str]
     max_connections: int = 100
-    # Idle connections: aiohttp keeps every idle connection until keepalive_expiry, so
-    # max_connections also bounds the idle ones.
     max_keepalive_connections: int = 20
     keepalive_expiry: float = 30.0
     acquire_timeout: float = 1.0  # longest wait for a free connection
@@ -251,12 +249,29 @@ class UpstreamClient:
             raise self.error(exc, model) from None
         return bytes(body)
 
-    @staticmethod
-    def _close(response: aiohttp.ClientResponse) -> None:
-        """Gives a fully read connection back to the pool; closes any other, so that a
-        cancelled call's upstream request ends at once."""
+    def _trim_idle(self) -> None:
+        """Closes the oldest idle connections beyond max_keepalive_connections. aiohttp
+        has no such cap of its own, and gives a connection back to its pool as soon as
+        the body is read, so the surplus is closed here."""
+        connector = self._session.connector if self._session is not None else None
+        pools = getattr(connector, "_conns", None)
+        if not pools:
+            return
+        surplus = (
+            sum(len(kept) for kept in pools.values()) - self.settings.max_keepalive_connections
+        )
+        for kept in list(pools.values()):
+            while surplus > 0 and kept:
+                protocol, _ = kept.popleft()
+                protocol.close()
+                surplus -= 1
+
+    def _close(self, response: aiohttp.ClientResponse) -> None:
+        """Gives a fully read connection back to the pool (within its cap of idle ones);
+        closes any other, so that a cancelled call's upstream request ends at once."""
         if response.content.at_eof() and not response.content.exception():
             response.release()
+            self._trim_idle()
         else:
             response.close()
 

@@ -229,3 +229,29 @@ async def test_a_full_pool_sends_extra_calls_to_the_next_deployment() -> None:
         # The full pool was not the deployment's fault: the same deployment serves again.
         reply = await gateway.stub.Chat(chat_request("hi", model="chat"), timeout=30)
         assert reply.message.parts[0].text == "held"
+
+
+async def test_idle_connections_beyond_the_keepalive_cap_are_closed() -> None:
+    held_upstream = HeldUpstream()
+    config = POOL_CONFIG.replace(
+        "pool: {{max_connections: 2, acquire_timeout: 0.2s}}",
+        "pool: {{max_connections: 3, max_keepalive_connections: 1}}",
+    )
+    async with (
+        FakeHttpServer(held_upstream.handle) as upstream,
+        FakeHttpServer(lambda r: FakeResponse.json(_completion("spare"))) as spare,
+        running_gateway(
+            config.format(url=upstream.url, spare=spare.url), {"UP_KEY": "sk-up"}
+        ) as gateway,
+    ):
+        calls = [
+            asyncio.ensure_future(gateway.stub.Chat(chat_request("hi", model="chat"), timeout=30))
+            for _ in range(3)
+        ]
+        assert await upstream.wait_for(lambda: upstream.open_connections == 3, 10)
+        held_upstream.release.set()
+        await asyncio.gather(*calls)
+        # Three connections were open at once; one is kept for the next call.
+        assert await upstream.wait_for(lambda: upstream.open_connections == 1, 10)
+        await gateway.stub.Chat(chat_request("hi", model="chat"), timeout=30)
+        assert upstream.connections_accepted == 3
