@@ -6,8 +6,9 @@ gateway (mock provider, and through the fast fake upstream) at 64 calls in fligh
 fails when the gateway's calls/s fall below a set share of the floor's, or when any of
 its calls failed. A share rather than a rate, so that a slower or busier machine moves
 both sides alike; the best of a few interleaved rounds, so that a burst of another
-process's work in one round does not decide. The floors sit at about half of what a
-loaded machine reaches (bench/results.md): a change that doubles the per-call cost fails.
+process's work in one round does not decide. The floors sit at about half of the shares
+a loaded machine reaches, below every run measured (bench/results.md): a change that
+doubles the gateway's cost per call brings the shares down to about the floors.
 """
 
 from __future__ import annotations
