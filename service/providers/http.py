@@ -67,7 +67,12 @@ class TransportSettings:
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
+    """Response headers by lower-case name; a repeated header's values joined by ", "."""
+    joined: dict[str, str] = {}
+    for name, value in headers.items():
+        name = name.lower()
+        joined[name] = f"{joined[name]}, {value}" if name in joined else value
+    return joined
 
 
 def _unread(content: aiohttp.StreamReader) -> bytes:
