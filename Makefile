@@ -10,7 +10,7 @@ export LLM_GATEWAY_DEV_SECRET ?= dev-only-insecure-secret-change-me-0123456789
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: run token test test-deps bench lint fmt proto proto-check proto-lint clean
+.PHONY: run token test test-deps bench bench-check bench-deps lint fmt proto proto-check proto-lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,9 +38,23 @@ test-deps:
 	  $$sudo apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq redis-server >/dev/null; }
 
-# Side by side, in one run: straight to a fake upstream vs through the gateway.
-bench: $(STAMP)
+# Side by side, in one run: straight to a fake upstream, a bare grpc.aio echo server (the
+# floor) and the gateway (mock provider, and through the fake upstream); bench/results.md.
+bench: $(STAMP) bench-deps
 	$(BIN)/python -m bench.run
+
+# The gateway's calls/s as a share of the echo server's, measured side by side: fails when
+# the share falls below its floor (bench/ratio.py). Under a minute.
+bench-check: $(STAMP) bench-deps
+	$(BIN)/python -m bench.ratio
+
+# h2load, the C load generator of the benchmarks: Debian's nghttp2-client, when missing.
+bench-deps:
+	@command -v h2load >/dev/null || { \
+	  echo "installing h2load (Debian's nghttp2-client) for the benchmark"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq nghttp2-client >/dev/null; }
 
 lint: $(STAMP) proto-lint
 	$(BIN)/ruff check service clients tests scripts bench

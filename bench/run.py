@@ -1,340 +1,320 @@
-"""Side-by-side benchmark: the same calls straight to a fake upstream and through the
-gateway, in one run, on this machine. `make bench` (bounded: count and time).
+"""Side-by-side benchmark, in one run on this machine: `make bench`.
 
-Processes: the fake upstream, the gateway (`python -m service`, with authentication and
-the audit log on, as in production), and this load generator. Both paths are driven by
-Python asyncio clients, so their own cost is in both columns; the difference is the
-gateway's overhead. When h2load (nghttp2-client) is installed, it also drives unary gRPC
-Chat from C, without the Python client's cost.
+Four paths for the same Chat call: straight to a fast fake OpenAI upstream (HTTP/1.1),
+a bare grpc.aio + uvloop echo server (the floor for any Python gRPC server), the gateway
+with its built-in mock provider, and the gateway through the fake upstream. The gateway
+runs with authentication and the audit log on. h2load (C) drives every unary and
+streamed phase, so the load generator's cost is small and the same in every column;
+time to the first streamed chunk is taken with minimal asyncio clients, one call at a
+time. All processes share the machine's cores. Bounded: each phase runs for a set time
+or count. Writes bench/results.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import platform
-import shutil
-import signal
 import statistics
-import struct
-import subprocess
 import sys
-import tempfile
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import httpx
-import jwt
-from llmgateway.v1 import chat_pb2, content_pb2, provider_service_pb2_grpc
+import uvloop
+from llmgateway.v1 import provider_service_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
-SECRET = "bench-only-secret-0123456789abcdef0123456789"
-REQUESTS = int(os.environ.get("BENCH_REQUESTS", "1000"))
-CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
-TIME_LIMIT = float(os.environ.get("BENCH_SECONDS", "60"))  # per phase
-PROMPT = "Summarise the benefits of typed gRPC contracts for LLM calls in one sentence."
+from bench.stack import (
+    ROOT,
+    UPSTREAM_KEY,
+    Load,
+    Stack,
+    Target,
+    chat_request,
+    h2load,
+    rss_mib,
+    running_stack,
+    upstream_body,
+)
 
-CONFIG = """
-server: {{host: 127.0.0.1, port: {port}, shutdown_grace: 5s}}
-logging: {{level: info}}
-audit: {{path: "{audit}"}}
-auth:
-  issuers:
-    - {{issuer: bench, audiences: [llm-gateway], algorithms: [HS256], secret_env: BENCH_SECRET}}
-providers:
-  - {{name: upstream, api_key_env: BENCH_UPSTREAM_KEY, base_url: "http://127.0.0.1:{upstream}/v1", openai: {{}}}}
-  - {{name: mock, mock: {{}}}}
-models:
-  - {{alias: gpt, provider: upstream, upstream_model: gpt-4o-mini}}
-  - {{alias: mock, provider: mock}}
-"""
+SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))  # per round under load
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))  # interleaved; the median is reported
+SERIAL = int(os.environ.get("BENCH_SERIAL", "2000"))  # calls one at a time, per path
+IN_FLIGHT = 64
+TTFT_CALLS = 200
 
 
 @dataclass
-class Result:
-    name: str
-    latencies: list[float]
-    first_chunk: list[float]
+class Row:
+    path: str
+    serial: Load | None = None
+    loaded: Load | None = None
+    errors: int = 0
+
+
+@dataclass
+class StreamRow:
+    path: str
+    loaded: Load
+    chunks_per_stream: int
     errors: int
-    wall: float
+    first_chunk_ms: float
 
-    def row(self) -> str:
-        lat = sorted(self.latencies)
-
-        def pct(values: list[float], q: float) -> str:
-            if not values:
-                return "-"
-            return f"{values[min(len(values) - 1, int(q * len(values)))] * 1000:.2f}"
-
-        ttft = sorted(self.first_chunk)
-        rate = len(lat) / self.wall if self.wall else 0.0
-        return (
-            f"| {self.name} | {len(lat)} | {self.errors} | {rate:.0f} | {pct(lat, 0.5)} | "
-            f"{pct(lat, 0.9)} | {pct(lat, 0.99)} | {pct(ttft, 0.5)} |"
-        )
+    @property
+    def chunks_per_second(self) -> float:
+        return self.loaded.rate * self.chunks_per_stream
 
 
-async def drive(
-    name: str,
-    call: Callable[[], Awaitable[float | None]],
-    concurrency: int = CONCURRENCY,
-    requests: int = REQUESTS,
-) -> Result:
-    """`requests` calls, `concurrency` at a time, stopped at TIME_LIMIT."""
-    latencies: list[float] = []
-    first: list[float] = []
-    errors = 0
-    remaining = requests
-    deadline = time.perf_counter() + TIME_LIMIT
+class RssSampler:
+    """The gateway's peak resident memory while a block runs."""
 
-    async def worker() -> None:
-        nonlocal remaining, errors
-        while remaining > 0 and time.perf_counter() < deadline:
-            remaining -= 1
-            started = time.perf_counter()
-            try:
-                ttft = await call()
-            except Exception:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - started)
-            if ttft is not None:
-                first.append(ttft - started)
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0.0
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Result(name, latencies, first, errors, time.perf_counter() - started)
+    @contextmanager
+    def sampling(self) -> Iterator[None]:
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.2):
+                self.peak = max(self.peak, rss_mib(self.pid))
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
-def chat_request(model: str) -> chat_pb2.ChatRequest:
-    message = content_pb2.Message(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text=PROMPT)])
-    return chat_pb2.ChatRequest(model=model, messages=[message])
+# --- time to the first chunk, one call at a time, with minimal clients ---------------
 
 
-async def phases(upstream_port: int, gateway_port: int, token: str) -> list[Result]:
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]}
-    headers = {"authorization": "Bearer sk-bench"}
-    metadata = (("authorization", f"Bearer {token}"),)
-    results = []
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with (
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{upstream_port}/v1", limits=limits) as http,
-        grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}") as channel,
-    ):
-        stub = provider_service_pb2_grpc.ProviderServiceStub(channel)
-
-        async def direct_unary() -> None:
-            response = await http.post("/chat/completions", json=body, headers=headers)
-            response.raise_for_status()
-            json.loads(response.content)
-
-        async def direct_stream() -> float | None:
-            first = None
-            streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
-            async with http.stream(
-                "POST", "/chat/completions", json=streamed, headers=headers
-            ) as r:
-                async for line in r.aiter_lines():
-                    if line.startswith("data:") and first is None:
-                        first = time.perf_counter()
-            return first
-
-        async def gateway_unary(model: str = "gpt") -> None:
-            await stub.Chat(chat_request(model), metadata=metadata, timeout=30)
-
-        async def gateway_stream() -> float | None:
-            first = None
-            async for _ in stub.StreamChat(chat_request("gpt"), metadata=metadata, timeout=30):
-                if first is None:
-                    first = time.perf_counter()
-            return first
-
-        async def warm(call: Callable[[], Awaitable[object]]) -> None:
-            for _ in range(50):
-                await call()
-
-        for call in (direct_unary, gateway_unary, direct_stream, gateway_stream):
-            await warm(call)
-        serial = max(50, REQUESTS // 5)
-        results.append(
-            await drive("one at a time: direct, unary", lambda: _none(direct_unary()), 1, serial)
-        )
-        results.append(
-            await drive("one at a time: gateway, Chat", lambda: _none(gateway_unary()), 1, serial)
-        )
-        results.append(await drive("one at a time: direct, SSE stream", direct_stream, 1, serial))
-        results.append(await drive("one at a time: gateway, StreamChat", gateway_stream, 1, serial))
-        results.append(await drive("direct HTTP → upstream, unary", lambda: _none(direct_unary())))
-        results.append(
-            await drive("gRPC → gateway → upstream, Chat", lambda: _none(gateway_unary()))
-        )
-        results.append(await drive("direct HTTP → upstream, SSE stream", direct_stream))
-        results.append(await drive("gRPC → gateway → upstream, StreamChat", gateway_stream))
-        results.append(
-            await drive(
-                "gRPC → gateway, mock provider (no upstream)", lambda: _none(gateway_unary("mock"))
-            )
-        )
-    return results
-
-
-async def _none(awaitable: Awaitable[object]) -> None:
-    await awaitable
-
-
-def h2load(gateway_port: int, token: str) -> str | None:
-    binary = shutil.which("h2load")
-    if binary is None:
-        return None
-    payload = chat_request("gpt").SerializeToString()
-    with tempfile.NamedTemporaryFile(delete=False) as data:
-        data.write(b"\x00" + struct.pack(">I", len(payload)) + payload)
+async def _first_chunk_direct(port: int) -> float:
+    body = upstream_body(stream=True)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        f"authorization: Bearer {UPSTREAM_KEY}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    times = []
     try:
-        run = subprocess.run(
-            [
-                binary,
-                "-n",
-                str(REQUESTS),
-                "-c",
-                "4",
-                "-m",
-                str(max(1, CONCURRENCY // 4)),
-                "-d",
-                data.name,
-                "-H",
-                "content-type: application/grpc",
-                "-H",
-                "te: trailers",
-                "-H",
-                f"authorization: Bearer {token}",
-                f"http://127.0.0.1:{gateway_port}/llmgateway.v1.ProviderService/Chat",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=TIME_LIMIT + 30,
-        )
+        for _ in range(TTFT_CALLS):
+            started = time.perf_counter()
+            writer.write(head + body)
+            await reader.readuntil(b"data: ")
+            times.append(time.perf_counter() - started)
+            await reader.readuntil(b"0\r\n\r\n")  # the end of the chunked body
     finally:
-        os.unlink(data.name)
-    keep = [
-        line
-        for line in run.stdout.splitlines()
-        if line.startswith(("finished in", "requests:", "time for request:", "status codes:"))
+        writer.close()
+    return statistics.median(times) * 1000
+
+
+async def _first_chunk_grpc(port: int, model: str, token: str) -> tuple[float, int]:
+    """(median ms to the first message, messages in one stream)."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    times = []
+    count = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = provider_service_pb2_grpc.ProviderServiceStub(channel)
+        for index in range(TTFT_CALLS + 20):
+            started = time.perf_counter()
+            first = 0.0
+            count = 0
+            async for _ in stub.StreamChat(chat_request(model), metadata=metadata, timeout=30):
+                if not count:
+                    first = time.perf_counter() - started
+                count += 1
+            if index >= 20:  # the first calls warm the channel
+                times.append(first)
+    return statistics.median(times) * 1000, count
+
+
+# --- phases ---------------------------------------------------------------------------
+
+
+def _with_errors(stack: Stack, run: Callable[[], Load], gateway: bool) -> tuple[Load, int]:
+    stack.audit_failures()
+    load = run()
+    failed = stack.audit_failures()[1] if gateway else 0
+    return load, load.failed + failed
+
+
+def interleaved(stack: Stack, items: list[tuple[Target, bool]]) -> list[tuple[Load, int]]:
+    """Every target at IN_FLIGHT calls at a time, in ROUNDS interleaved rounds, so that a
+    burst of other work on the machine hits all paths alike: each target's median round
+    and its errors over all rounds."""
+    loads: list[list[Load]] = [[] for _ in items]
+    errors = [0] * len(items)
+    for _ in range(ROUNDS):
+        for index, (target, gateway) in enumerate(items):
+            load, failed = _with_errors(
+                stack, lambda t=target: h2load(t, in_flight=IN_FLIGHT, seconds=SECONDS), gateway
+            )
+            loads[index].append(load)
+            errors[index] += failed
+    return [
+        (sorted(runs, key=lambda load: load.rate)[len(runs) // 2], failed)
+        for runs, failed in zip(loads, errors, strict=True)
     ]
-    return "\n".join(keep)
 
 
-def wait_for_file(path: Path, seconds: float) -> str:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if path.exists() and path.read_text().strip():
-            return path.read_text().strip()
-        time.sleep(0.05)
-    raise RuntimeError(f"{path} was not written")
+def measure(stack: Stack) -> tuple[list[Row], list[StreamRow], dict[str, float]]:
+    rss = {"idle": rss_mib(stack.gateway_pid)}
+    sampler = RssSampler(stack.gateway_pid)
+    paths: list[tuple[str, Target, bool]] = [
+        ("straight to the fake upstream (HTTP/1.1)", stack.direct(), False),
+        ("bare grpc.aio + uvloop echo server (the floor)", stack.echo(), False),
+        ("gateway, mock provider (no upstream)", stack.gateway("mock"), True),
+        ("gateway → fake upstream", stack.gateway("gpt"), True),
+    ]
+    for _, target, _ in paths:  # warm every path
+        h2load(target, in_flight=4, requests=400)
+    rows = []
+    with sampler.sampling():
+        for name, target, gateway in paths:
+            row = Row(name)
+            row.serial, serial_errors = _with_errors(
+                stack,
+                lambda t=target: h2load(t, in_flight=1, requests=SERIAL, latencies=True),
+                gateway,
+            )
+            row.errors = serial_errors
+            rows.append(row)
+        for row, (loaded, errors) in zip(
+            rows, interleaved(stack, [(t, g) for _, t, g in paths]), strict=True
+        ):
+            row.loaded = loaded
+            row.errors += errors
+        loop_run = uvloop.run
+        direct_ttft = loop_run(_first_chunk_direct(stack.upstream_port))
+        echo_ttft, echo_chunks = loop_run(_first_chunk_grpc(stack.echo_port, "gpt", stack.token))
+        gw_ttft, gw_chunks = loop_run(_first_chunk_grpc(stack.gateway_port, "gpt", stack.token))
+        stream_paths = [
+            (
+                "straight to the fake upstream (SSE events)",
+                stack.direct(stream=True),
+                23,
+                False,
+                direct_ttft,
+            ),
+            (
+                "bare grpc.aio + uvloop echo server (the floor)",
+                stack.echo(stream=True),
+                echo_chunks,
+                False,
+                echo_ttft,
+            ),
+            (
+                "gateway → fake upstream",
+                stack.gateway("gpt", stream=True),
+                gw_chunks,
+                True,
+                gw_ttft,
+            ),
+        ]
+        for _, target, _, _, _ in stream_paths:
+            h2load(target, in_flight=4, requests=100)
+        measured = interleaved(stack, [(p[1], p[3]) for p in stream_paths])
+        streams = [
+            StreamRow(name, loaded, per_stream, errors, ttft)
+            for (name, _, per_stream, _, ttft), (loaded, errors) in zip(
+                stream_paths, measured, strict=True
+            )
+        ]
+    rss["load"] = sampler.peak
+    time.sleep(2)
+    rss["after"] = rss_mib(stack.gateway_pid)
+    return rows, streams, rss
+
+
+def render(rows: list[Row], streams: list[StreamRow], rss: dict[str, float], audit: int) -> str:
+    direct, floor, mock, upstream = rows
+    assert direct.serial and floor.loaded and mock.loaded and upstream.loaded
+    assert mock.serial and upstream.serial
+
+    def unary(row: Row) -> str:
+        assert row.serial and row.loaded
+        share = row.loaded.rate / floor.loaded.rate * 100 if floor.loaded.rate else 0
+        return (
+            f"| {row.path} | {row.serial.p50:.2f} | {row.serial.pct(0.99):.2f} | "
+            f"{row.loaded.rate:,.0f} | {row.errors} | {share:.0f} % |"
+        )
+
+    def stream(row: StreamRow) -> str:
+        return (
+            f"| {row.path} | {row.first_chunk_ms:.2f} | {row.loaded.rate:,.0f} | "
+            f"{row.chunks_per_stream} | {row.chunks_per_second:,.0f} | {row.errors} |"
+        )
+
+    added_mock = mock.serial.p50 - floor.serial.p50
+    added_up = upstream.serial.p50 - direct.serial.p50
+    added_up_p99 = upstream.serial.pct(0.99) - direct.serial.pct(0.99)
+    added_ttft = streams[2].first_chunk_ms - streams[0].first_chunk_ms
+    cpu = "?"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    lines = [
+        "# Benchmark: the gateway's own cost per call, side by side",
+        "",
+        f"Machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"{platform.machine()}, {platform.system()} {platform.release()}. Loopback only; the "
+        "fake upstream, the echo server, the gateway and h2load share the cores. The gateway "
+        "runs with authentication (HS256 bearer) and the audit log on. h2load sends every "
+        f"call; {SERIAL} calls one at a time per path, then {IN_FLIGHT} in flight in {ROUNDS} "
+        f"interleaved rounds of {SECONDS:g} s (the median round is shown). Errors: failed HTTP "
+        "requests plus failed calls in the audit log (calls h2load itself cut at the end of "
+        "a timed round, CANCELLED, not counted).",
+        "",
+        "## Unary Chat",
+        "",
+        "| path | 1 in flight: p50 ms | p99 ms | 64 in flight: calls/s | errors | share of the floor |",
+        "|---|---|---|---|---|---|",
+        *(unary(row) for row in rows),
+        "",
+        f"Added at 1 in flight, p50: {added_up:.2f} ms through the upstream (over the direct "
+        f"path; p99 {added_up_p99:+.2f} ms), {added_mock:.2f} ms with the mock provider (over "
+        "the echo server).",
+        "",
+        f"## Streams ({IN_FLIGHT} in flight)",
+        "",
+        "| path | first chunk p50 ms (1 in flight) | streams/s | chunks per stream | chunks/s | errors |",
+        "|---|---|---|---|---|---|",
+        *(stream(row) for row in streams),
+        "",
+        f"Time to the first chunk added by the gateway: {added_ttft:.2f} ms.",
+        "",
+        "## Gateway memory (RSS)",
+        "",
+        f"Idle {rss['idle']:.0f} MiB; peak under load {rss['load']:.0f} MiB; "
+        f"2 s after the load {rss['after']:.0f} MiB. Audit records written: {audit}.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    from tests.support import free_port
-
-    with tempfile.TemporaryDirectory() as folder:
-        tmp = Path(folder)
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "BENCH_SECRET": SECRET,
-            "BENCH_UPSTREAM_KEY": "sk-bench",
-        }
-        upstream = subprocess.Popen(
-            [sys.executable, "-m", "bench.fake_upstream", str(tmp / "port")], cwd=ROOT, env=env
-        )
-        gateway = None
-        try:
-            upstream_port = int(wait_for_file(tmp / "port", 20))
-            gateway_port = free_port()
-            (tmp / "gateway.yaml").write_text(
-                CONFIG.format(port=gateway_port, audit=tmp / "audit.jsonl", upstream=upstream_port)
-            )
-            log = (tmp / "gateway.log").open("w")
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "service", "--config", str(tmp / "gateway.yaml")],
-                cwd=ROOT,
-                env=env,
-                stderr=log,
-            )
-            end = time.monotonic() + 20
-            while "listening" not in (tmp / "gateway.log").read_text():
-                if time.monotonic() > end or gateway.poll() is not None:
-                    raise RuntimeError("the gateway did not start")
-                time.sleep(0.05)
-            now = int(time.time())
-            token = jwt.encode(
-                {
-                    "iss": "bench",
-                    "aud": "llm-gateway",
-                    "sub": "bench",
-                    "iat": now,
-                    "exp": now + 3600,
-                    "scope": "chat",
-                },
-                SECRET,
-                algorithm="HS256",
-            )
-            results = asyncio.run(phases(upstream_port, gateway_port, token))
-            c_client = h2load(gateway_port, token)
-            audit_lines = (
-                sum(1 for _ in (tmp / "audit.jsonl").open())
-                if (tmp / "audit.jsonl").exists()
-                else 0
-            )
-        finally:
-            for process in (gateway, upstream):
-                if process is not None and process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-                    try:
-                        process.wait(15)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-    report = render(results, c_client, audit_lines)
+    with running_stack() as stack:
+        rows, streams, rss = measure(stack)
+        audit = sum(1 for _ in stack.audit.open()) if stack.audit.exists() else 0
+    report = render(rows, streams, rss, audit)
     print(report)
-    (ROOT / "bench" / "results.md").write_text(report)
+    out = os.environ.get("BENCH_OUT", str(ROOT / "bench" / "results.md"))
+    notes = ROOT / "bench" / "notes.md"
+    if notes.exists():
+        report += "\n" + notes.read_text()
+    Path(out).write_text(report)
     return 0
-
-
-def render(results: list[Result], c_client: str | None, audit_lines: int) -> str:
-    direct, gateway, direct_s, gateway_s = results[:4]
-    overhead = statistics.median(gateway.latencies) - statistics.median(direct.latencies)
-    ttft_overhead = statistics.median(gateway_s.first_chunk) - statistics.median(
-        direct_s.first_chunk
-    )
-    lines = [
-        "# Benchmark: direct to the upstream vs through the gateway",
-        "",
-        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}; "
-        f"{REQUESTS} calls per phase, {CONCURRENCY} in flight, loopback only. The fake upstream, "
-        "the gateway (authentication and audit log on) and the load generator share the cores.",
-        "",
-        "| path | calls | errors | calls/s | p50 ms | p90 ms | p99 ms | first chunk p50 ms |",
-        "|---|---|---|---|---|---|---|---|",
-        *(r.row() for r in results),
-        "",
-        f"Gateway overhead at the median, one call at a time: {overhead * 1000:.2f} ms per unary "
-        f"call, {ttft_overhead * 1000:.2f} ms to the first streamed chunk. Under load the "
-        "phases with many calls in flight compare throughput on the shared cores. "
-        f"Audit records written: {audit_lines}.",
-    ]
-    if c_client:
-        lines += [
-            "",
-            "h2load (C client, unary Chat through the gateway):",
-            "",
-            "```",
-            c_client,
-            "```",
-        ]
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

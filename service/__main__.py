@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from service.auth.devtoken import mint
 from service.auth.verifier import DEFAULT_SCOPES
@@ -45,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
         help="YAML configuration file (default: $LLM_GATEWAY_CONFIG)",
     )
     return parser
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Runs the server on uvloop, the faster event loop (grpc.aio works on any asyncio
+    loop); on the standard loop where uvloop is not installed."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             extra={"fields": {"provider": name}},
         )
     try:
-        asyncio.run(serve(loaded.config))
+        run(serve(loaded.config))
     except ConfigError as exc:
         print(f"configuration error in {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG

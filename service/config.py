@@ -409,6 +409,8 @@ def _validate_transport(provider: config_pb2.ProviderConfig, path: str) -> None:
     pool = provider.pool
     if pool.HasField("max_connections") and pool.max_connections < 1:
         raise ConfigError(f"{path}.pool.max_connections", "must be at least 1")
+    if pool.HasField("acquire_timeout") and seconds_or(pool, "acquire_timeout", 1.0) <= 0:
+        raise ConfigError(f"{path}.pool.acquire_timeout", "must be positive")
     if provider.HasField("max_response_bytes") and provider.max_response_bytes < 1024:
         raise ConfigError(f"{path}.max_response_bytes", "must be at least 1024")
 

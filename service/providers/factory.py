@@ -30,6 +30,7 @@ def transport_settings(
             pool.max_keepalive_connections if pool.HasField("max_keepalive_connections") else 20
         ),
         keepalive_expiry=seconds_or(pool, "keepalive_expiry", 30.0),
+        acquire_timeout=seconds_or(pool, "acquire_timeout", 1.0),
         max_response_bytes=(
             config.max_response_bytes
             if config.HasField("max_response_bytes")

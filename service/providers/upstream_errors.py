@@ -262,6 +262,22 @@ def transport_failure(provider: str, model: str, kind: str, detail: str = "") ->
     )
 
 
+def pool_exhausted(provider: str, model: str, waited: float) -> GatewayError:
+    """Every pooled connection to the provider stayed busy for the whole bounded wait.
+    The gateway's own limit, not the provider's health: another deployment may serve the
+    call, the breaker does not count it, and the caller may come back shortly."""
+    return GatewayError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "POOL_EXHAUSTED",
+        f"{provider}: every connection to the provider is busy",
+        metadata={"provider": provider, "model": model},
+        retry_after=max(waited, 0.1),
+        retryable=False,
+        failover=True,
+        upstream_fault=False,
+    )
+
+
 def stream_truncated(provider: str, model: str) -> GatewayError:
     """The upstream stream ended before its terminator: never a clean finish."""
     return GatewayError(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from llmgateway.v1 import provider_service_pb2_grpc
 
-from tests.support import BASE_CONFIG, chat_request, running_gateway
+from tests.support import BASE_CONFIG, chat_request, details_of, running_gateway
 
 
 @dataclass
@@ -159,3 +161,39 @@ async def test_missing_certificate_file_is_a_config_error(
     with pytest.raises(ConfigError) as caught:
         parse_config(text, {})
     assert caught.value.path == "server.tls.key_file"
+
+
+async def test_upstream_tls_verifies_the_providers_certificate(pki: dict[str, Path]) -> None:
+    """The gateway speaks TLS to an https:// upstream and checks its certificate against
+    the public CAs: a certificate from a private CA is refused before any request."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki["server_cert"], pki["server_key"])
+    handshakes: list[str] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handshakes.append("completed")  # never reached: the gateway refuses the certificate
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    config = (
+        "server: {host: 127.0.0.1, port: 0}\n"
+        "routing: {retry: {max_attempts: 1}}\n"
+        "providers:\n"
+        f'  - {{name: up, api_key_env: UP_KEY, base_url: "https://127.0.0.1:{port}/v1",'
+        " openai: {}}\n"
+        "models:\n  - {alias: chat, provider: up, upstream_model: m}\n"
+    )
+    try:
+        async with running_gateway(config, {"UP_KEY": "sk-up"}) as gateway:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await gateway.stub.Chat(chat_request("hi", model="chat"), timeout=10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    details = details_of(caught.value)
+    assert (details.code, details.error_info.reason) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_CONNECT_FAILED",
+    )
+    assert handshakes == []

@@ -1578,6 +1578,7 @@ class PoolConfig(_message.Message):
     MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
     MAX_KEEPALIVE_CONNECTIONS_FIELD_NUMBER: _builtins.int
     KEEPALIVE_EXPIRY_FIELD_NUMBER: _builtins.int
+    ACQUIRE_TIMEOUT_FIELD_NUMBER: _builtins.int
     max_connections: _builtins.int
     """OPTIONAL. Most open connections to the upstream; default 100."""
     max_keepalive_connections: _builtins.int
@@ -1586,16 +1587,25 @@ class PoolConfig(_message.Message):
     def keepalive_expiry(self) -> _duration_pb2.Duration:
         """OPTIONAL. Idle connections are closed after this long; default 30s."""
 
+    @_builtins.property
+    def acquire_timeout(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Longest wait for a free connection when all max_connections are
+        busy (never past the call's deadline); default 1s. A call that waits longer
+        goes to the alias's next deployment, or fails with RESOURCE_EXHAUSTED
+        (POOL_EXHAUSTED) and RetryInfo. Never counts against the circuit breaker.
+        """
+
     def __init__(
         self,
         *,
         max_connections: _builtins.int | None = ...,
         max_keepalive_connections: _builtins.int | None = ...,
         keepalive_expiry: _duration_pb2.Duration | None = ...,
+        acquire_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections", "_max_keepalive_connections", b"_max_keepalive_connections", "keepalive_expiry", b"keepalive_expiry", "max_connections", b"max_connections", "max_keepalive_connections", b"max_keepalive_connections"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections", "_max_keepalive_connections", b"_max_keepalive_connections", "acquire_timeout", b"acquire_timeout", "keepalive_expiry", b"keepalive_expiry", "max_connections", b"max_connections", "max_keepalive_connections", b"max_keepalive_connections"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections", "_max_keepalive_connections", b"_max_keepalive_connections", "keepalive_expiry", b"keepalive_expiry", "max_connections", b"max_connections", "max_keepalive_connections", b"max_keepalive_connections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections", "_max_keepalive_connections", b"_max_keepalive_connections", "acquire_timeout", b"acquire_timeout", "keepalive_expiry", b"keepalive_expiry", "max_connections", b"max_connections", "max_keepalive_connections", b"max_keepalive_connections"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_connections: _TypeAlias = _typing.Literal["max_connections"]  # noqa: Y015
     _WhichOneofArgType__max_connections: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections"]  # noqa: Y015
