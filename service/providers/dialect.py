@@ -38,16 +38,20 @@ def usage(
     )
 
 
-def has_content(chunk: chat_pb2.StreamChatResponse) -> bool:
-    """False for chunks that say nothing (role-only deltas, keep-alives)."""
+def has_output(chunk: chat_pb2.StreamChatResponse) -> bool:
+    """Did the model say anything: text, reasoning, a tool call or why it stopped?"""
     return bool(
         chunk.text_delta
         or chunk.reasoning_delta
         or chunk.reasoning_signature
         or chunk.tool_call_deltas
         or chunk.finish_reason
-        or chunk.HasField("usage")
     )
+
+
+def has_content(chunk: chat_pb2.StreamChatResponse) -> bool:
+    """False for chunks that say nothing (role-only deltas, keep-alives)."""
+    return has_output(chunk) or chunk.HasField("usage")
 
 
 class StreamParser(abc.ABC):
@@ -72,7 +76,7 @@ class StreamParser(abc.ABC):
     def feed(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
         """Chunks for one event; raises GatewayError for an error sent in the stream."""
         chunks = self.parse(event)
-        self.output_seen = self.output_seen or any(map(_has_output, chunks))
+        self.output_seen = self.output_seen or any(map(has_output, chunks))
         return chunks
 
     @abc.abstractmethod
@@ -89,17 +93,6 @@ class StreamParser(abc.ABC):
         if self.output_seen:
             return stream_truncated(self.provider, self.model)
         return empty_stream(self.provider, self.model)
-
-
-def _has_output(chunk: chat_pb2.StreamChatResponse) -> bool:
-    """Did the model say anything: text, reasoning, a tool call or why it stopped?"""
-    return bool(
-        chunk.text_delta
-        or chunk.reasoning_delta
-        or chunk.reasoning_signature
-        or chunk.tool_call_deltas
-        or chunk.finish_reason
-    )
 
 
 class Dialect(abc.ABC):
