@@ -28,7 +28,7 @@ DEFAULT_OUTPUT_TOKENS = 256
 
 def text_tokens(text: str) -> int:
     """UTF-8 bytes / 4, rounded up; 0 for the empty string."""
-    return -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN)
+    return tokens_of_bytes(len(text.encode("utf-8")))
 
 
 def _json_tokens(value: struct_pb2.Struct) -> int:
@@ -52,7 +52,12 @@ def _part_tokens(part: content_pb2.Part) -> int:
     return 0
 
 
-def _chat_tokens(request: chat_pb2.ChatRequest) -> int:
+def tokens_of_bytes(byte_count: int) -> int:
+    """UTF-8 bytes / 4, rounded up."""
+    return -(-byte_count // BYTES_PER_TOKEN)
+
+
+def _chat_input_tokens(request: chat_pb2.ChatRequest) -> int:
     total = 0
     for message in request.messages:
         total += MESSAGE_OVERHEAD + text_tokens(message.name)
@@ -60,21 +65,30 @@ def _chat_tokens(request: chat_pb2.ChatRequest) -> int:
     for tool in request.tools:
         total += text_tokens(tool.name) + text_tokens(tool.description)
         total += _json_tokens(tool.parameters)
+    return total + _json_tokens(request.generation_config.response_format.json_schema)
+
+
+def output_allowance(request: chat_pb2.ChatRequest) -> int:
+    """The output a chat call may use: max_output_tokens when set, else the default
+    plus the reasoning budget."""
     config = request.generation_config
-    total += _json_tokens(config.response_format.json_schema)
     if config.HasField("max_output_tokens") and config.max_output_tokens > 0:
-        total += config.max_output_tokens
-    else:
-        total += DEFAULT_OUTPUT_TOKENS
-        if config.HasField("reasoning_budget_tokens"):
-            total += max(0, config.reasoning_budget_tokens)
-    return total
+        return config.max_output_tokens
+    allowance = DEFAULT_OUTPUT_TOKENS
+    if config.HasField("reasoning_budget_tokens"):
+        allowance += max(0, config.reasoning_budget_tokens)
+    return allowance
+
+
+def input_tokens(request: chat_pb2.ChatRequest | embed_pb2.EmbedRequest) -> int:
+    """The estimated input tokens of a call (what the provider reads); at least 1."""
+    if isinstance(request, chat_pb2.ChatRequest):
+        return max(1, _chat_input_tokens(request))
+    return max(1, sum(text_tokens(text) for text in request.inputs))
 
 
 def estimate_tokens(request: chat_pb2.ChatRequest | embed_pb2.EmbedRequest) -> int:
     """The estimated input + output tokens of a call; at least 1."""
     if isinstance(request, chat_pb2.ChatRequest):
-        total = _chat_tokens(request)
-    else:
-        total = sum(text_tokens(text) for text in request.inputs)
-    return max(1, total)
+        return max(1, _chat_input_tokens(request) + output_allowance(request))
+    return input_tokens(request)

@@ -19,30 +19,9 @@ from collections.abc import AsyncIterator
 
 from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2, route_pb2
 
-from service.limits.estimate import BYTES_PER_TOKEN, DEFAULT_OUTPUT_TOKENS, estimate_tokens
+from service.limits.estimate import input_tokens
+from service.limits.estimate import tokens_of_bytes as _tokens
 from service.providers.base import CallContext, Deployment, Provider
-
-
-def _tokens(byte_count: int) -> int:
-    return -(-byte_count // BYTES_PER_TOKEN)
-
-
-def _output_allowance(request: chat_pb2.ChatRequest) -> int:
-    """What estimate_tokens adds for the output (its documented rule)."""
-    config = request.generation_config
-    if config.HasField("max_output_tokens") and config.max_output_tokens > 0:
-        return config.max_output_tokens
-    allowance = DEFAULT_OUTPUT_TOKENS
-    if config.HasField("reasoning_budget_tokens"):
-        allowance += max(0, config.reasoning_budget_tokens)
-    return allowance
-
-
-def input_tokens(request: chat_pb2.ChatRequest | embed_pb2.EmbedRequest) -> int:
-    """The estimated input tokens of a request: what the provider reads."""
-    if isinstance(request, embed_pb2.EmbedRequest):
-        return estimate_tokens(request)
-    return max(1, estimate_tokens(request) - _output_allowance(request))
 
 
 class OutputTally:

@@ -15,22 +15,9 @@ a prompt the model can take is rarely refused; the upstream still answers for th
 from __future__ import annotations
 
 import grpc
-from llmgateway.v1 import chat_pb2
 
 from service.errors import FieldViolation, GatewayError
-from service.limits.estimate import estimate_tokens
 from service.providers.base import Deployment
-
-
-def prompt_tokens(request: chat_pb2.ChatRequest) -> int:
-    """The estimated input tokens of a chat call.
-
-    estimate_tokens counts max_output_tokens as the output when it is set: with it
-    set to 1, the estimate is the prompt plus one."""
-    prompt_only = chat_pb2.ChatRequest()
-    prompt_only.CopyFrom(request)
-    prompt_only.generation_config.max_output_tokens = 1
-    return max(1, estimate_tokens(prompt_only) - 1)
 
 
 def context_too_long(deployment: Deployment, tokens: int) -> GatewayError:

@@ -24,6 +24,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from service.errors import GatewayError, deadline_exceeded, internal
+from service.limits.estimate import input_tokens
 from service.providers.base import CallContext, Deployment
 from service.providers.registry import Registry
 from service.providers.upstream_errors import transport_failure
@@ -32,7 +33,7 @@ from service.routing.breaker import CircuitBreaker
 from service.routing.cache import ResponseCache
 from service.routing.capabilities import check_chat, check_embed
 from service.routing.coalesce import Coalescer
-from service.routing.context import context_too_long, prompt_tokens
+from service.routing.context import context_too_long
 from service.routing.pricing import apply_cost
 from service.routing.resilience import Resilience
 from service.routing.stats import Outcome, StatsBook
@@ -191,7 +192,7 @@ class Router:
             deployment = chain[position]
             position += 1
             if prompt is not None and deployment.context_limit:
-                tokens = tokens or prompt_tokens(prompt)
+                tokens = tokens or input_tokens(prompt)
             if tokens > deployment.context_limit > 0:
                 # As if the upstream had said so, without asking it.
                 refusal = context_too_long(deployment, tokens)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 from llmgateway.v1 import chat_pb2, content_pb2
 
-from service.limits.estimate import MESSAGE_OVERHEAD
+from service.limits.estimate import MESSAGE_OVERHEAD, estimate_tokens, input_tokens
 from service.providers.base import Capabilities, Deployment
-from service.routing.context import context_too_long, prompt_tokens
+from service.routing.context import context_too_long
 
 
 def _request(text: str, **config: int) -> chat_pb2.ChatRequest:
@@ -20,15 +20,14 @@ def _request(text: str, **config: int) -> chat_pb2.ChatRequest:
     )
 
 
-def test_prompt_tokens_count_the_prompt_and_not_the_output() -> None:
+def test_input_tokens_count_the_prompt_and_not_the_output() -> None:
     text = "x" * 4000  # 1,000 tokens at 4 bytes each
     expected = 1000 + MESSAGE_OVERHEAD
-    assert prompt_tokens(_request(text)) == expected
-    assert prompt_tokens(_request(text, max_output_tokens=50_000)) == expected
-    assert prompt_tokens(_request(text, reasoning_budget_tokens=8_000)) == expected
-    request = _request(text, max_output_tokens=7)
-    prompt_tokens(request)
-    assert request.generation_config.max_output_tokens == 7, "the caller's request is untouched"
+    assert input_tokens(_request(text)) == expected
+    assert input_tokens(_request(text, max_output_tokens=50_000)) == expected
+    assert input_tokens(_request(text, reasoning_budget_tokens=8_000)) == expected
+    # The charge for rate limits adds the output the call may use.
+    assert estimate_tokens(_request(text, max_output_tokens=7)) == expected + 7
 
 
 def test_the_refusal_names_the_window_and_the_field() -> None:
