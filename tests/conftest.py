@@ -6,11 +6,17 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from hypothesis import settings
 
 from service.logs import JsonFormatter, guarded
 from tests.support import Gateway, running_gateway
 
 SECRETS_SCAN_MODULE = "test_zz_secrets_scan.py"
+
+# Property tests judge results, never speed: hypothesis's per-example deadline (200 ms)
+# fails them on a busy machine.
+settings.register_profile("gateway", deadline=None)
+settings.load_profile("gateway")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

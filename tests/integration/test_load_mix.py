@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -48,7 +50,23 @@ models:
 """
 
 
-async def _one(stub: object, rng: random.Random, index: int) -> str:
+@dataclass(frozen=True)
+class Sent:
+    kind: str
+    request_id: str
+    # The gateway ran the call: it answered (a response or a status of its own), or a
+    # stream delivered a chunk before the client cancelled it. Such a call must have its
+    # record. A call cancelled at once, or whose deadline passed on the client's clock,
+    # may be gone before the server handed it to the application: nothing of the
+    # gateway ran for it, so it may have none (never more than one).
+    ran: bool
+
+
+CLIENT_SIDE = (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def _one(stub: object, rng: random.Random, index: int) -> Sent:
+    request_id = f"burst-{index}"
     kind = rng.choice(
         [
             "ok",
@@ -66,7 +84,8 @@ async def _one(stub: object, rng: random.Random, index: int) -> str:
         ]
     )
     text = " ".join(f"w{i}" for i in range(rng.randint(1, 30)))
-    call_stub = stub  # ProviderServiceStub
+    call_stub = _Tagged(stub, request_id)
+    ran = True
     try:
         if kind == "no-token":
             await call_stub.Chat(chat_request(text), timeout=10)  # type: ignore[attr-defined]
@@ -93,9 +112,10 @@ async def _one(stub: object, rng: random.Random, index: int) -> str:
                     break
             call.cancel()
         elif kind == "cancel-at-once":
+            ran = False
             call_stub.StreamChat(chat_request(text), metadata=ALICE, timeout=10).cancel()  # type: ignore[attr-defined]
         elif kind == "deadline":
-            # 2 s: dispatched (and so audited) before it expires even on a busy machine.
+            # Expires in the gateway (a stall of 5 s): recorded as DEADLINE_EXCEEDED.
             await call_stub.Chat(
                 chat_request(text), metadata=(*ALICE, ("x-mock-stall", "5")), timeout=2.0
             )  # type: ignore[attr-defined]
@@ -103,11 +123,29 @@ async def _one(stub: object, rng: random.Random, index: int) -> str:
             await call_stub.Chat(
                 chat_request(text), metadata=(*ALICE, ("x-mock-fail-status", "503")), timeout=10
             )  # type: ignore[attr-defined]
-    except grpc.aio.AioRpcError:
-        pass
+    except grpc.aio.AioRpcError as error:
+        ran = error.code() not in CLIENT_SIDE
     except asyncio.CancelledError:
         pass
-    return kind
+    return Sent(kind, request_id, ran)
+
+
+class _Tagged:
+    """A stub whose calls carry the given x-request-id, so each call's record is found."""
+
+    def __init__(self, stub: object, request_id: str) -> None:
+        self._stub = stub
+        self._request_id = request_id
+
+    def __getattr__(self, method: str) -> Any:
+        bound = getattr(self._stub, method)
+
+        def call(request: object, metadata: Any = (), **kwargs: Any) -> Any:
+            return bound(
+                request, metadata=(*metadata, ("x-request-id", self._request_id)), **kwargs
+            )
+
+        return call
 
 
 async def test_mixed_burst_keeps_one_record_per_call_and_the_service_healthy(
@@ -121,11 +159,12 @@ async def test_mixed_burst_keeps_one_record_per_call_and_the_service_healthy(
             rng = random.Random(20261129)
             semaphore = asyncio.Semaphore(48)
 
-            async def bounded(index: int) -> str:
+            async def bounded(index: int) -> Sent:
                 async with semaphore:
                     return await _one(gateway.stub, rng, index)
 
-            kinds = await asyncio.wait_for(asyncio.gather(*(bounded(i) for i in range(CALLS))), 60)
+            sent = await asyncio.wait_for(asyncio.gather(*(bounded(i) for i in range(CALLS))), 60)
+            kinds = [call.kind for call in sent]
             assert len(kinds) == CALLS and len(set(kinds)) == 12
             health = health_pb2_grpc.HealthStub(gateway.channel)
             reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
@@ -140,13 +179,14 @@ async def test_mixed_burst_keeps_one_record_per_call_and_the_service_healthy(
                 "connections are pooled, not leaked"
             )
         records = [json.loads(line) for line in audit.read_text().splitlines()]
-    # Every call of the burst, plus the health check, the last Chat and the stats call. A
-    # call cancelled at once may be gone before the server hands it to the application:
-    # then nothing of the gateway ran for it, and it has no record. (So may a call whose
-    # deadline passes before dispatch: the deadlines here are long enough not to.)
-    at_once = kinds.count("cancel-at-once")
-    assert CALLS + 3 - at_once <= len(records) <= CALLS + 3
-    assert len({r["request_id"] for r in records}) == len(records)
+    # One record per call at most; exactly one for every call the gateway ran (see Sent);
+    # plus the health check, the last Chat and the stats call.
+    ids = [r["request_id"] for r in records]
+    assert len(set(ids)) == len(ids), "never two records for one call"
+    burst = {call.request_id for call in sent}
+    assert sum(i not in burst for i in ids) == 3
+    missing = [call for call in sent if call.ran and call.request_id not in ids]
+    assert missing == [], "every call the gateway ran has its record"
     statuses = {r["status"] for r in records}
     assert {
         "OK",
