@@ -161,6 +161,7 @@ def _plain_reason(text: str, field: descriptor.FieldDescriptor) -> str:
 
 
 def _validate_auth(auth: config_pb2.AuthConfig, environ: Mapping[str, str]) -> None:
+    _validate_issuer_authorization(auth)
     if auth.disabled:
         return
     if not auth.issuers:
@@ -218,6 +219,22 @@ def _validate_auth(auth: config_pb2.AuthConfig, environ: Mapping[str, str]) -> N
             raise ConfigError(path, "set public_keys or jwks_url")
         if issuer.jwks_url and not _secure_or_loopback(issuer.jwks_url):
             raise ConfigError(f"{path}.jwks_url", "must be https (http only on loopback)")
+
+
+def _validate_issuer_authorization(auth: config_pb2.AuthConfig) -> None:
+    issuers = {issuer.issuer for issuer in auth.issuers}
+    for issuer, scoped in auth.authorization.issuers.items():
+        path = f"auth.authorization.issuers.{issuer}"
+        if auth.disabled or issuer not in issuers:
+            raise ConfigError(
+                path,
+                "authentication is disabled: no token names a tenant"
+                if auth.disabled
+                else "is not one of auth.issuers (give the issuer's exact iss)",
+            )
+        for tenant in scoped.tenant_models:
+            if not tenant:
+                raise ConfigError(f"{path}.tenant_models", "tenant names must not be empty")
 
 
 def _secure_or_loopback(url: str) -> bool:

@@ -195,22 +195,53 @@ def invalid_argument(violations: Sequence[FieldViolation]) -> GatewayError:
     )
 
 
+SHOWN_NAME_CHARS = 128
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(name: str, limit: int = SHOWN_NAME_CHARS) -> str:
+    """A caller's name as safe to put in a status message, ErrorInfo metadata or a log
+    line: every character that is not printable (CR, LF, NUL, other controls, line and
+    paragraph separators, bidirectional overrides) escaped as in a Python literal, and
+    the result cut to `limit` characters, ending "..." when it was cut."""
+    parts: list[str] = []
+    length = 0
+    for char in name:
+        part = char if char.isprintable() else _ESCAPES.get(char) or ascii(char)[1:-1]
+        parts.append(part)
+        length += len(part)
+        if length > limit:
+            break
+    else:
+        return "".join(parts)
+    kept: list[str] = []
+    length = 0
+    for part in parts:  # whole escapes only, leaving room for the "..."
+        if length + len(part) > limit - 3:
+            break
+        kept.append(part)
+        length += len(part)
+    return "".join(kept) + "..."
+
+
 def unsupported_capability(field: str, alias: str, capability: str) -> GatewayError:
+    shown = printable(alias)
     return GatewayError(
         grpc.StatusCode.INVALID_ARGUMENT,
         "CAPABILITY_UNSUPPORTED",
-        f'{field}: model "{alias}" does not support {capability}',
-        metadata={"model": alias, "capability": capability},
-        field_violations=[FieldViolation(field, f'model "{alias}" does not support {capability}')],
+        f'{field}: model "{shown}" does not support {capability}',
+        metadata={"model": shown, "capability": capability},
+        field_violations=[FieldViolation(field, f'model "{shown}" does not support {capability}')],
     )
 
 
 def model_not_found(alias: str) -> GatewayError:
+    shown = printable(alias)
     return GatewayError(
         grpc.StatusCode.NOT_FOUND,
         "MODEL_NOT_FOUND",
-        f'model "{alias}" is not configured; ListModels shows the available ones',
-        metadata={"model": alias},
+        f'model "{shown}" is not configured; ListModels shows the available ones',
+        metadata={"model": shown},
     )
 
 

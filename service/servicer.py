@@ -26,7 +26,7 @@ from llmgateway.v1 import (
 
 from service.auth.identity import ANONYMOUS, Identity
 from service.callstate import CallState, call_state
-from service.errors import GatewayError, internal, to_rpc_status
+from service.errors import GatewayError, internal, printable, to_rpc_status
 from service.limits import Limiter, Reservation, estimate_tokens
 from service.providers.base import CallContext
 from service.routing.router import CallRecord, Router
@@ -144,9 +144,11 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             )
         if model is not None and not identity.may_use(model):
             if state is not None:
-                state.denied_reason = f"model {model} not allowed"
+                state.denied_reason = f"model {printable(model)} not allowed"
             raise _permission_denied(
-                f'the caller may not use model "{model}"', "MODEL_NOT_ALLOWED", model=model
+                f'the caller may not use model "{printable(model)}"',
+                "MODEL_NOT_ALLOWED",
+                model=printable(model),
             )
         return identity
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from google.protobuf import struct_pb2
 from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2
 
-from service.errors import FieldViolation, invalid_argument
+from service.errors import FieldViolation, invalid_argument, printable
 from service.schema_check import schema_problem
 
 # The providers' common rule for tool and schema names. Matched with fullmatch: "$"
@@ -212,6 +212,6 @@ def _check_labels(labels: Mapping[str, str], out: _Violations) -> None:
         out.add("labels", f"at most {MAX_LABELS} labels are allowed")
     for key, value in labels.items():
         if not key or len(key) > 63:
-            out.add(f"labels[{key!r}]", "keys must be 1 to 63 characters")
+            out.add(f"labels[{printable(key, 64)!r}]", "keys must be 1 to 63 characters")
         if len(value) > 256:
-            out.add(f"labels[{key!r}]", "values must be at most 256 characters")
+            out.add(f"labels[{printable(key, 64)!r}]", "values must be at most 256 characters")

@@ -241,7 +241,7 @@ class TokenVerifier:
             scopes = frozenset(s for s in raw_scopes if isinstance(s, str))
         else:
             scopes = frozenset()
-        models = self._models(claims.get(config.models_claim or "models"), tenant)
+        models = self._models(claims.get(config.models_claim or "models"), tenant, config.issuer)
         kid = header.get("kid", "")
         jti = claims.get("jti", "")
         return Identity(
@@ -254,10 +254,17 @@ class TokenVerifier:
             token_id=jti if isinstance(jti, str) else "",
         )
 
-    def _models(self, claim: Any, tenant: str) -> tuple[str, ...] | None:
+    def _models(self, claim: Any, tenant: str, issuer: str) -> tuple[str, ...] | None:
+        """The token's models claim, else its issuer's allowance for the tenant, else
+        the bare tenant name's, else the default (None: every model)."""
         authorization = self.config.authorization
+        scoped = (
+            authorization.issuers[issuer].tenant_models if issuer in authorization.issuers else None
+        )
         if isinstance(claim, list):
             patterns = tuple(p for p in claim if isinstance(p, str))
+        elif tenant and scoped is not None and tenant in scoped:
+            patterns = tuple(scoped[tenant].patterns)
         elif tenant and tenant in authorization.tenant_models:
             patterns = tuple(authorization.tenant_models[tenant].patterns)
         elif authorization.default_models:

@@ -380,3 +380,21 @@ async def _reflected(channel: grpc.aio.Channel, metadata: tuple[tuple[str, str],
     if reply is grpc.aio.EOF:
         await call  # raises the call's status
     return [s.name for s in reply.list_services_response.service]
+
+
+async def test_a_hostile_model_name_is_refused_without_controls_or_length(world: World) -> None:
+    limited = token(models=["mock-embed"])
+    hostile = "evil\r\nINFO forged line\x00" + "m" * 10_000
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await world.gateway.stub.Chat(
+            chat_request(model=hostile), metadata=bearer(limited), timeout=5
+        )
+    details = details_of(caught.value)
+    assert (details.code, details.error_info.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "MODEL_NOT_ALLOWED",
+    )
+    shown = details.error_info.metadata["model"]
+    assert shown.startswith("evil\\r\\nINFO forged line\\x00mmm") and len(shown) <= 128
+    assert not any(c in details.message + shown for c in "\r\n\x00")
+    assert len(details.message) <= 256

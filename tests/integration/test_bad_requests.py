@@ -185,3 +185,41 @@ async def test_oversized_message_is_refused(gateway: Gateway) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await gateway.stub.Chat(huge, timeout=10)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+HOSTILE_MODEL = "evil\r\nINFO forged line\x00" + "m" * 10_000
+
+
+def _safe(text: str, bound: int) -> None:
+    assert not any(c in text for c in "\r\n\x00"), repr(text[:200])
+    assert len(text) <= bound, len(text)
+
+
+async def test_a_hostile_model_name_is_not_found_without_controls_or_length(
+    gateway: Gateway,
+) -> None:
+    for call in (gateway.stub.Chat, gateway.stub.Embed):
+        request = (
+            chat_request(model=HOSTILE_MODEL)
+            if call is gateway.stub.Chat
+            else embed_pb2.EmbedRequest(model=HOSTILE_MODEL, inputs=["hi"])
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(request, timeout=5)  # type: ignore[operator]
+        details = details_of(caught.value)
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.NOT_FOUND,
+            "MODEL_NOT_FOUND",
+        )
+        assert details.message.startswith('model "evil\\r\\nINFO forged line\\x00mmm')
+        _safe(details.message, 256)
+        _safe(details.error_info.metadata["model"], 128)
+
+
+async def test_a_hostile_label_key_is_named_without_controls_or_length(
+    gateway: Gateway,
+) -> None:
+    violations = await _violations(gateway, chat_request(labels={"k\r\n" + "k" * 10_000: "v"}))
+    [field] = violations
+    _safe(field, 160)
+    assert field.startswith("labels['k\\\\r\\\\nkkk")

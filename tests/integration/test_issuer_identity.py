@@ -213,3 +213,69 @@ async def test_the_audit_record_names_issuer_key_token_and_user_agent(tmp_path: 
     assert (second["issuer"], second["kid"], second["jti"]) == ("internal", "", "")
     assert second["user_agent"].startswith("billing-job/2.1 ")
     assert third["subject"] == "bob" and not third["user_agent"].startswith("billing-job")
+
+
+AUTHORIZATION = """
+server: {{host: 127.0.0.1, port: 0}}
+routing: {{retry: {{max_attempts: 1}}, breaker: {{disabled: true}}}}
+auth:
+  issuers:
+    - {{issuer: internal, audiences: [llm-gateway], algorithms: [HS256], secret_env: GW_SECRET}}
+    - issuer: https://corp.example/
+      audiences: [llm-gateway]
+      algorithms: [RS256]
+      public_keys: [{{kid: corp-key-1, pem_file: "{pem}"}}]
+  authorization:
+    default_models: [basic]
+    tenant_models: {{acme: {{patterns: [mock]}}}}
+    issuers:
+      https://corp.example/: {{tenant_models: {{acme: {{patterns: [premium]}}}}}}
+providers:
+  - {{name: mock, mock: {{}}}}
+models:
+  - {{alias: mock, provider: mock}}
+  - {{alias: premium, provider: mock}}
+  - {{alias: basic, provider: mock}}
+"""
+
+
+async def refused_model(gateway: Gateway, metadata: tuple[tuple[str, str], ...], model: str) -> Any:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gateway.stub.Chat(chat_request(model=model), metadata=metadata, timeout=5)
+    return details_of(caught.value)
+
+
+async def test_a_tenant_allowance_scoped_to_an_issuer_is_that_issuers_alone(
+    tmp_path: Path,
+) -> None:
+    pem = tmp_path / "corp.pem"
+    pem.write_bytes(CORP.public_pem)
+    config = AUTHORIZATION.format(pem=pem)
+    async with running_gateway(config, environ={"GW_SECRET": HS_SECRET}) as gateway:
+        # The internal issuer's acme never gets the corporate acme's allowance ...
+        internal_premium = await refused_model(gateway, internal(tenant="acme"), "premium")
+        # ... and the corporate acme's own allowance wins over the bare name's.
+        corp_mock = await refused_model(gateway, corp(tenant="acme"), "mock")
+        assert await upstream_requests(gateway) == 0
+        # The bare name still applies to every issuer without an allowance of its own.
+        served = await gateway.stub.Chat(
+            chat_request(model="mock"), metadata=internal(tenant="acme"), timeout=5
+        )
+        reply = await gateway.stub.Chat(
+            chat_request(model="premium"), metadata=corp(tenant="acme"), timeout=5
+        )
+        internal_models = await gateway.stub.ListModels(
+            models_pb2.ListModelsRequest(), metadata=internal(tenant="acme"), timeout=5
+        )
+        corp_models = await gateway.stub.ListModels(
+            models_pb2.ListModelsRequest(), metadata=corp(tenant="acme"), timeout=5
+        )
+    for details in (internal_premium, corp_mock):
+        assert (details.code, details.error_info.reason) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "MODEL_NOT_ALLOWED",
+        )
+    assert served.message.parts[0].text == "Hello there"
+    assert reply.message.parts[0].text == "Hello there"
+    assert [m.alias for m in internal_models.models] == ["mock"]
+    assert [m.alias for m in corp_models.models] == ["premium"]

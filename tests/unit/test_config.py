@@ -359,3 +359,51 @@ def test_issuer_scoped_limits_parse() -> None:
         {"S": "s" * 32},
     )
     assert loaded.config.limits.issuers["internal"].subjects["alice"].requests_per_minute == 3
+
+
+ISSUER_AUTHORIZATION = (
+    "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m}\n"
+    "auth:\n  issuers:\n    - {issuer: internal, audiences: [gw], algorithms: [HS256], "
+    "secret_env: S}\n  authorization:\n    issuers: "
+)
+
+
+@pytest.mark.parametrize(
+    ("issuers", "path", "problem"),
+    [
+        ("{intern: {}}", "auth.authorization.issuers.intern", "is not one of auth.issuers"),
+        (
+            "{internal: {tenant_models: {'': {patterns: [a]}}}}",
+            "auth.authorization.issuers.internal.tenant_models",
+            "not be empty",
+        ),
+    ],
+)
+def test_issuer_scoped_tenant_models_name_a_configured_issuer(
+    issuers: str, path: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(ISSUER_AUTHORIZATION + issuers + "\n", {"S": "s" * 32})
+    assert caught.value.path == path
+    assert problem in caught.value.problem
+
+
+def test_issuer_scoped_tenant_models_need_authentication() -> None:
+    text = (
+        "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m}\n"
+        "auth:\n  disabled: true\n  authorization:\n"
+        "    issuers: {internal: {tenant_models: {acme: {patterns: [a]}}}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, {})
+    assert caught.value.path == "auth.authorization.issuers.internal"
+    assert "disabled" in caught.value.problem
+
+
+def test_issuer_scoped_tenant_models_parse() -> None:
+    loaded = parse_config(
+        ISSUER_AUTHORIZATION + "{internal: {tenant_models: {acme: {patterns: [a]}}}}\n",
+        {"S": "s" * 32},
+    )
+    scoped = loaded.config.auth.authorization.issuers["internal"]
+    assert list(scoped.tenant_models["acme"].patterns) == ["a"]

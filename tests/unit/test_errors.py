@@ -11,6 +11,8 @@ from service.errors import (
     FieldViolation,
     GatewayError,
     QuotaViolation,
+    model_not_found,
+    printable,
     to_rpc_status,
     to_status_proto,
 )
@@ -154,3 +156,29 @@ def test_context_length_and_should_retry_header() -> None:
     assert context.reason == "CONTEXT_LENGTH_EXCEEDED" and not context.retryable
     assert from_upstream(UpstreamFailure("p", "m", 500, should_retry=False)).retryable is False
     assert from_upstream(UpstreamFailure("p", "m", 400, should_retry=True)).retryable is True
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("gpt-4o", "gpt-4o"),
+        ("a\r\nb", "a\\r\\nb"),
+        ("nul\0tab\t", "nul\\x00tab\\t"),
+        ("esc\x1b[2J", "esc\\x1b[2J"),
+        ("line\u2028sep\u202eltr", "line\\u2028sep\\u202eltr"),
+        ("x" * 128, "x" * 128),
+        ("x" * 129, "x" * 125 + "..."),
+        ("\n" * 100, "\\n" * 62 + "..."),
+    ],
+)
+def test_printable_escapes_controls_and_bounds_length(name: str, shown: str) -> None:
+    assert printable(name) == shown
+    assert len(printable(name)) <= 128
+
+
+def test_a_hostile_model_name_is_shown_escaped_and_cut() -> None:
+    error = model_not_found("evil\r\nINFO forged line" + "y" * 10_000)
+    assert "\n" not in error.message and "\r" not in error.message
+    assert error.metadata["model"] == printable("evil\r\nINFO forged line" + "y" * 10_000)
+    assert len(error.metadata["model"]) == 128
+    assert error.message.startswith('model "evil\\r\\nINFO forged line')

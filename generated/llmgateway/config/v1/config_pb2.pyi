@@ -589,9 +589,31 @@ class AuthorizationConfig(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class IssuersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___IssuerAuthorizationConfig: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___IssuerAuthorizationConfig | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     METHOD_SCOPES_FIELD_NUMBER: _builtins.int
     TENANT_MODELS_FIELD_NUMBER: _builtins.int
     DEFAULT_MODELS_FIELD_NUMBER: _builtins.int
+    ISSUERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def method_scopes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """OPTIONAL. The scope each method needs, by full method name. Defaults: Chat
@@ -602,12 +624,22 @@ class AuthorizationConfig(_message.Message):
     @_builtins.property
     def tenant_models(self) -> _containers.MessageMap[_builtins.str, Global___ModelPatterns]:
         """OPTIONAL. Model aliases (glob patterns) a tenant may use, when the token
-        carries no models claim.
+        carries no models claim, by bare tenant name: the tenant of that name from ANY
+        issuer, so every issuer that can put this name in a token's tenant claim grants
+        its allowance. With more than one issuer, give allowances in `issuers` instead.
         """
 
     @_builtins.property
     def default_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """OPTIONAL. Model aliases (glob patterns) for everyone else; default ["*"]."""
+
+    @_builtins.property
+    def issuers(self) -> _containers.MessageMap[_builtins.str, Global___IssuerAuthorizationConfig]:
+        """OPTIONAL. Allowances for the tenants of one issuer, keyed by the issuer's exact
+        `iss` (one of auth.issuers). An entry here wins over the bare name's entry in
+        `tenant_models` for that issuer's tokens only; other issuers' tokens claiming
+        the same tenant never get it.
+        """
 
     def __init__(
         self,
@@ -615,14 +647,62 @@ class AuthorizationConfig(_message.Message):
         method_scopes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         tenant_models: _abc.Mapping[_builtins.str, Global___ModelPatterns] | None = ...,
         default_models: _abc.Iterable[_builtins.str] | None = ...,
+        issuers: _abc.Mapping[_builtins.str, Global___IssuerAuthorizationConfig] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_models", b"default_models", "method_scopes", b"method_scopes", "tenant_models", b"tenant_models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_models", b"default_models", "issuers", b"issuers", "method_scopes", b"method_scopes", "tenant_models", b"tenant_models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuthorizationConfig: _TypeAlias = AuthorizationConfig  # noqa: Y015
+
+@_typing.final
+class IssuerAuthorizationConfig(_message.Message):
+    """Model allowances for the tenants of one issuer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TenantModelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___ModelPatterns: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___ModelPatterns | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TENANT_MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenant_models(self) -> _containers.MessageMap[_builtins.str, Global___ModelPatterns]:
+        """OPTIONAL. Model aliases (glob patterns) this issuer's tenants may use, when
+        the token carries no models claim, by tenant name.
+        """
+
+    def __init__(
+        self,
+        *,
+        tenant_models: _abc.Mapping[_builtins.str, Global___ModelPatterns] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_models", b"tenant_models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssuerAuthorizationConfig: _TypeAlias = IssuerAuthorizationConfig  # noqa: Y015
 
 @_typing.final
 class ModelPatterns(_message.Message):
