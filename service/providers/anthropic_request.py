@@ -1,0 +1,231 @@
+"""Anthropic Messages: the chat request, from the gateway's protos to Anthropic JSON.
+
+Reference §4. System messages go to the top-level `system`; tool results become `user`
+turns of `tool_result` blocks; tool calls become `tool_use` blocks whose `input` is the
+parsed arguments object; reasoning goes back as signed `thinking` blocks (unsigned
+reasoning is dropped). The first field Anthropic cannot take raises INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from google.protobuf import json_format
+from llmgateway.v1 import chat_pb2, content_pb2
+
+from service.errors import FieldViolation, invalid_argument
+from service.validation import IMAGE_MIME_TYPES
+
+MAX_TEMPERATURE = 1.0
+
+
+def _image_block(image: content_pb2.Image, path: str) -> dict[str, Any]:
+    if image.WhichOneof("source") == "data":
+        source = {
+            "type": "base64",
+            "media_type": image.mime_type,
+            "data": base64.b64encode(image.data).decode("ascii"),
+        }
+        return {"type": "image", "source": source}
+    url = image.url
+    if not url.startswith("data:"):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    header, comma, payload = url[len("data:") :].partition(",")
+    media_type, _, encoding = header.partition(";")
+    if not comma or encoding != "base64":
+        raise invalid_argument([FieldViolation(f"{path}.url", "data URLs must be base64 encoded")])
+    if media_type not in IMAGE_MIME_TYPES:
+        described = ", ".join(sorted(IMAGE_MIME_TYPES))
+        raise invalid_argument(
+            [FieldViolation(f"{path}.url", f"the data URL's media type must be one of {described}")]
+        )
+    try:
+        base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_argument(
+            [FieldViolation(f"{path}.url", "the data URL holds invalid base64")]
+        ) from None
+    return {
+        "type": "image",
+        "source": {"type": "base64", "media_type": media_type, "data": payload},
+    }
+
+
+def _tool_input(call: content_pb2.ToolCall, path: str) -> dict[str, Any]:
+    if not call.arguments.strip():
+        return {}
+    try:
+        value = json.loads(call.arguments)
+    except ValueError:
+        raise invalid_argument(
+            [FieldViolation(f"{path}.arguments", "must be valid JSON")]
+        ) from None
+    if not isinstance(value, dict):
+        raise invalid_argument(
+            [FieldViolation(f"{path}.arguments", "must be a JSON object for Anthropic models")]
+        )
+    return value
+
+
+def _blocks(message: content_pb2.Message, path: str) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(message.parts):
+        part_path = f"{path}.parts[{j}]"
+        kind = part.WhichOneof("kind")
+        if kind == "text":
+            if part.text:  # Anthropic rejects empty text blocks
+                blocks.append({"type": "text", "text": part.text})
+        elif kind == "image":
+            blocks.append(_image_block(part.image, f"{part_path}.image"))
+        elif kind == "tool_call":
+            call = part.tool_call
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.name,
+                    "input": _tool_input(call, f"{part_path}.tool_call"),
+                }
+            )
+        elif kind == "tool_result":
+            result = part.tool_result
+            block: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": result.tool_call_id,
+                "content": result.content,
+            }
+            if result.is_error:
+                block["is_error"] = True
+            blocks.append(block)
+        elif kind == "reasoning" and part.reasoning.signature:
+            # Unsigned reasoning (from another provider) cannot be verified upstream.
+            blocks.append(
+                {
+                    "type": "thinking",
+                    "thinking": part.reasoning.text,
+                    "signature": part.reasoning.signature,
+                }
+            )
+    return blocks
+
+
+def _conversation(request: chat_pb2.ChatRequest) -> tuple[str, list[dict[str, Any]]]:
+    """The top-level system text and the user/assistant turns."""
+    system: list[str] = []
+    messages: list[dict[str, Any]] = []
+    previous_tool = False
+    for i, message in enumerate(request.messages):
+        path = f"messages[{i}]"
+        if message.role == content_pb2.ROLE_SYSTEM:
+            system.extend(p.text for p in message.parts if p.text)
+            continue
+        blocks = _blocks(message, path)
+        if message.role == content_pb2.ROLE_TOOL:
+            if previous_tool:
+                messages[-1]["content"].extend(blocks)
+            else:
+                messages.append({"role": "user", "content": blocks})
+            previous_tool = True
+            continue
+        previous_tool = False
+        role = "assistant" if message.role == content_pb2.ROLE_ASSISTANT else "user"
+        messages.append({"role": role, "content": blocks})
+    return "\n\n".join(system), messages
+
+
+def _tool_choice(request: chat_pb2.ChatRequest) -> dict[str, Any] | None:
+    choice = request.tool_choice
+    which = choice.WhichOneof("choice")
+    if which == "tool_name":
+        return {"type": "tool", "name": choice.tool_name}
+    if which == "mode":
+        mode = {
+            content_pb2.TOOL_CHOICE_MODE_AUTO: "auto",
+            content_pb2.TOOL_CHOICE_MODE_NONE: "none",
+            content_pb2.TOOL_CHOICE_MODE_REQUIRED: "any",
+        }.get(choice.mode)
+        if mode is not None:
+            return {"type": mode}
+    return None
+
+
+def _tool(tool: content_pb2.Tool) -> dict[str, Any]:
+    schema = (
+        json_format.MessageToDict(tool.parameters)
+        if tool.parameters.fields
+        else {"type": "object", "properties": {}}
+    )
+    out: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        out["description"] = tool.description
+    out["input_schema"] = schema
+    return out
+
+
+def _output_format(config: chat_pb2.GenerationConfig) -> dict[str, Any] | None:
+    response_format = config.response_format
+    if response_format.type == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
+        schema = json_format.MessageToDict(response_format.json_schema)
+        return {"type": "json_schema", "schema": schema}
+    if response_format.type == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT:
+        return {"type": "json_schema", "schema": {"type": "object"}}
+    return None
+
+
+def chat_body(
+    request: chat_pb2.ChatRequest, model: str, default_max_tokens: int, stream: bool
+) -> dict[str, Any]:
+    """The `messages` body for a chat request; `default_max_tokens` stands in for an unset
+    `max_output_tokens`, which Anthropic requires."""
+    config = request.generation_config
+    max_tokens = (
+        config.max_output_tokens if config.HasField("max_output_tokens") else default_max_tokens
+    )
+    system, messages = _conversation(request)
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
+    if system:
+        body["system"] = system
+    body["messages"] = messages
+    if config.HasField("temperature"):
+        if config.temperature > MAX_TEMPERATURE:
+            raise invalid_argument(
+                [
+                    FieldViolation(
+                        "generation_config.temperature", "must be 0 to 1 for Anthropic models"
+                    )
+                ]
+            )
+        body["temperature"] = config.temperature
+    if config.HasField("top_p"):
+        body["top_p"] = config.top_p
+    if config.HasField("top_k"):
+        body["top_k"] = config.top_k
+    if config.stop_sequences:
+        body["stop_sequences"] = list(config.stop_sequences)
+    if request.tools:
+        body["tools"] = [_tool(tool) for tool in request.tools]
+        choice = _tool_choice(request)
+        if choice is not None:
+            body["tool_choice"] = choice
+    if config.HasField("reasoning_budget_tokens"):
+        budget = config.reasoning_budget_tokens
+        if budget >= max_tokens:
+            raise invalid_argument(
+                [
+                    FieldViolation(
+                        "generation_config.reasoning_budget_tokens",
+                        f"must be less than the output token limit ({max_tokens})",
+                    )
+                ]
+            )
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    output_format = _output_format(config)
+    if output_format is not None:
+        body["output_config"] = {"format": output_format}
+    # seed, presence_penalty and frequency_penalty have no Anthropic equivalent.
+    if stream:
+        body["stream"] = True
+    return body
