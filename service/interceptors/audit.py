@@ -7,11 +7,22 @@ methods that do not exist are answered UNIMPLEMENTED here and recorded too.
 
 For each call it creates the CallState (request id, peer, start time) and sets
 `current_call` for the call's duration, so that authentication, the servicer and the
-router can fill it in; runs the call, sending the request id back as `x-request-id`
-with the first response (headers sent earlier would commit the call and keep callers'
-gRPC retry policies from retrying an UNAVAILABLE), or in the trailers of an error
-(service.errors.to_rpc_status adds it); and submits one record
-when it ends:
+router can fill it in; runs the call, sending the request id back as `x-request-id`;
+and submits one record when it ends. Where the id travels:
+
+- unary calls: always in the trailers, once, whatever the outcome. It is set on the
+  context before the call runs, and rides with the status at no cost of its own; an
+  abort that brings its own trailers replaces them, so every status built by
+  service.errors.to_rpc_status carries the id too (refusals by authentication,
+  admission and the decode guard, the servicer's errors, INTERNAL);
+- streams: with the headers of the first response, or in the trailers when the stream
+  ends before any response (to_rpc_status for an error, set here for an empty stream),
+  and in the trailers of an error after responses too.
+
+Never before the outcome is known: headers sent early would commit the call and keep
+callers' gRPC retry policies from retrying an UNAVAILABLE.
+
+The record, by how the call ended:
 
 - a response, or a stream that ran to its end: the status the handler left (OK);
 - an abort: the code the handler set, and the ErrorInfo reason of its status details
@@ -274,12 +285,12 @@ class AuditInterceptor(WrappingInterceptor):
         self, method: str, request: Any, context: Context, proceed: Callable[[], Awaitable[Any]]
     ) -> Any:
         call = self._begin(method, context, streaming=False)
+        # In the trailers, with the status: no batch of its own, and nothing is sent before
+        # the outcome (callers' own gRPC retry policies can still retry an UNAVAILABLE).
+        # An abort that brings trailers replaces these; to_rpc_status puts the id in them.
+        context.set_trailing_metadata(((REQUEST_ID_KEY, call.state.request_id),))
         async with self._outcome(call, method, context):
-            response = await proceed()
-            # With the response, not before: headers sent early would commit the call and
-            # stop callers' own gRPC retry policies from retrying an UNAVAILABLE.
-            await _send_request_id(context, call.state.request_id)
-        return response
+            return await proceed()
 
     async def around_stream(
         self,

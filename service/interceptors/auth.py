@@ -21,12 +21,10 @@ from service.callstate import call_state
 from service.errors import GatewayError, to_rpc_status
 from service.interceptors.wrapping import Context, WrappingInterceptor
 
-_UNAUTHENTICATED = to_rpc_status(
-    GatewayError(
-        grpc.StatusCode.UNAUTHENTICATED,
-        "INVALID_CREDENTIALS",
-        "missing or invalid credentials: send 'authorization: Bearer <token>'",
-    )
+_UNAUTHENTICATED = GatewayError(
+    grpc.StatusCode.UNAUTHENTICATED,
+    "INVALID_CREDENTIALS",
+    "missing or invalid credentials: send 'authorization: Bearer <token>'",
 )
 _REFLECTION_SERVICES = (reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection")
 
@@ -59,7 +57,8 @@ class AuthInterceptor(WrappingInterceptor):
         except AuthFailure as failure:
             if state is not None:
                 state.denied_reason = failure.reason
-            await context.abort_with_status(_UNAUTHENTICATED)
+            # Built per refusal: the status's trailers carry this call's request id.
+            await context.abort_with_status(to_rpc_status(_UNAUTHENTICATED))
             raise AssertionError("abort_with_status always raises") from failure
         if state is not None:
             state.identity = identity

@@ -59,21 +59,31 @@ def _audit_config(path: Path) -> str:
 @dataclass
 class Outcome:
     code: grpc.StatusCode
-    request_id: str  # what came back in the initial metadata
+    request_id: str  # what came back: a unary call's trailers, a stream's headers
+
+
+def _ids(metadata: Any) -> list[str]:
+    return [str(v) for k, v in (metadata or ()) if k == "x-request-id"]
 
 
 def _returned_id(metadata: Any) -> str:
-    ids = [v for k, v in (metadata or ()) if k == "x-request-id"]
+    ids = _ids(metadata)
     assert len(ids) == 1, metadata
-    return str(ids[0])
+    return ids[0]
 
 
 async def _returned(call: Any) -> str:
-    """The request id: with the response headers, or with the trailers of an error.
-    A call that ran out of time on the caller's side got neither: ""."""
+    """A stream's request id: with the response headers, or with the trailers when no
+    response came. A call that ran out of time on the caller's side got neither: ""."""
     initial = await call.initial_metadata()
-    if any(k == "x-request-id" for k, _ in (initial or ())):
+    if _ids(initial):
         return _returned_id(initial)
+    return await _trailed(call)
+
+
+async def _trailed(call: Any) -> str:
+    """The request id in the trailers, exactly once ("" for a call that ran out of time
+    on the caller's side and so got no trailers from the server)."""
     trailing = await call.trailing_metadata()
     if await call.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not any(
         k == "x-request-id" for k, _ in (trailing or ())
@@ -83,12 +93,15 @@ async def _returned(call: Any) -> str:
 
 
 async def _unary(call: Any) -> Outcome:
+    """A unary call's outcome: its request id travels in the trailers, whatever the
+    status, and never in the headers."""
     try:
         await call
         code = grpc.StatusCode.OK
     except grpc.aio.AioRpcError as error:
         code = error.code()
-    return Outcome(code, await _returned(call))
+    assert _ids(await call.initial_metadata()) == [], "unary: the id is in the trailers"
+    return Outcome(code, await _trailed(call))
 
 
 async def _stream(call: Any, cancel_after: int | None = None) -> Outcome:
@@ -308,13 +321,48 @@ async def test_the_request_id_reaches_the_call_state_and_the_servicer(tmp_path: 
     async with running_gateway(_audit_config(path)) as gateway:
         call = gateway.stub.Chat(chat_request(), metadata=(("x-request-id", "trace-42"),))
         response = await call
-        assert _returned_id(await call.initial_metadata()) == "trace-42"
+        assert _returned_id(await call.trailing_metadata()) == "trace-42"
         generated = gateway.stub.Chat(chat_request())
         second = await generated
-        returned = _returned_id(await generated.initial_metadata())
+        returned = _returned_id(await generated.trailing_metadata())
     assert response.id == "chat-trace-42"
     assert second.id == f"chat-{returned}", "one generated id, shared with the servicer"
     assert [r["request_id"] for r in _records(path)] == ["trace-42", returned]
+
+
+async def test_unary_calls_return_the_id_in_the_trailers_and_streams_in_the_headers() -> None:
+    """Unary calls: in the trailers exactly once, whatever the outcome (beside the retry
+    pushback of an error that has one); streams: with the first response's headers, or
+    in the trailers of a stream that fails before any response."""
+    async with running_gateway() as gateway:
+        stub = gateway.stub
+        ok = stub.Chat(chat_request(), metadata=(("x-request-id", "u-ok"),), timeout=5)
+        assert (await _unary(ok)).request_id == "u-ok"
+        bad = stub.Chat(chat_request(model="nope"), metadata=(("x-request-id", "u-bad"),))
+        assert await _unary(bad) == Outcome(grpc.StatusCode.NOT_FOUND, "u-bad")
+        hint = (("x-mock-fail-status", "429"), ("x-mock-retry-after", "2"))
+        limited = stub.Chat(chat_request(), metadata=(("x-request-id", "u-429"), *hint))
+        assert await _unary(limited) == Outcome(grpc.StatusCode.RESOURCE_EXHAUSTED, "u-429")
+        trailing = await limited.trailing_metadata()
+        assert [v for k, v in trailing if k == "grpc-retry-pushback-ms"] == ["2000"]
+        # The health servicer aborts with no trailers of its own: the id is still there.
+        health = health_pb2_grpc.HealthStub(gateway.channel)
+        unknown = health.Check(
+            health_pb2.HealthCheckRequest(service="no.such.Service"),
+            metadata=(("x-request-id", "u-health"),),
+            timeout=5,
+        )
+        assert await _unary(unknown) == Outcome(grpc.StatusCode.NOT_FOUND, "u-health")
+
+        stream = stub.StreamChat(chat_request(), metadata=(("x-request-id", "s-ok"),), timeout=5)
+        assert [c async for c in stream]
+        assert _ids(await stream.initial_metadata()) == ["s-ok"]
+        assert _ids(await stream.trailing_metadata()) == []
+        failed = stub.StreamChat(
+            chat_request(), metadata=(("x-request-id", "s-503"), ("x-mock-fail-status", "503"))
+        )
+        assert await _stream(failed) == Outcome(grpc.StatusCode.UNAVAILABLE, "s-503")
+        assert _ids(await failed.initial_metadata()) == []
 
 
 async def test_a_gateway_without_audit_path_counts_records() -> None:
@@ -423,7 +471,14 @@ async def test_hard_endings_each_get_one_record(tmp_path: Path) -> None:
             await code_of(unary("SetCode")(b"", metadata=(("x-request-id", "setcode"),), timeout=5))
             == grpc.StatusCode.NOT_FOUND
         )
-        assert await unary("WhoAmI")(b"", metadata=(("x-request-id", "me"),), timeout=5) == b"me"
+        who = unary("WhoAmI")(b"", metadata=(("x-request-id", "me"),), timeout=5)
+        assert await who == b"me"
+        assert (await _unary(who)).request_id == "me"
+        # An unexpected exception, and a code set without an abort: the id is in the
+        # trailers, once.
+        assert _ids(boom.value.trailing_metadata()) == ["boom"]
+        setcode = unary("SetCode")(b"", metadata=(("x-request-id", "setcode-2"),), timeout=5)
+        assert await _unary(setcode) == Outcome(grpc.StatusCode.NOT_FOUND, "setcode-2")
 
         flood = channel.unary_stream("/toy.Toy/Flood")(
             b"", metadata=(("x-request-id", "flood"),), timeout=10
@@ -450,12 +505,13 @@ async def test_hard_endings_each_get_one_record(tmp_path: Path) -> None:
             iter([b"a", b"b", b"c"]), metadata=(("x-request-id", "count"),), timeout=5
         )
         assert await count == b"3"
-    assert (sink.submitted, sink.written, sink.dropped) == (8, 8, 0)
+    assert (sink.submitted, sink.written, sink.dropped) == (9, 9, 0)
     by_id = {r["request_id"]: r for r in _records(path)}
     assert {k: r["status"] for k, r in by_id.items()} == {
         "sleep": "DEADLINE_EXCEEDED",
         "boom": "INTERNAL",
         "setcode": "NOT_FOUND",
+        "setcode-2": "NOT_FOUND",
         "me": "OK",
         "flood": "CANCELLED",
         "writer": "OK",

@@ -192,6 +192,8 @@ async def test_hostile_tokens_are_unauthenticated_without_upstream_calls(
     assert "expired" not in details.message and "signature" not in details.message, (
         "generic message"
     )
+    trailing = caught.value.trailing_metadata() or ()
+    assert [v for k, v in trailing if k == "x-request-id"] == [unary], "the id, once"
     with pytest.raises(grpc.aio.AioRpcError) as streamed:
         async for _ in world.gateway.stub.StreamChat(
             chat_request(), metadata=tagged(streamed_id, metadata), timeout=5

@@ -57,9 +57,13 @@ async def test_load_shedding_sends_the_pushback() -> None:
         )
         try:
             await _until_in_flight(gateway, 1)
-            error = await _refused(gateway.stub.Chat(chat_request(), timeout=5))
+            shed = (("x-request-id", "shed-1"),)
+            error = await _refused(gateway.stub.Chat(chat_request(), metadata=shed, timeout=5))
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert assert_pushback_matches_retry_info(error, "OVERLOADED") == 750
+            # Beside the pushback, the refusal carries the call's request id, once.
+            trailing = error.trailing_metadata() or ()
+            assert [v for k, v in trailing if k == "x-request-id"] == ["shed-1"]  # type: ignore[misc]
         finally:
             held.cancel()
 
