@@ -27,7 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from service.config import seconds_or
+from service.config_base import seconds_or
 from service.limits.buckets import EPSILON, Decision, Rate
 from service.limits.store import LimitStoreError
 
