@@ -42,9 +42,6 @@ __all__ = [
     "validate",
 ]
 
-# The schema walk under its former name (tests/unit/test_doc_configs.py uses it).
-_check_message = check_message
-
 
 @dataclass(frozen=True)
 class LoadedConfig:

@@ -12,7 +12,8 @@ import yaml
 from google.protobuf import json_format
 from llmgateway.config.v1 import config_pb2
 
-from service.config import _check_message, _Loader
+from service.config import _Loader
+from service.config_schema import check_message
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -32,11 +33,11 @@ def test_every_yaml_example_is_valid_configuration(where: str, block: str) -> No
     if isinstance(data, list):  # a list of providers
         for item in data:
             message = config_pb2.ProviderConfig()
-            _check_message(item, message.DESCRIPTOR, "providers[]")
+            check_message(item, message.DESCRIPTOR, "providers[]")
             json_format.ParseDict(item, message)
     else:
         message = config_pb2.GatewayConfig()
-        _check_message(data, message.DESCRIPTOR, "")
+        check_message(data, message.DESCRIPTOR, "")
         json_format.ParseDict(data, message)
 
 
