@@ -20,7 +20,7 @@ from bench.stack import Stack, Target, h2load, running_stack
 
 # The least share of the echo server's calls/s each path must keep (best round).
 FLOORS = {
-    "gateway, mock provider": float(os.environ.get("BENCH_FLOOR_MOCK", "0.18")),
+    "gateway, mock provider": float(os.environ.get("BENCH_FLOOR_MOCK", "0.15")),
     "gateway → fake upstream": float(os.environ.get("BENCH_FLOOR_UPSTREAM", "0.12")),
 }
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
