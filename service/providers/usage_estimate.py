@@ -115,7 +115,8 @@ class EstimatedUsage(Provider):
             async for chunk in stream:
                 output.add_chunk(chunk)
                 if chunk.HasField("usage"):
-                    fill_unreported(chunk.usage, input_tokens(request), output)
+                    if _unreported(chunk.usage):  # the estimate only when it is needed
+                        fill_unreported(chunk.usage, input_tokens(request), output)
                     usage_sent = True
                 yield chunk
         finally:
