@@ -1,4 +1,5 @@
-# LLM Gateway. Every target creates .venv from pyproject.toml when it is missing.
+# LLM Gateway. Every target creates .venv when it is missing, from the lock files in
+# requirements/ (exact versions and hashes, resolved from pyproject.toml by make lock).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,13 +11,22 @@ export LLM_GATEWAY_DEV_SECRET ?= dev-only-insecure-secret-change-me-0123456789
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: run token test test-deps bench bench-check bench-deps lint fmt proto proto-check proto-lint clean
+.PHONY: run token lock lock-check test test-deps go-deps go-client bench bench-check bench-deps lint fmt proto proto-check proto-lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Resolves requirements/*.txt again after a change of pyproject.toml, keeping every pin
+# that still fits; UPGRADE=1 make lock moves every version to the newest allowed.
+lock: $(STAMP)
+	UV=$(BIN)/uv scripts/lock.sh
+
+# Fails when the lock files do not match pyproject.toml.
+lock-check: $(STAMP)
+	UV=$(BIN)/uv scripts/lock_check.sh
 
 run: $(STAMP)
 	@echo "LLM Gateway on :50051. A development token: make token (or: $(BIN)/python -m service token --sub alice --config $(CONFIG))"
@@ -27,7 +37,7 @@ SUB ?= alice
 token: $(STAMP)
 	@$(BIN)/python -m service token --sub $(SUB) --config $(CONFIG)
 
-test: $(STAMP) test-deps
+test: $(STAMP) test-deps go-deps
 	$(BIN)/python -m pytest -q
 
 # The shared-limits tests run a real redis-server: Debian's package, installed when missing.
@@ -37,6 +47,29 @@ test-deps:
 	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
 	  $$sudo apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq redis-server >/dev/null; }
+	@command -v promtool >/dev/null || { \
+	  echo "installing promtool (Debian's prometheus) for the alert rule tests"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq prometheus >/dev/null; }
+
+# The Go client builds offline against Debian's Go toolchain and libraries (Go 1.19,
+# grpc-go 1.33, protobuf-go 1.28, golang/protobuf 1.5), installed when missing.
+GO_PACKAGES := golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
+	golang-google-protobuf-dev golang-google-genproto-dev golang-github-golang-protobuf-1-5-dev
+go-deps:
+	@missing=; for p in $(GO_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	[ -z "$$missing" ] || { \
+	  echo "installing Debian's Go packages for the Go client:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null; }
+
+# The Go example client (clients/go), built into .tools/bin/gateway-example.
+go-client: go-deps
+	scripts/build_go_client.sh
 
 # Side by side, in one run: straight to a fake upstream, a bare grpc.aio echo server (the
 # floor) and the gateway (mock provider, and through the fake upstream); bench/results.md.
@@ -72,16 +105,20 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix service clients tests scripts bench
 	$(BIN)/ruff format service clients tests scripts bench
 
-# Regenerates generated/ from protos/: Python messages, gRPC stubs and typed .pyi stubs.
-proto: $(STAMP)
+# Regenerates generated/ from protos/ (Python messages, gRPC stubs and typed .pyi stubs)
+# and the Go client's package clients/go/llmgatewayv1.
+proto: $(STAMP) go-deps
 	rm -rf generated/llmgateway
 	$(BIN)/python scripts/gen_proto.py generated
+	$(BIN)/python scripts/gen_go_proto.py clients/go/llmgatewayv1
 
 # Fails when generated/ differs from what the protos produce now.
-proto-check: $(STAMP)
+proto-check: $(STAMP) go-deps
 	rm -rf .proto-check && mkdir -p .proto-check
 	$(BIN)/python scripts/gen_proto.py .proto-check
 	diff -r generated/llmgateway .proto-check/llmgateway || { echo 'generated/ is stale: run make proto'; exit 1; }
+	$(BIN)/python scripts/gen_go_proto.py .proto-check/go
+	diff -r clients/go/llmgatewayv1 .proto-check/go || { echo 'clients/go is stale: run make proto'; exit 1; }
 	rm -rf .proto-check
 
 clean:
