@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         default="serve",
         choices=("serve", "check-config", "verify-audit", "token"),
-        help="serve (default); check-config: validate the file and exit; "
+        help="serve (default); chat / models: the terminal client (llm-gateway chat -h); "
+        "check-config: validate the file and exit; "
         "verify-audit FILE: check an audit log's hash chain; "
         "token: print a development token (HS* issuer of the config)",
     )
@@ -61,6 +62,12 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] in (["chat"], ["models"]):
+        # The terminal client, a caller of the gateway like any other.
+        from llmgateway_client.cli import main as client_main
+
+        return client_main(arguments)
     args = _parser().parse_args(argv)
     if args.command == "verify-audit":
         from service.audit.cli import verify_main

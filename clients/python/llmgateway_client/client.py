@@ -113,6 +113,13 @@ class GatewayClient:
         request = chat_pb2.ChatRequest(
             model=model, messages=_messages(prompt), generation_config=config
         )
+        async for chunk in self.stream_request(request, timeout):
+            yield chunk
+
+    async def stream_request(
+        self, request: chat_pb2.ChatRequest, timeout: float | None = None
+    ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
+        """StreamChat with a whole request: system messages, tools, any setting."""
         call = self._stub.StreamChat(
             request, metadata=self._metadata, timeout=timeout or self._timeout
         )
