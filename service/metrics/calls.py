@@ -58,6 +58,13 @@ class CallMetrics:
             ["model"],
             registry=registry,
         )
+        self.model_calls = Counter(
+            "llm_gateway_model_calls",
+            "Chat, StreamChat and Embed calls by model alias and gRPC status code: an alias"
+            " whose calls all fail has every deployment and fallback failing.",
+            ["model", "code"],
+            registry=registry,
+        )
         self.fallbacks = Counter(
             "llm_gateway_fallbacks",
             "Calls served by a deployment other than the requested alias's own.",
@@ -72,6 +79,7 @@ class CallMetrics:
         if not record["model"]:
             return
         model = record["model"] if record["model"] in self._models else OTHER
+        self.model_calls.labels(model, record["status"]).inc()
         if record["ttft_ms"] is not None:
             self.first_chunk.labels(model).observe(record["ttft_ms"] / 1000)
         for direction in ("input", "output"):
