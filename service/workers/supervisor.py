@@ -42,6 +42,24 @@ RESTART_WINDOW = 60.0
 EXIT_WORKERS_FAILED = 1
 
 
+class RestartBudget:
+    """At most `limit` restarts in any `window` seconds."""
+
+    def __init__(self, limit: int = MAX_RESTARTS, window: float = RESTART_WINDOW) -> None:
+        self._limit = limit
+        self._window = window
+        self._recent: deque[float] = deque()
+
+    def allow(self, now: float) -> bool:
+        """True, and counted, when one more restart at `now` fits in the budget."""
+        while self._recent and now - self._recent[0] >= self._window:
+            self._recent.popleft()
+        if len(self._recent) >= self._limit:
+            return False
+        self._recent.append(now)
+        return True
+
+
 @dataclass
 class _Slot:
     """One worker index and the process currently holding it."""
@@ -49,7 +67,7 @@ class _Slot:
     index: int
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
-    recent: deque[float] = field(default_factory=deque)
+    budget: RestartBudget = field(default_factory=RestartBudget)
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -120,14 +138,10 @@ class Supervisor:
             code = await process.wait()
             if self._stopping:
                 break
-            now = time.monotonic()
-            while slot.recent and now - slot.recent[0] > RESTART_WINDOW:
-                slot.recent.popleft()
             fields = {"worker": slot.index, "pid": process.pid, "exit_code": code}
-            if len(slot.recent) >= MAX_RESTARTS:
+            if not slot.budget.allow(time.monotonic()):
                 log.error("worker keeps dying: stopping the server", extra={"fields": fields})
                 break
-            slot.recent.append(now)
             slot.restarts += 1
             log.warning(
                 "worker died: starting it again",

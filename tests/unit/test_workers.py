@@ -13,6 +13,7 @@ from service.config import ConfigError, parse_config
 from service.workers.exposition import joined, labelled
 from service.workers.merge import merge_providers, whole_server
 from service.workers.role import WorkerRole, replica_id_of, worker_audit_path, worker_config
+from service.workers.supervisor import RestartBudget
 
 OPEN = models_pb2.CIRCUIT_STATE_OPEN
 CLOSED = models_pb2.CIRCUIT_STATE_CLOSED
@@ -192,3 +193,11 @@ def test_configs_that_workers_would_break_are_refused(extra: str, path: str, pro
 )
 def test_configs_workers_can_share_are_accepted(extra: str) -> None:
     assert parse_config(BASE + extra, REDIS_ENV).config.server.workers in (1, 2)
+
+
+def test_restarts_are_bounded_per_window() -> None:
+    budget = RestartBudget(limit=2, window=60.0)
+    assert budget.allow(0.0) and budget.allow(10.0)
+    assert not budget.allow(59.0), "a third restart within the minute"
+    assert budget.allow(60.0), "the first one has left the window"
+    assert not budget.allow(61.0)
