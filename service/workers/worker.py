@@ -23,6 +23,19 @@ log = logging.getLogger("service")
 _PR_SET_PDEATHSIG = 1
 
 
+class _WorkerField(logging.Filter):
+    """Every log line of a worker says which worker wrote it."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self._index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = getattr(record, "fields", None)
+        record.fields = {"worker": self._index, **(fields if isinstance(fields, dict) else {})}
+        return True
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-gateway-worker", description=__doc__)
     parser.add_argument("--worker", type=int, required=True)
@@ -48,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     role = WorkerRole(index=args.worker, count=args.workers, run_dir=args.run_dir)
     config = worker_config(read_config(args.run_dir), role, args.port)
     setup_logging(config.logging.level or "info")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerField(role.index))
 
     def ready(port: int) -> None:
         os.write(args.ready_fd, f"{port}\n".encode())
