@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 
-from service.__main__ import EXIT_LISTEN, run
+from service.__main__ import EXIT_CONFIG, EXIT_LISTEN, run
+from service.config import ConfigError
 from service.logs import setup_logging
 from service.server import serve
 from service.workers.role import WorkerRole, read_config, worker_config
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run(serve(config, role=role, ready=ready))
+    except ConfigError as exc:
+        log.error("configuration error", extra={"fields": {"reason": str(exc)}})
+        return EXIT_CONFIG
     except OSError as exc:
         log.error("cannot start", extra={"fields": {"reason": str(exc), "worker": role.index}})
         return EXIT_LISTEN

@@ -23,7 +23,15 @@ import pytest
 from llmgateway.v1 import models_pb2, provider_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import PYTHON, ROOT, GatewayProcess, chat_request, gateway_process
+from tests.support import (
+    PYTHON,
+    ROOT,
+    GatewayProcess,
+    chat_request,
+    gateway_process,
+    refusing_port,
+    running_gateway,
+)
 
 CONFIG = """
 server: {{host: 127.0.0.1, port: 0, shutdown_grace: 10s, workers: 2, replica_id: replica-a}}
@@ -275,3 +283,48 @@ def test_in_process_limits_with_several_workers_are_refused(tmp_path: Path) -> N
     assert "server.workers: 2 workers would each keep their own rate limits" in result.stderr
     assert "set limits.redis" in result.stderr
     assert "listening" not in result.stdout + result.stderr
+
+
+async def test_one_process_names_its_replica_in_stats_and_metrics() -> None:
+    config = (
+        "server: {host: 127.0.0.1, port: 0}\nmetrics: {host: 127.0.0.1, port: 0}\n"
+        "providers:\n  - {name: mock, mock: {}}\nmodels:\n  - {alias: mock, provider: mock}\n"
+    )
+    async with running_gateway(config, environ={"HOSTNAME": "gw-5f7c9-x2x"}) as gateway:
+        await gateway.stub.Chat(chat_request("hi", model="mock"), timeout=10)
+        stats = await gateway.stub.GetProviderStats(models_pb2.GetProviderStatsRequest())
+        assert stats.replica_id == "gw-5f7c9-x2x"
+        assert list(stats.workers) == [], "one process: no per-worker entries"
+        assert _requests(stats) == 1
+        async with httpx.AsyncClient() as client:
+            response = await client.get(
+                f"http://127.0.0.1:{gateway.server.metrics_port}/metrics", timeout=10
+            )
+    info = [
+        sample
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == "llm_gateway_replica_info"
+    ]
+    assert [(s.labels, s.value) for s in info] == [
+        ({"replica": "gw-5f7c9-x2x", "workers": "1"}, 1.0)
+    ]
+
+
+def test_a_port_another_socket_holds_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    with refusing_port() as port:
+        config.write_text(
+            f"server: {{host: 127.0.0.1, port: {port}, workers: 2}}\nauth: {{disabled: true}}\n"
+            "providers:\n  - {name: m, mock: {}}\nmodels:\n  - {alias: a, provider: m}\n"
+        )
+        result = subprocess.run(
+            [PYTHON, "-m", "service", "--config", str(config)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 3, result.stderr
+    assert '"cannot start"' in result.stderr
+    assert '"worker ready"' not in result.stderr
