@@ -2,8 +2,10 @@
 
 Four paths for the same Chat call: straight to a fast fake OpenAI upstream (HTTP/1.1),
 a bare grpc.aio + uvloop echo server (the floor for any Python gRPC server), the gateway
-with its built-in mock provider, and the gateway through the fake upstream. The gateway
-runs with authentication and the audit log on. h2load (C) drives every unary and
+with its built-in mock provider, and the gateway through the fake upstream; then the
+same two gateway paths on a second gateway run with `server.workers: 2` (its calls over 16
+connections, since the kernel spreads connections over the workers). The gateways run
+with authentication and the audit log on. h2load (C) drives every unary and
 streamed phase, so the load generator's cost is small and the same in every column;
 time to the first streamed chunk is taken with minimal asyncio clients, one call at a
 time. All processes share the machine's cores. Bounded: each phase runs for a set time
@@ -46,6 +48,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))  # interleaved; the median is 
 SERIAL = int(os.environ.get("BENCH_SERIAL", "2000"))  # calls one at a time, per path
 IN_FLIGHT = 64
 TTFT_CALLS = 200
+WORKERS = 2  # a second gateway with server.workers: the rows "gateway, workers: 2"
 
 
 @dataclass
@@ -175,6 +178,19 @@ def measure(stack: Stack) -> tuple[list[Row], list[StreamRow], dict[str, float]]
         ("gateway, mock provider (no upstream)", stack.gateway("mock"), True),
         ("gateway → fake upstream", stack.gateway("gpt"), True),
     ]
+    if stack.workers > 1:
+        paths += [
+            (
+                f"gateway, workers: {stack.workers}, mock provider",
+                stack.gateway_workers("mock"),
+                True,
+            ),
+            (
+                f"gateway, workers: {stack.workers} → fake upstream",
+                stack.gateway_workers("gpt"),
+                True,
+            ),
+        ]
     for _, target, _ in paths:  # warm every path
         h2load(target, in_flight=4, requests=400)
     rows = []
@@ -236,7 +252,7 @@ def measure(stack: Stack) -> tuple[list[Row], list[StreamRow], dict[str, float]]
 
 
 def render(rows: list[Row], streams: list[StreamRow], rss: dict[str, float], audit: int) -> str:
-    direct, floor, mock, upstream = rows
+    direct, floor, mock, upstream = rows[:4]
     assert direct.serial and floor.loaded and mock.loaded and upstream.loaded
     assert mock.serial and upstream.serial
 
@@ -304,7 +320,7 @@ def render(rows: list[Row], streams: list[StreamRow], rss: dict[str, float], aud
 
 
 def main() -> int:
-    with running_stack() as stack:
+    with running_stack(WORKERS) as stack:
         rows, streams, rss = measure(stack)
         audit = sum(1 for _ in stack.audit.open()) if stack.audit.exists() else 0
     report = render(rows, streams, rss, audit)

@@ -6,6 +6,7 @@ calls, gRPC as HTTP/2 POSTs of a prebuilt length-prefixed body."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -118,13 +119,15 @@ class Target:
     body: bytes
     headers: tuple[str, ...]
     h1: bool = False
+    connections: int = 0  # 0: up to 4; more spread the calls over a gateway's workers
 
 
 class Stack:
     """The fake upstream, the echo server and the gateway, running."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, workers: int = 1) -> None:
         self.folder = folder
+        self.workers = workers  # >1: a second gateway, with server.workers set
         self.processes: list[subprocess.Popen[bytes]] = []
         self.env = {
             **os.environ,
@@ -136,8 +139,9 @@ class Stack:
         self.echo_port = 0
         self.gateway_port = 0
         self.gateway_pid = 0
+        self.workers_port = 0
         self.audit = folder / "audit.jsonl"
-        self._audit_offset = 0
+        self._audit_offsets: dict[Path, int] = {}
         self.token = token()
 
     def _spawn(self, args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -166,18 +170,26 @@ class Stack:
         self.upstream_port = self._port("bench.fast_upstream", "upstream")
         self.echo_port = self._port("bench.echo_server", "echo")
         self.gateway_port = free_port()
-        config = self.folder / "gateway.yaml"
+        self.gateway_pid = self._gateway("gateway", self.gateway_port, self.audit, 1)
+        if self.workers > 1:
+            self.workers_port = free_port()
+            audit = self.folder / "audit-workers.jsonl"  # one file per worker
+            self._gateway("gateway-workers", self.workers_port, audit, self.workers)
+
+    def _gateway(self, name: str, port: int, audit: Path, workers: int) -> int:
+        config = self.folder / f"{name}.yaml"
+        text = CONFIG.format(port=port, audit=audit, upstream=self.upstream_port)
         config.write_text(
-            CONFIG.format(port=self.gateway_port, audit=self.audit, upstream=self.upstream_port)
+            text.replace("shutdown_grace: 5s}", f"shutdown_grace: 5s, workers: {workers}}}")
         )
-        log = self.folder / "gateway.log"
+        log = self.folder / f"{name}.log"
         gateway = self._spawn(["-m", "service", "--config", str(config)], log)
-        self.gateway_pid = gateway.pid
         end = time.monotonic() + 30
-        while "listening" not in log.read_text():
+        while '"listening"' not in log.read_text():
             if time.monotonic() > end or gateway.poll() is not None:
                 raise RuntimeError(f"the gateway did not start: {log.read_text()}")
             time.sleep(0.05)
+        return gateway.pid
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -211,18 +223,23 @@ class Stack:
     def gateway(self, model: str, stream: bool = False) -> Target:
         return self._grpc(self.gateway_port, STREAM_CHAT if stream else CHAT, model, auth=True)
 
+    def gateway_workers(self, model: str) -> Target:
+        """Over 16 connections: the kernel spreads connections, not calls, over workers."""
+        target = self._grpc(self.workers_port, CHAT, model, auth=True)
+        return dataclasses.replace(target, connections=16)
+
     # --- the audit log: gRPC errors come with HTTP 200, so the records count them ------
 
     def audit_failures(self) -> tuple[int, int]:
-        """(records, failed records) written since the last look."""
-        if not self.audit.exists():
-            return 0, 0
-        with self.audit.open("rb") as log:
-            log.seek(self._audit_offset)
-            data = log.read()
-        complete = data[: data.rfind(b"\n") + 1]
-        self._audit_offset += len(complete)
-        lines = [line for line in complete.splitlines() if line.strip()]
+        """(records, failed records) written since the last look, by every gateway."""
+        lines = []
+        for path in sorted(self.folder.glob("audit*.jsonl")):
+            with path.open("rb") as log:
+                log.seek(self._audit_offsets.get(path, 0))
+                data = log.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            self._audit_offsets[path] = self._audit_offsets.get(path, 0) + len(complete)
+            lines += [line for line in complete.splitlines() if line.strip()]
         # CANCELLED: calls h2load itself cut when a timed run ends.
         failed = sum(
             1 for line in lines if json.loads(line).get("status") not in ("OK", "CANCELLED")
@@ -247,7 +264,7 @@ def h2load(
     if target.h1:
         clients, streams = in_flight, 1
     else:
-        clients = min(4, in_flight)
+        clients = min(target.connections or 4, in_flight)
         streams = max(1, in_flight // clients)
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "body"
@@ -287,9 +304,9 @@ def h2load(
 
 
 @contextmanager
-def running_stack() -> Iterator[Stack]:
+def running_stack(workers: int = 1) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory() as folder:
-        stack = Stack(Path(folder))
+        stack = Stack(Path(folder), workers)
         try:
             stack.start()
             yield stack

@@ -16,6 +16,8 @@ from service.config import ConfigError, load_config
 from service.exposure import plaintext_credential_warnings
 from service.logs import setup_logging
 from service.server import serve
+from service.workers.role import worker_count
+from service.workers.supervisor import Supervisor
 
 log = logging.getLogger("service")
 
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             extra={"fields": {"provider": name}},
         )
     try:
+        if worker_count(loaded.config.server) > 1:
+            return asyncio.run(Supervisor(loaded.config).run())
         run(serve(loaded.config))
     except ConfigError as exc:
         print(f"configuration error in {args.config}: {exc}", file=sys.stderr)

@@ -32,6 +32,7 @@ from service.routing.config_checks import check_cache, check_routing
 from service.routing.model_checks import check_fallbacks, check_models
 from service.server_config_checks import check_logging, check_server, check_shedding, check_tls
 from service.tracing_config_checks import check_tracing
+from service.workers.config_checks import check_workers
 
 __all__ = [
     "ConfigError",
@@ -102,6 +103,7 @@ def validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> No
     check_cache(config.cache)
     check_audit(config.audit)
     check_fallbacks(config.models)
+    check_workers(config)
 
 
 def _drop_providers_without_keys(

@@ -15,8 +15,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from llmgateway.config.v1 import config_pb2
-from llmgateway.v1 import provider_service_pb2, provider_service_pb2_grpc
-from prometheus_client import CollectorRegistry
+from llmgateway.v1 import models_pb2, provider_service_pb2, provider_service_pb2_grpc
+from prometheus_client import CollectorRegistry, generate_latest
 
 from service.audit.sink import AuditSink
 from service.auth.verifier import TokenVerifier
@@ -45,6 +45,10 @@ from service.routing.router import Router
 from service.routing.stats import StatsBook
 from service.servicer import ProviderServicer
 from service.tracing import build_tracer_provider, end_call_span, tracer_of
+from service.workers.collectors import PeerFailuresCollector, ReplicaInfoCollector
+from service.workers.merge import whole_server
+from service.workers.peers import PeerServer, Siblings, socket_path
+from service.workers.role import WorkerRole, replica_id_of
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +63,11 @@ def _ms(holder: config_pb2.KeepaliveConfig, field: str, default: float) -> int:
     return round(seconds_or(holder, field, default) * 1000)
 
 
-def server_options(server: config_pb2.ServerConfig) -> list[tuple[str, int]]:
-    """gRPC channel arguments from the server configuration."""
+def server_options(
+    server: config_pb2.ServerConfig, reuse_port: bool = False
+) -> list[tuple[str, int]]:
+    """gRPC channel arguments from the server configuration; `reuse_port` for a worker,
+    which shares the port with its siblings."""
     keepalive = server.keepalive
     options = [
         # A ceiling only: the configured limit is enforced by the decode guard, which
@@ -79,8 +86,9 @@ def server_options(server: config_pb2.ServerConfig) -> list[tuple[str, int]]:
             _ms(keepalive, "min_client_ping_interval", 10),
         ),
         ("grpc.keepalive_permit_without_calls", 1),
-        # A second process on the same port must fail to start, not share it silently.
-        ("grpc.so_reuseport", 0),
+        # A second process on the same port must fail to start, not share it silently;
+        # only the workers of one supervisor share it (service/workers/supervisor.py).
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         # Room for bearer tokens up to auth.max_token_bytes (and then some), so that an
         # oversized token reaches authentication and gets a proper, audited refusal. The
         # soft and the hard limit are the same: between the two gRPC refuses a random
@@ -127,8 +135,10 @@ class GatewayServer:
         config: config_pb2.GatewayConfig,
         interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
         environ: Mapping[str, str] | None = None,
+        role: WorkerRole | None = None,
     ) -> None:
         self.config = config
+        self.role = role
         self.registry = Registry.from_config(config, environ)
         self.stats = StatsBook({name: p.kind for name, p in self.registry.providers.items()})
         # time.monotonic is the event loop's clock, so deadlines and breakers agree.
@@ -142,6 +152,7 @@ class GatewayServer:
             tracer=tracer_of(self.tracer_provider),
         )
         env = os.environ if environ is None else environ
+        self.replica_id = replica_id_of(config.server, env)
         self.limit_store = (
             RedisLimitStore.from_config(config.limits.redis, env)
             if config.limits.HasField("redis")
@@ -173,9 +184,24 @@ class GatewayServer:
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_registry.register(StateCollector(self._snapshot_from_any_thread))
         self.metrics_registry.register(LogGuardCollector(LOG_GUARD))
-        self._server = grpc.aio.server(interceptors=chain, options=server_options(server_config))
+        self._peer: PeerServer | None = None
+        self._siblings: Siblings | None = None
+        if role is None:
+            self.metrics_registry.register(ReplicaInfoCollector(self.replica_id, 1))
+        else:
+            self._peer = PeerServer(
+                socket_path(role.run_dir, role.index), self._own_stats, self._metrics_text
+            )
+            self._siblings = Siblings(role.run_dir, role.index, role.count)
+            self.metrics_registry.register(PeerFailuresCollector(self._peer_failures))
+        self._server = grpc.aio.server(
+            interceptors=chain, options=server_options(server_config, reuse_port=role is not None)
+        )
         provider_service_pb2_grpc.add_ProviderServiceServicer_to_server(
-            ProviderServicer.from_config(self.router, config, self.limiter), self._server
+            ProviderServicer.from_config(
+                self.router, config, self.limiter, provider_stats=self.provider_stats
+            ),
+            self._server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if not server_config.HasField("reflection") or server_config.reflection:
@@ -218,6 +244,33 @@ class GatewayServer:
             shed=self._admission.shed if self._admission else None,
             cache=self._cache_stats(),
         )
+
+    def _local_stats(self, provider: str) -> list[models_pb2.ProviderStats]:
+        return self.router.stats.snapshot(provider, self.resilience.breakers)
+
+    def _own_stats(self, provider: str) -> models_pb2.GatewayWorkerStats:
+        """This worker's own counters and breakers, for a sibling asking."""
+        index = self.role.index if self.role is not None else 0
+        return models_pb2.GatewayWorkerStats(
+            worker=index, pid=os.getpid(), answered=True, providers=self._local_stats(provider)
+        )
+
+    async def provider_stats(self, provider: str) -> models_pb2.GetProviderStatsResponse:
+        """GetProviderStats: this process's, or with workers the whole server's."""
+        if self._siblings is None:
+            return models_pb2.GetProviderStatsResponse(
+                providers=self._local_stats(provider), replica_id=self.replica_id
+            )
+        own = self._own_stats(provider)
+        own.answering = True
+        others = await self._siblings.stats(provider)
+        return whole_server(self.replica_id, [own, *others])
+
+    def _metrics_text(self) -> bytes:
+        return generate_latest(self.metrics_registry)
+
+    def _peer_failures(self) -> int:
+        return self._siblings.failures if self._siblings is not None else 0
 
     def _cache_stats(self) -> dict[str, int] | None:
         cache = self.router.cache
@@ -269,6 +322,8 @@ class GatewayServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}")
         self._start_metrics()
+        if self._peer is not None:
+            await self._peer.start()
         await self.audit.start()
         if self.verifier is not None:
             await self.verifier.start()
@@ -300,6 +355,11 @@ class GatewayServer:
         if self.tracer_provider is not None:
             # Sends the spans still batched (the exporter blocks: off the event loop).
             steps.append(("traces", partial(asyncio.to_thread, self.tracer_provider.shutdown)))
+        if self._siblings is not None:
+            steps.append(("sibling channels", self._siblings.aclose))
+        if self._peer is not None:
+            # After the calls: a sibling may ask for stats while this worker drains.
+            steps.append(("worker socket", self._peer.stop))
         if self._metrics_endpoint is not None:
             # Its HTTP server stops between polls: off the event loop.
             steps.append(("metrics", partial(asyncio.to_thread, self._metrics_endpoint.stop)))
@@ -314,15 +374,14 @@ class GatewayServer:
         await self._server.wait_for_termination()
 
 
-async def serve(config: config_pb2.GatewayConfig) -> None:
-    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
-    server = GatewayServer(config)
-    port = await server.start()
+def announce(config: config_pb2.GatewayConfig, port: int, workers: int = 1) -> None:
+    """The "listening" line (the port is ready on every worker) and start-up warnings."""
     host = config.server.host or "0.0.0.0"
-    log.info(
-        "listening",
-        extra={"fields": {"address": f"{host}:{port}", "port": port, "service": SERVICE_NAME}},
-    )
+    fields: dict[str, object] = {"address": f"{host}:{port}", "port": port}
+    fields["service"] = SERVICE_NAME
+    if workers > 1:
+        fields["workers"] = workers
+    log.info("listening", extra={"fields": fields})
     for warning in plaintext_credential_warnings(config):
         log.warning(warning)
     if config.auth.disabled:
@@ -332,6 +391,26 @@ async def serve(config: config_pb2.GatewayConfig) -> None:
             "callers need a bearer token; for development: "
             "python -m service token --sub alice --config FILE (or make token)"
         )
+
+
+async def serve(
+    config: config_pb2.GatewayConfig,
+    role: WorkerRole | None = None,
+    ready: Callable[[int], None] | None = None,
+) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully. A worker (`role`) tells
+    its supervisor through `ready` instead of announcing the port itself."""
+    server = GatewayServer(config, role=role)
+    port = await server.start()
+    if role is None:
+        announce(config, port)
+    else:
+        log.info(
+            "worker ready",
+            extra={"fields": {"worker": role.index, "pid": os.getpid(), "port": port}},
+        )
+    if ready is not None:
+        ready(port)
     loop = asyncio.get_running_loop()
     stop_task: list[asyncio.Task[None]] = []
 

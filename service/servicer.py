@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEADLINE_MARGIN = 0.25  # at most; 10 % of the budget, at least 50 ms
 
+# Answers GetProviderStats for a provider name ("" for all): the whole server's view.
+ProviderStatsReader = Callable[[str], Awaitable[models_pb2.GetProviderStatsResponse]]
 _SERVICE = provider_service_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
 DEFAULT_METHOD_SCOPES = {
     f"/{_SERVICE}/Chat": "chat",
@@ -80,8 +82,10 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         method_scopes: Mapping[str, str] | None = None,
         auth_enabled: bool = True,
         limiter: Limiter | None = None,
+        provider_stats: ProviderStatsReader | None = None,
     ) -> None:
         self._router = router
+        self._provider_stats = provider_stats
         self._limiter = limiter
         self._max_call_duration = max_call_duration
         self._scopes = {**DEFAULT_METHOD_SCOPES, **(method_scopes or {})}
@@ -89,7 +93,11 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
 
     @classmethod
     def from_config(
-        cls, router: Router, config: config_pb2.GatewayConfig, limiter: Limiter | None = None
+        cls,
+        router: Router,
+        config: config_pb2.GatewayConfig,
+        limiter: Limiter | None = None,
+        provider_stats: ProviderStatsReader | None = None,
     ) -> ProviderServicer:
         from service.config import seconds_or
 
@@ -99,6 +107,7 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             dict(config.auth.authorization.method_scopes),
             auth_enabled=not config.auth.disabled,
             limiter=limiter,
+            provider_stats=provider_stats,
         )
 
     # --- per call ----------------------------------------------------------------------
@@ -310,6 +319,8 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
     ) -> models_pb2.GetProviderStatsResponse:
         async def run() -> models_pb2.GetProviderStatsResponse:
             self._authorize(f"/{_SERVICE}/GetProviderStats", None)
+            if self._provider_stats is not None:
+                return await self._provider_stats(request.provider)
             return models_pb2.GetProviderStatsResponse(
                 providers=self._router.stats.snapshot(
                     request.provider, self._router.resilience.breakers

@@ -369,19 +369,85 @@ class GetProviderStatsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROVIDERS_FIELD_NUMBER: _builtins.int
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    replica_id: _builtins.str
+    """OUTPUT_ONLY. The replica that answered (server.replica_id: by default the
+    pod name in Kubernetes), so that stats read from several replicas can be
+    added up.
+    """
     @_builtins.property
     def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderStats]:
-        """OUTPUT_ONLY. The providers."""
+        """OUTPUT_ONLY. The providers. With several worker processes: the whole
+        server, counts summed over the workers that answered; a deployment's
+        circuit state is the most open of any worker's (OPEN, then HALF_OPEN, then
+        CLOSED), with that worker's failures in a row, open_remaining and
+        transitions, times_opened summed, and the longest quota cool-down.
+        """
+
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___GatewayWorkerStats]:
+        """OUTPUT_ONLY. With several worker processes (server.workers): each worker's
+        own counts and breakers, by worker index. Empty with one process.
+        """
 
     def __init__(
         self,
         *,
         providers: _abc.Iterable[Global___ProviderStats] | None = ...,
+        replica_id: _builtins.str = ...,
+        workers: _abc.Iterable[Global___GatewayWorkerStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["providers", b"providers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["providers", b"providers", "replica_id", b"replica_id", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetProviderStatsResponse: _TypeAlias = GetProviderStatsResponse  # noqa: Y015
+
+@_typing.final
+class GatewayWorkerStats(_message.Message):
+    """One worker process of the gateway and its own statistics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    ANSWERING_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    worker: _builtins.int
+    """OUTPUT_ONLY. The worker's index, 0 to server.workers - 1; a replaced
+    worker keeps the index of the one it replaces.
+    """
+    pid: _builtins.int
+    """OUTPUT_ONLY. The worker's process id; 0 when it did not answer."""
+    answered: _builtins.bool
+    """OUTPUT_ONLY. False when the worker did not answer in time: its counts are
+    missing from the totals (and counted in llm_gateway_worker_peer_failures).
+    """
+    answering: _builtins.bool
+    """OUTPUT_ONLY. True for the worker that answered this call."""
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderStats]:
+        """OUTPUT_ONLY. The worker's own counters and circuit breakers, as in
+        GetProviderStatsResponse.providers of a single process.
+        """
+
+    def __init__(
+        self,
+        *,
+        worker: _builtins.int = ...,
+        pid: _builtins.int = ...,
+        answered: _builtins.bool = ...,
+        answering: _builtins.bool = ...,
+        providers: _abc.Iterable[Global___ProviderStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "answering", b"answering", "pid", b"pid", "providers", b"providers", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayWorkerStats: _TypeAlias = GatewayWorkerStats  # noqa: Y015

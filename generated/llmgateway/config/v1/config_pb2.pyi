@@ -1302,6 +1302,8 @@ class ServerConfig(_message.Message):
     MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     SHED_RETRY_AFTER_FIELD_NUMBER: _builtins.int
     TLS_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     """OPTIONAL. Address to bind; default "0.0.0.0"."""
     port: _builtins.int
@@ -1318,6 +1320,19 @@ class ServerConfig(_message.Message):
     max_in_flight: _builtins.int
     """OPTIONAL. Most ProviderService calls in flight; calls over it get
     RESOURCE_EXHAUSTED with RetryInfo at once. 0 or unset: no limit.
+    """
+    workers: _builtins.int
+    """OPTIONAL. Worker processes sharing the port (SO_REUSEPORT); default 1, one
+    process. With more than one, a supervisor starts them, replaces one that
+    dies, and forwards SIGTERM/SIGINT; each worker keeps its own breakers, cache
+    and in-flight limit, and GetProviderStats and the metrics report all of
+    them. In-process limits would multiply by the count: with limits set,
+    limits.redis is required. At most 64.
+    """
+    replica_id: _builtins.str
+    """OPTIONAL. Names this replica in GetProviderStats and in the
+    llm_gateway_replica_info metric; default the HOSTNAME environment variable
+    (the pod name in Kubernetes), else the host name.
     """
     @_builtins.property
     def shutdown_grace(self) -> _duration_pb2.Duration:
@@ -1353,10 +1368,12 @@ class ServerConfig(_message.Message):
         max_in_flight: _builtins.int = ...,
         shed_retry_after: _duration_pb2.Duration | None = ...,
         tls: Global___TlsConfig | None = ...,
+        workers: _builtins.int | None = ...,
+        replica_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes", "_max_send_message_bytes", b"_max_send_message_bytes", "_port", b"_port", "_reflection", b"_reflection", "keepalive", b"keepalive", "max_call_duration", b"max_call_duration", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "port", b"port", "reflection", b"reflection", "shed_retry_after", b"shed_retry_after", "shutdown_grace", b"shutdown_grace", "tls", b"tls"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes", "_max_send_message_bytes", b"_max_send_message_bytes", "_port", b"_port", "_reflection", b"_reflection", "_workers", b"_workers", "keepalive", b"keepalive", "max_call_duration", b"max_call_duration", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "port", b"port", "reflection", b"reflection", "shed_retry_after", b"shed_retry_after", "shutdown_grace", b"shutdown_grace", "tls", b"tls", "workers", b"workers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes", "_max_send_message_bytes", b"_max_send_message_bytes", "_port", b"_port", "_reflection", b"_reflection", "host", b"host", "keepalive", b"keepalive", "max_call_duration", b"max_call_duration", "max_in_flight", b"max_in_flight", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "port", b"port", "reflection", b"reflection", "shed_retry_after", b"shed_retry_after", "shutdown_grace", b"shutdown_grace", "tls", b"tls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes", "_max_send_message_bytes", b"_max_send_message_bytes", "_port", b"_port", "_reflection", b"_reflection", "_workers", b"_workers", "host", b"host", "keepalive", b"keepalive", "max_call_duration", b"max_call_duration", "max_in_flight", b"max_in_flight", "max_receive_message_bytes", b"max_receive_message_bytes", "max_send_message_bytes", b"max_send_message_bytes", "port", b"port", "reflection", b"reflection", "replica_id", b"replica_id", "shed_retry_after", b"shed_retry_after", "shutdown_grace", b"shutdown_grace", "tls", b"tls", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_receive_message_bytes: _TypeAlias = _typing.Literal["max_receive_message_bytes"]  # noqa: Y015
     _WhichOneofArgType__max_receive_message_bytes: _TypeAlias = _typing.Literal["_max_receive_message_bytes", b"_max_receive_message_bytes"]  # noqa: Y015
@@ -1366,6 +1383,8 @@ class ServerConfig(_message.Message):
     _WhichOneofArgType__port: _TypeAlias = _typing.Literal["_port", b"_port"]  # noqa: Y015
     _WhichOneofReturnType__reflection: _TypeAlias = _typing.Literal["reflection"]  # noqa: Y015
     _WhichOneofArgType__reflection: _TypeAlias = _typing.Literal["_reflection", b"_reflection"]  # noqa: Y015
+    _WhichOneofReturnType__workers: _TypeAlias = _typing.Literal["workers"]  # noqa: Y015
+    _WhichOneofArgType__workers: _TypeAlias = _typing.Literal["_workers", b"_workers"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_receive_message_bytes) -> _WhichOneofReturnType__max_receive_message_bytes | None: ...
     @_typing.overload
@@ -1374,6 +1393,8 @@ class ServerConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__port) -> _WhichOneofReturnType__port | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__reflection) -> _WhichOneofReturnType__reflection | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__workers) -> _WhichOneofReturnType__workers | None: ...
 
 Global___ServerConfig: _TypeAlias = ServerConfig  # noqa: Y015
 
