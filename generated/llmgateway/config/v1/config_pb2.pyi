@@ -319,9 +319,10 @@ Global___TracingConfig: _TypeAlias = TracingConfig  # noqa: Y015
 
 @_typing.final
 class CacheConfig(_message.Message):
-    """An in-process cache of whole Chat and Embed responses, keyed by the exact
-    request and, unless shared, the caller's partition: its issuer and tenant, or its
-    issuer and subject when its token has no tenant.
+    """A cache of whole Chat and Embed responses (in this process, or in the shared
+    Redis store), keyed by the exact request and, unless shared, the caller's
+    partition: its issuer and tenant, or its issuer and subject when its token has
+    no tenant.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -333,9 +334,13 @@ class CacheConfig(_message.Message):
     STORE_FIELD_NUMBER: _builtins.int
     MAX_ENTRY_BYTES_FIELD_NUMBER: _builtins.int
     max_entries: _builtins.int
-    """OPTIONAL. Most responses kept; default 10000."""
+    """OPTIONAL. Most responses kept (in Redis: by all replicas together);
+    default 10000.
+    """
     max_bytes: _builtins.int
-    """OPTIONAL. Most bytes of responses kept; default 64 MiB."""
+    """OPTIONAL. Most bytes of responses kept (in Redis: compressed, by all replicas
+    together); default 64 MiB.
+    """
     shared_between_tenants: _builtins.bool
     """OPTIONAL. One partition for every caller, whatever its issuer and tenant;
     default: each tenant (issuer and tenant claim) has its own.
