@@ -400,7 +400,10 @@ class Limiter:
         """`charge_pending` every `interval` seconds, until cancelled."""
         while True:
             await asyncio.sleep(interval)
-            await self.charge_pending()
+            try:
+                await self.charge_pending()
+            except Exception:  # the next pass tries again; a bug must not end the loop
+                log.exception("charging pending spend failed")
 
     async def _check_budget(self, scope: _Scope, budget: int, metadata: Mapping[str, str]) -> None:
         wall = self._wall_clock()

@@ -130,7 +130,10 @@ class SharedBreakers:
     async def run(self, interval: float = POLL_INTERVAL) -> None:
         """`poll` every `interval` seconds, until cancelled."""
         while True:
-            await self.poll()
+            try:
+                await self.poll()
+            except Exception:  # the next poll tries again; a bug must not end the loop
+                log.exception("reading shared breakers failed")
             await asyncio.sleep(interval)
 
     async def _try(self, operation: Callable[[], Awaitable[Any]]) -> bool:

@@ -214,6 +214,8 @@ def test_shared_store_errors_name_the_field(text: str, path: str, problem: str) 
 def test_the_shared_store_under_either_name_serves_the_cache_and_breakers() -> None:
     for store in ("redis: {url_env: GW_REDIS_URL}\n", "limits: {redis: {url_env: GW_REDIS_URL}}\n"):
         parse_config(
-            BASE + store + "cache: {store: CACHE_STORE_REDIS}\nrouting: {breaker: {shared: true}}\n",
+            BASE
+            + store
+            + "cache: {store: CACHE_STORE_REDIS}\nrouting: {breaker: {shared: true}}\n",
             URL,
         )
