@@ -9,6 +9,7 @@ configured on_failure; the cache: a miss; breakers: this process's own view).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
@@ -24,8 +25,11 @@ from service.shared_store.guard import (
     DEFAULT_FAILURES_TO_PAUSE,
     DEFAULT_PAUSE,
     GuardSettings,
+    GuardState,
     StoreGuard,
 )
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DEFAULT_PREFIX = "llmgw:"
@@ -103,16 +107,32 @@ class SharedRedis:
         """Runs one operation, unless the guard has paused the store."""
         if not self.guard.allow():
             raise StoreUnavailable("the shared store is paused after failing")
+        guard = self.guard
         try:
             result = await operation()
         except (RedisError, OSError, TimeoutError) as exc:
-            self.guard.failure()
+            was = guard.state
+            guard.failure()
             # The exception's text may hold the URL; its type is enough to act on.
-            raise StoreUnavailable(f"the shared store failed ({type(exc).__name__})") from None
+            error = type(exc).__name__
+            if was is GuardState.CLOSED and guard.state is GuardState.OPEN:
+                log.warning(
+                    "shared store paused",
+                    extra={
+                        "fields": {
+                            "error": error,
+                            "failures_in_a_row": guard.consecutive_failures,
+                            "pause_seconds": guard.settings.pause,
+                        }
+                    },
+                )
+            raise StoreUnavailable(f"the shared store failed ({error})") from None
         except BaseException:
-            self.guard.release()
+            guard.release()
             raise
-        self.guard.success()
+        if guard.state is GuardState.HALF_OPEN:
+            log.info("shared store answers again", extra={"fields": {"skipped": guard.skipped}})
+        guard.success()
         return result
 
     async def reachable(self) -> bool:

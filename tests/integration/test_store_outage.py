@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator
 
+import pytest
 import redis.asyncio as redis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,7 +21,7 @@ from service.auth.identity import scoped
 from service.limits import budgets
 from service.shared_store.guard import GuardState
 from tests.fakes.keys import HS_SECRET
-from tests.fakes.redis_server import RedisServer, redis_server
+from tests.fakes.redis_server import REDIS_PASSWORD, RedisServer, redis_server
 from tests.integration.test_limits import CONFIG, bearer
 from tests.support import Gateway, chat_request, running_gateway
 
@@ -58,7 +60,10 @@ def spend_key(prefix: str, tenant: str) -> str:
     return f"{prefix}usd:tenant:{scoped('dev', tenant)}:{day}"
 
 
-async def test_a_hanging_store_is_paused_after_failures_in_a_row_and_calls_skip_it() -> None:
+async def test_a_hanging_store_is_paused_after_failures_in_a_row_and_calls_skip_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
     with redis_server() as server:
         # A long pause: no probe during the test, so every count below is exact.
         store = "timeout: 0.5s, failures_to_pause: 3, pause: 600s"
@@ -87,6 +92,12 @@ async def test_a_hanging_store_is_paused_after_failures_in_a_row_and_calls_skip_
                 assert gw.server.limiter.failures.count == 12, "every call still counted"
                 # The six calls' spend is kept for when the store answers again.
                 assert gw.server.limiter.pending.stats()["queued"] == 6
+                paused = [r for r in caplog.records if r.getMessage() == "shared store paused"]
+                assert len(paused) == 1, "logged once, when it paused"
+                assert paused[0].fields["error"] == "TimeoutError"  # type: ignore[attr-defined]
+                assert all(
+                    REDIS_PASSWORD not in r.getMessage() + str(r.__dict__) for r in caplog.records
+                )
             finally:
                 server.resume()
 
