@@ -14,8 +14,9 @@ budget can be overshot by the calls in flight when it is reached.
 When the store cannot answer (a shared store during an outage), the call is let
 through unlimited or refused with UNAVAILABLE (LIMITS_UNAVAILABLE), as configured;
 every such failure is counted in `Limiter.failures` and logged. The spend of a call let
-through is not forgotten: what the store could not take at settlement is kept
-(pending.py) and added by `Limiter.charge_pending` once it answers again.
+through is not forgotten: its cost and token usage, which the store could not take at
+settlement, are kept (pending.py) and charged by `Limiter.charge_pending` once it
+answers again (token usage only within its minute).
 
 Subjects and tenants are those of one issuer: the state of each (buckets, spend) is
 keyed by issuer and name, so that the same `sub` or tenant claim from two issuers
@@ -56,6 +57,9 @@ LIMITS_UNAVAILABLE = "LIMITS_UNAVAILABLE"
 FAILURE_LOG_INTERVAL = 10.0
 # Spends are kept this long after their period ends (replicas' clocks may differ).
 SPEND_TTL_SLACK = 3600.0
+# Token usage the store could not take is charged later only within this long: the
+# minute of the bucket it belongs to.
+TOKEN_CHARGE_WINDOW = 60.0
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,7 @@ class Reservation:
         estimated_tokens: int = 0,
         token_charges: Iterable[_Charge] = (),
         budget_scopes: Iterable[_Scope] = (),
+        unchecked_buckets: Iterable[_Charge] = (),
     ) -> None:
         self.estimated_tokens = estimated_tokens
         self._store = store
@@ -168,6 +173,9 @@ class Reservation:
         self._pending = pending
         self._token_charges = tuple(token_charges)
         self._budget_scopes = tuple(budget_scopes)
+        # Tokens-per-minute buckets not charged at admission (the store failed): the
+        # call's whole usage goes to them at settlement.
+        self._unchecked_buckets = tuple(unchecked_buckets)
         self._settled = False
 
     @property
@@ -198,6 +206,7 @@ class Reservation:
             await self._reconcile_tokens(usage)
         except LimitStoreError as error:
             self._failures.record(error, "settlement")
+        await self._charge_unchecked(usage)
         await self._charge(usage)
 
     async def _reconcile_tokens(self, usage: route_pb2.Usage) -> None:
@@ -207,6 +216,18 @@ class Reservation:
             now = self._clock()
             for charge in self._token_charges:
                 await self._store.adjust(charge.key, delta, charge.rate, now)
+
+    async def _charge_unchecked(self, usage: route_pb2.Usage) -> None:
+        actual = usage.total_tokens or usage.input_tokens + usage.output_tokens
+        if actual <= 0:
+            return
+        for bucket in self._unchecked_buckets:
+            try:
+                await self._store.adjust(bucket.key, actual, bucket.rate, self._clock())
+            except LimitStoreError as error:
+                self._failures.record(error, "settlement")
+                expires = self._wall_clock() + TOKEN_CHARGE_WINDOW
+                self._pending.add(bucket.key, actual, expires, bucket.rate)
 
     async def _charge(self, usage: route_pb2.Usage) -> None:
         if not usage.HasField("cost_usd") or not self._budget_scopes:
@@ -358,14 +379,23 @@ class Limiter:
             if self.failures.deny:
                 raise _limits_unavailable() from None
             # Let through unchecked, but its spend still counts once it is known.
-            return self._reservation(estimate, (), _budget_scopes(scopes))
+            unchecked = [
+                _Charge(f"tokens:{scope.stem}", 0, Rate.per_minute(scope.limits.tokens_per_minute))
+                for scope in scopes
+                if scope.limits.tokens_per_minute
+            ]
+            return self._reservation(estimate, (), _budget_scopes(scopes), unchecked)
         except BaseException:
             await self._give_back(taken)
             raise
         return self._reservation(estimate, token_charges, _budget_scopes(scopes))
 
     def _reservation(
-        self, estimate: int, token_charges: Iterable[_Charge], budget_scopes: Iterable[_Scope]
+        self,
+        estimate: int,
+        token_charges: Iterable[_Charge],
+        budget_scopes: Iterable[_Scope],
+        unchecked_buckets: Iterable[_Charge] = (),
     ) -> Reservation:
         return Reservation(
             store=self._store,
@@ -376,18 +406,22 @@ class Limiter:
             estimated_tokens=estimate,
             token_charges=token_charges,
             budget_scopes=budget_scopes,
+            unchecked_buckets=unchecked_buckets,
         )
 
     async def charge_pending(self) -> None:
-        """Adds the spend kept during a store failure, in one pass; what the store
-        still cannot take is kept for the next one."""
+        """Charges the spend and token usage kept during a store failure, in one pass;
+        what the store still cannot take is kept for the next one."""
         if not len(self.pending):
             return
         wall = self._wall_clock()
         entries = self.pending.take(wall)
         for index, entry in enumerate(entries):
             try:
-                await self._store.add_spend(entry.key, entry.nanos, entry.expires - wall)
+                if entry.rate is None:
+                    await self._store.add_spend(entry.key, entry.amount, entry.expires - wall)
+                else:
+                    await self._store.adjust(entry.key, entry.amount, entry.rate, self._clock())
             except LimitStoreError:
                 self.pending.restore(entries[index:])
                 return

@@ -1,11 +1,14 @@
-"""Budget spend that could not be added while the store failed, kept until it answers.
+"""Spend that could not be charged while the store failed, kept until it answers.
 
-A call let through during an outage (on_failure ALLOW) still costs money: its spend is
-kept here, per store key (subject or tenant, and period), and added to the store once
-it answers again. Amounts for one key are summed, so memory follows the callers and
-periods, not the calls. At most `max_keys` keys are kept: spend for a new key beyond
-that is dropped and counted. Spend whose period (and its slack) has ended by the time
-the store answers is dropped and counted too: that budget no longer exists.
+A call let through during an outage (on_failure ALLOW) still costs money and tokens:
+its cost (per budget key: subject or tenant, and period) and its token usage (per
+tokens-per-minute bucket, with the bucket's rate) are kept here and charged to the
+store once it answers again. Amounts for one key are summed, so memory follows the
+callers and periods, not the calls. At most `max_keys` keys are kept: spend for a new
+key beyond that is dropped and counted. Spend that no longer matters by the time the
+store answers is dropped and counted too: a budget whose period (and its slack) has
+ended, token usage older than the bucket's minute (charging it later would only hold
+back the calls of a later minute).
 
 Pure: the wall-clock time is a parameter.
 """
@@ -14,22 +17,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.limits.buckets import Rate
+
 DEFAULT_MAX_KEYS = 10_000
 
 
 @dataclass(frozen=True)
 class PendingSpend:
     key: str
-    nanos: int
-    expires: float  # Unix time after which the spend's key no longer matters
+    amount: int  # nano-dollars for a budget key; tokens for a bucket
+    expires: float  # Unix time after which the spend no longer matters
     spends: int = 1  # the settlements summed into this one
+    rate: Rate | None = None  # a bucket's rate; None: a budget's spend
 
     def merged(self, other: PendingSpend) -> PendingSpend:
         return PendingSpend(
             self.key,
-            self.nanos + other.nanos,
+            self.amount + other.amount,
             max(self.expires, other.expires),
             self.spends + other.spends,
+            other.rate or self.rate,
         )
 
 
@@ -44,15 +51,16 @@ class PendingSpends:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, key: str, nanos: int, expires: float) -> bool:
-        """Keeps `nanos` for `key`; False (and counted) when there is no room."""
-        if nanos <= 0:
+    def add(self, key: str, amount: int, expires: float, rate: Rate | None = None) -> bool:
+        """Keeps `amount` for `key` (a bucket's when `rate` is given, else a budget's);
+        False (and counted) when there is no room."""
+        if amount <= 0:
             return True
         entry = self._entries.get(key)
         if entry is None and len(self._entries) >= self.max_keys:
             self.dropped += 1
             return False
-        spend = PendingSpend(key, nanos, expires)
+        spend = PendingSpend(key, amount, expires, rate=rate)
         self._entries[key] = spend if entry is None else entry.merged(spend)
         self.queued += 1
         return True

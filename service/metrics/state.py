@@ -222,8 +222,8 @@ def _shared_store(store: Mapping[str, int]) -> Iterator[Metric]:
     )
     spends = CounterMetricFamily(
         "llm_gateway_pending_spend",
-        "Budget spends the shared store could not take when they happened: kept,"
-        " charged once it answered again, or dropped (no room, or the period ended).",
+        "Budget spend and token usage the shared store could not take when they happened:"
+        " kept, charged once it answered again, or dropped (no room, or too late).",
         labels=["outcome"],
     )
     for outcome in ("queued", "charged", "dropped"):
@@ -231,6 +231,6 @@ def _shared_store(store: Mapping[str, int]) -> Iterator[Metric]:
     yield spends
     yield GaugeMetricFamily(
         "llm_gateway_pending_spend_keys",
-        "Budget keys with spend waiting for the shared store.",
+        "Budget and token-bucket keys with spend waiting for the shared store.",
         value=store["pending"],
     )

@@ -80,12 +80,12 @@ def test_pending_spend_is_summed_per_key_bounded_and_expires() -> None:
     assert pending.add("a", 1, expires=100.0), "a key already kept always has room"
     assert len(pending) == 2
     live = pending.take(now=60.0)
-    assert [(e.key, e.nanos, e.expires, e.spends) for e in live] == [("a", 13, 200.0, 3)]
+    assert [(e.key, e.amount, e.expires, e.spends) for e in live] == [("a", 13, 200.0, 3)]
     assert pending.stats() == {"queued": 4, "charged": 0, "dropped": 2, "pending": 0}
     pending.restore(live)
     assert pending.add("a", 2, expires=100.0)
     (entry,) = pending.take(now=60.0)
-    assert (entry.nanos, entry.spends) == (15, 4)
+    assert (entry.amount, entry.spends) == (15, 4)
     pending.charged_one(entry)
     assert pending.stats() == {"queued": 5, "charged": 4, "dropped": 2, "pending": 0}
 
@@ -113,16 +113,22 @@ class FlakyStore(InMemoryLimitStore):
         self._check()
         return await super().add_spend(key, nanos, ttl)
 
+    async def adjust(self, key: str, delta: float, rate: Rate, now: float) -> None:
+        self._check()
+        await super().adjust(key, delta, rate, now)
 
-def limiter_on(store: FlakyStore) -> Limiter:
+
+def limiter_on(store: FlakyStore, wall: Clock | None = None) -> Limiter:
     budget = Limits(budget_nanos=10_000_000_000)
+    wall = wall or Clock()
+    wall.now = wall.now or 1_767_225_600.0  # 2026-01-01
     return Limiter(
-        subject_default=Limits(),
+        subject_default=Limits(tokens_per_minute=100),
         tenant_default=budget,
         subjects={},
         tenants={},
-        clock=lambda: 0.0,
-        wall_clock=lambda: 1_767_225_600.0,  # 2026-01-01
+        clock=lambda: 0.0,  # the buckets never refill here
+        wall_clock=wall,
         store=store,
     )
 
@@ -133,16 +139,35 @@ async def test_spend_of_a_call_let_through_during_an_outage_is_charged_when_it_i
     acme = Identity("alice", tenant="acme", issuer="dev", authenticated=True)
     store.down = True
     reservation = await limiter.admit(acme, 10)  # let through: the store cannot check
-    await reservation.settle(route_pb2.Usage(total_tokens=4, cost_usd=0.25))
-    assert limiter.failures.count == 2
-    assert len(limiter.pending) == 1
+    await reservation.settle(route_pb2.Usage(total_tokens=40, cost_usd=0.25))
+    assert limiter.failures.count == 3  # admission, the tokens, the cost
+    assert len(limiter.pending) == 2
     await limiter.charge_pending()  # still down: kept
-    assert len(limiter.pending) == 1
+    assert len(limiter.pending) == 2
     store.down = False
     await limiter.charge_pending()
     assert len(limiter.pending) == 0
     assert await store.spent("usd:tenant:dev|acme:2026-01") == 250_000_000
-    assert limiter.pending.stats()["charged"] == 1
+    assert limiter.pending.stats()["charged"] == 2
+    # The 40 tokens were charged to alice's bucket of 100 a minute: 60 are left.
+    bucket = "tokens:subject:dev|alice"
+    assert not (await store.take(bucket, 61, Rate.per_minute(100), 0.0)).allowed
+    assert (await store.take(bucket, 60, Rate.per_minute(100), 0.0)).allowed
+
+
+async def test_token_usage_older_than_its_minute_is_dropped_not_charged() -> None:
+    store = FlakyStore()
+    wall = Clock()
+    limiter = limiter_on(store, wall)
+    acme = Identity("alice", tenant="acme", issuer="dev", authenticated=True)
+    store.down = True
+    reservation = await limiter.admit(acme, 10)
+    await reservation.settle(route_pb2.Usage(total_tokens=40, cost_usd=0.25))
+    wall.now += 61.0
+    store.down = False
+    await limiter.charge_pending()
+    assert limiter.pending.stats() == {"queued": 2, "charged": 1, "dropped": 1, "pending": 0}
+    assert (await store.take("tokens:subject:dev|alice", 100, Rate.per_minute(100), 0.0)).allowed
 
 
 # --- cache entries ---------------------------------------------------------------------

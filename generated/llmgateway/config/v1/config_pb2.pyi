@@ -1059,10 +1059,11 @@ class RedisStoreConfig(_message.Message):
     had failed (limits by on_failure, no cache, breakers per process); default 3.
     """
     max_pending_spends: _builtins.int
-    """OPTIONAL. Budget spend (subject or tenant and period) that could not be
-    added while the server failed is kept in this process and added when it
-    answers again; at most this many entries are kept, more are dropped and
-    counted; default 10000.
+    """OPTIONAL. Budget spend (per subject or tenant and period) and token usage
+    (per tokens-per-minute bucket, within its minute) that could not be charged
+    while the server failed are kept in this process and charged when it answers
+    again; at most this many keys are kept, more are dropped and counted;
+    default 10000.
     """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
