@@ -66,12 +66,13 @@ async def test_a_hanging_store_is_paused_after_failures_in_a_row_and_calls_skip_
     caplog.set_level(logging.INFO)
     with redis_server() as server:
         # A long pause: no probe during the test, so every count below is exact.
-        store = "timeout: 0.5s, failures_to_pause: 3, pause: 600s"
+        store = "timeout: 1s, failures_to_pause: 3, pause: 600s"
         async with gateway(server, store) as (gw, _):
             shared = gw.server.shared_store
             assert shared is not None
             await gw.stub.Chat(chat_request("a b"), metadata=bearer(tenant="acme"), timeout=10)
-            assert shared.guard.failures == 0
+            before = shared.guard.failures  # 0 unless the loaded machine was slow
+            assert shared.guard.consecutive_failures == 0
             server.pause()
             try:
                 for _ in range(6):
@@ -82,14 +83,14 @@ async def test_a_hanging_store_is_paused_after_failures_in_a_row_and_calls_skip_
                 guard = shared.guard
                 # Each call asks the store twice (admission, then its spend): the first
                 # three operations waited out the timeout, the nine after it were skipped.
-                assert guard.failures == 3, "only three operations paid the timeout"
+                assert guard.failures - before == 3, "only three operations paid the timeout"
                 assert guard.skipped == 9
                 assert guard.state is GuardState.OPEN
                 metrics = exposed(gw)
-                assert metrics["llm_gateway_shared_store_failures_total"] == 3
+                assert metrics["llm_gateway_shared_store_failures_total"] == guard.failures
                 assert metrics["llm_gateway_shared_store_skips_total"] == 9
                 assert metrics["llm_gateway_shared_store_paused"] == 1
-                assert gw.server.limiter.failures.count == 12, "every call still counted"
+                assert gw.server.limiter.failures.count == 12 + before, "every call counted"
                 # The six calls' spend is kept for when the store answers again.
                 assert gw.server.limiter.pending.stats()["queued"] == 6
                 paused = [r for r in caplog.records if r.getMessage() == "shared store paused"]
