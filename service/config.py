@@ -31,6 +31,7 @@ from service.providers.config_checks import check_providers
 from service.routing.config_checks import check_cache, check_routing
 from service.routing.model_checks import check_fallbacks, check_models
 from service.server_config_checks import check_logging, check_server, check_shedding, check_tls
+from service.shared_store.config_checks import check_shared_store
 from service.tracing_config_checks import check_tracing
 from service.workers.config_checks import check_workers
 
@@ -99,6 +100,7 @@ def validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> No
     check_models(config.models, config.providers)
     check_auth(config.auth, environ)
     check_limits(config.limits, config.auth, environ)
+    check_shared_store(config, environ)
     check_tracing(config.tracing)
     check_cache(config.cache)
     check_audit(config.audit)

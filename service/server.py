@@ -39,11 +39,20 @@ from service.metrics.logs import LogGuardCollector
 from service.metrics.state import GatewaySnapshot, StateCollector, on_loop
 from service.providers.registry import Registry
 from service.reflection import enable_reflection
-from service.routing.cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, ResponseCache
+from service.routing.cache import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_ENTRY_BYTES,
+    Cache,
+    ResponseCache,
+)
+from service.routing.redis_cache import RedisResponseCache
 from service.routing.resilience import Resilience
 from service.routing.router import Router
+from service.routing.shared_breakers import SharedBreakers
 from service.routing.stats import StatsBook
 from service.servicer import ProviderServicer
+from service.shared_store.connection import SharedRedis, shared_store_config
 from service.tracing import build_tracer_provider, end_call_span, tracer_of
 from service.workers.collectors import PeerFailuresCollector, ReplicaInfoCollector
 from service.workers.merge import whole_server
@@ -104,14 +113,31 @@ def server_options(
     return options
 
 
-def response_cache(config: config_pb2.GatewayConfig) -> ResponseCache | None:
-    """The cache, when some alias uses it."""
+def response_cache(
+    config: config_pb2.GatewayConfig, shared: SharedRedis | None = None
+) -> Cache | None:
+    """The cache, when some alias uses it: in the shared store when it says so."""
     if not any(model.HasField("cache") for model in config.models):
         return None
     cache = config.cache
+    max_entries = cache.max_entries if cache.HasField("max_entries") else DEFAULT_MAX_ENTRIES
+    max_bytes = cache.max_bytes if cache.HasField("max_bytes") else DEFAULT_MAX_BYTES
+    max_entry_bytes = (
+        cache.max_entry_bytes if cache.HasField("max_entry_bytes") else DEFAULT_MAX_ENTRY_BYTES
+    )
+    if cache.store == config_pb2.CACHE_STORE_REDIS and shared is not None:
+        return RedisResponseCache(
+            shared,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            max_entry_bytes=max_entry_bytes,
+            shared_between_tenants=cache.shared_between_tenants,
+            share_without_tenant=cache.share_without_tenant,
+        )
     return ResponseCache(
-        max_entries=cache.max_entries if cache.HasField("max_entries") else DEFAULT_MAX_ENTRIES,
-        max_bytes=cache.max_bytes if cache.HasField("max_bytes") else DEFAULT_MAX_BYTES,
+        max_entries=max_entries,
+        max_bytes=max_bytes,
+        max_entry_bytes=max_entry_bytes,
         shared_between_tenants=cache.shared_between_tenants,
         share_without_tenant=cache.share_without_tenant,
     )
@@ -144,21 +170,37 @@ class GatewayServer:
         # time.monotonic is the event loop's clock, so deadlines and breakers agree.
         self.resilience = Resilience(config, time.monotonic)
         self.tracer_provider = build_tracer_provider(config.tracing)
+        env = os.environ if environ is None else environ
+        store_config = shared_store_config(config)
+        self.shared_store = (
+            SharedRedis.from_config(store_config, env) if store_config is not None else None
+        )
+        self._store_pause = seconds_or(store_config, "pause", 1.0) if store_config else 1.0
         self.router = Router(
             self.registry,
             self.stats,
             self.resilience,
-            cache=response_cache(config),
+            cache=response_cache(config, self.shared_store),
             tracer=tracer_of(self.tracer_provider),
         )
-        env = os.environ if environ is None else environ
         self.replica_id = replica_id_of(config.server, env)
         self.limit_store = (
-            RedisLimitStore.from_config(config.limits.redis, env)
-            if config.limits.HasField("redis")
-            else None
+            RedisLimitStore(self.shared_store) if self.shared_store is not None else None
         )
-        self.limiter = Limiter.from_config(config.limits, store=self.limit_store)
+        self.limiter = Limiter.from_config(
+            config.limits, store=self.limit_store, store_config=store_config
+        )
+        self.shared_breakers: SharedBreakers | None = None
+        if self.shared_store is not None:
+            shared_breakers = SharedBreakers(self.shared_store, self.resilience.breaker)
+            shared_breakers.watch(
+                member.deployment
+                for deployment in self.registry.deployments()
+                for member in self.registry.members(deployment)
+            )
+            if any(True for _ in shared_breakers.watched):
+                self.shared_breakers = self.resilience.shared = shared_breakers
+        self._background: list[asyncio.Task[None]] = []
         self.health = HealthService()
         self.audit = AuditSink.from_config(config.audit)
         self.verifier = None if config.auth.disabled else TokenVerifier(config.auth, env)
@@ -240,6 +282,11 @@ class GatewayServer:
             providers=self.router.stats.snapshot("", self.resilience.breakers),
             audit=self.audit.stats(),
             limit_store_failures=self.limiter.failures.count,
+            shared_store=(
+                {**self.shared_store.guard.stats(), **self.limiter.pending.stats()}
+                if self.shared_store is not None
+                else None
+            ),
             in_flight=self._admission.in_flight if self._admission else None,
             shed=self._admission.shed if self._admission else None,
             cache=self._cache_stats(),
@@ -327,9 +374,17 @@ class GatewayServer:
         await self.audit.start()
         if self.verifier is not None:
             await self.verifier.start()
-        if self.limit_store is not None and not await self.limit_store.reachable():
-            # Not fatal: a store that comes back later is used from then on.
-            log.warning("limit store unreachable at start")
+        if self.shared_store is not None:
+            if not await self.shared_store.reachable():
+                # Not fatal: a store that comes back later is used from then on.
+                log.warning("shared store unreachable at start")
+            loop = asyncio.get_running_loop()
+            self._background.append(
+                loop.create_task(self.limiter.charge_pending_every(self._store_pause))
+            )
+            if self.shared_breakers is not None:
+                await self.shared_breakers.poll()
+                self._background.append(loop.create_task(self.shared_breakers.run()))
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -343,11 +398,18 @@ class GatewayServer:
         self._stopped.set()
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self._grace if grace is None else grace)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("providers", self.registry.aclose),
         ]
-        if self.limit_store is not None:
-            steps.append(("limit store", self.limit_store.aclose))
+        if self.shared_breakers is not None:
+            steps.append(("shared breakers", self.shared_breakers.aclose))
+        if self.shared_store is not None:
+            # Spend kept during an outage: one last try before the process goes.
+            steps.append(("pending spend", self.limiter.charge_pending))
+            steps.append(("shared store", self.shared_store.aclose))
         if self.verifier is not None:
             steps.append(("token verifier", self.verifier.close))
         # After the last call has ended: its record is in.

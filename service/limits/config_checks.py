@@ -1,6 +1,6 @@
-"""Checks the `limits` section: the Redis store, per-subject and per-tenant limits
-(also per issuer) and their budgets. Used by service/limits/limiter.py and
-service/limits/redis_store.py; called by the loader in service/config.py.
+"""Checks the `limits` section: per-subject and per-tenant limits (also per issuer) and
+their budgets (its Redis store: service/shared_store/config_checks.py). Used by
+service/limits/limiter.py; called by the loader in service/config.py.
 """
 
 from __future__ import annotations
@@ -11,16 +11,14 @@ from collections.abc import Mapping
 from google.protobuf import message
 from llmgateway.config.v1 import config_pb2
 
-from service.config_base import ConfigError, seconds_or
+from service.config_base import ConfigError
 
 
 def check_limits(
     limits: config_pb2.LimitsConfig, auth: config_pb2.AuthConfig, environ: Mapping[str, str]
 ) -> None:
     """Raises ConfigError at the first problem in `limits`; issuers it names must be in
-    `auth`, and `environ` holds the Redis URL."""
-    if limits.HasField("redis"):
-        _validate_redis(limits.redis, environ)
+    `auth`. (`environ` is the shared store's, checked with it.)"""
     entries: list[tuple[str, config_pb2.LimitConfig]] = [
         ("limits.subject", limits.subject),
         ("limits.tenant", limits.tenant),
@@ -46,23 +44,3 @@ def check_limits(
     for path, limit in entries:
         if not math.isfinite(limit.budget_usd) or limit.budget_usd < 0:
             raise ConfigError(f"{path}.budget_usd", "must be a positive amount (or 0 for none)")
-
-
-def _validate_redis(redis: config_pb2.RedisStoreConfig, environ: Mapping[str, str]) -> None:
-    path = "limits.redis"
-    if not redis.url_env:
-        raise ConfigError(f"{path}.url_env", "is required (the variable that holds the URL)")
-    url = environ.get(redis.url_env, "")
-    if not url:
-        raise ConfigError(f"{path}.url_env", f"environment variable {redis.url_env} is not set")
-    scheme = url.partition("://")[0]
-    if scheme not in ("redis", "rediss", "unix"):
-        # The value may hold a password: only its scheme is named.
-        raise ConfigError(
-            f"{path}.url_env",
-            f"{redis.url_env} must hold a redis://, rediss:// or unix:// URL",
-        )
-    if redis.HasField("timeout") and seconds_or(redis, "timeout", 0.0) <= 0:
-        raise ConfigError(f"{path}.timeout", "must be positive")
-    if redis.HasField("max_connections") and redis.max_connections < 1:
-        raise ConfigError(f"{path}.max_connections", "must be at least 1")

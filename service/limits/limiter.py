@@ -13,7 +13,10 @@ budget can be overshot by the calls in flight when it is reached.
 
 When the store cannot answer (a shared store during an outage), the call is let
 through unlimited or refused with UNAVAILABLE (LIMITS_UNAVAILABLE), as configured;
-every such failure is counted in `Limiter.failures` and logged.
+every such failure is counted in `Limiter.failures` and logged. The spend of a call let
+through is not forgotten: its cost and token usage, which the store could not take at
+settlement, are kept (pending.py) and charged by `Limiter.charge_pending` once it
+answers again (token usage only within its minute).
 
 Subjects and tenants are those of one issuer: the state of each (buckets, spend) is
 keyed by issuer and name, so that the same `sub` or tenant claim from two issuers
@@ -26,6 +29,7 @@ Callers without authentication are limited as the subject "anonymous" (of no iss
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +44,7 @@ from service.errors import GatewayError, QuotaViolation
 from service.limits import budgets
 from service.limits.buckets import Rate
 from service.limits.budgets import Period
+from service.limits.pending import DEFAULT_MAX_KEYS, PendingSpends
 from service.limits.store import InMemoryLimitStore, LimitStore, LimitStoreError
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,9 @@ LIMITS_UNAVAILABLE = "LIMITS_UNAVAILABLE"
 FAILURE_LOG_INTERVAL = 10.0
 # Spends are kept this long after their period ends (replicas' clocks may differ).
 SPEND_TTL_SLACK = 3600.0
+# Token usage the store could not take is charged later only within this long: the
+# minute of the bucket it belongs to.
+TOKEN_CHARGE_WINDOW = 60.0
 
 
 @dataclass(frozen=True)
@@ -151,17 +159,23 @@ class Reservation:
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         failures: StoreFailures,
+        pending: PendingSpends,
         estimated_tokens: int = 0,
         token_charges: Iterable[_Charge] = (),
         budget_scopes: Iterable[_Scope] = (),
+        unchecked_buckets: Iterable[_Charge] = (),
     ) -> None:
         self.estimated_tokens = estimated_tokens
         self._store = store
         self._clock = clock
         self._wall_clock = wall_clock
         self._failures = failures
+        self._pending = pending
         self._token_charges = tuple(token_charges)
         self._budget_scopes = tuple(budget_scopes)
+        # Tokens-per-minute buckets not charged at admission (the store failed): the
+        # call's whole usage goes to them at settlement.
+        self._unchecked_buckets = tuple(unchecked_buckets)
         self._settled = False
 
     @property
@@ -181,7 +195,7 @@ class Reservation:
         charged: the upstream may have done the work anyway (a timeout or a
         cut stream after generation), and giving it back would let a caller who
         cancels on purpose use tokens for free. Without `cost_usd`, nothing is added
-        to the budgets.
+        to the budgets. Spend the store cannot take now is kept and added later.
         """
         if self._settled:
             return
@@ -189,25 +203,48 @@ class Reservation:
         if usage is None:
             return
         try:
-            await self._reconcile(usage)
+            await self._reconcile_tokens(usage)
         except LimitStoreError as error:
             self._failures.record(error, "settlement")
+        await self._charge_unchecked(usage)
+        await self._charge(usage)
 
-    async def _reconcile(self, usage: route_pb2.Usage) -> None:
+    async def _reconcile_tokens(self, usage: route_pb2.Usage) -> None:
         actual = usage.total_tokens or usage.input_tokens + usage.output_tokens
         delta = actual - self.estimated_tokens
         if actual > 0 and delta and self._token_charges:
             now = self._clock()
             for charge in self._token_charges:
                 await self._store.adjust(charge.key, delta, charge.rate, now)
-        if usage.HasField("cost_usd") and self._budget_scopes:
-            nanos = budgets.to_nanos(usage.cost_usd)
-            if nanos:
-                wall = self._wall_clock()
-                for scope in self._budget_scopes:
-                    period = budgets.window(scope.limits.period, wall)
-                    ttl = period.remaining(wall) + SPEND_TTL_SLACK
-                    await self._store.add_spend(scope.budget_key(period.key), nanos, ttl)
+
+    async def _charge_unchecked(self, usage: route_pb2.Usage) -> None:
+        actual = usage.total_tokens or usage.input_tokens + usage.output_tokens
+        if actual <= 0:
+            return
+        for bucket in self._unchecked_buckets:
+            try:
+                await self._store.adjust(bucket.key, actual, bucket.rate, self._clock())
+            except LimitStoreError as error:
+                self._failures.record(error, "settlement")
+                expires = self._wall_clock() + TOKEN_CHARGE_WINDOW
+                self._pending.add(bucket.key, actual, expires, bucket.rate)
+
+    async def _charge(self, usage: route_pb2.Usage) -> None:
+        if not usage.HasField("cost_usd") or not self._budget_scopes:
+            return
+        nanos = budgets.to_nanos(usage.cost_usd)
+        if not nanos:
+            return
+        wall = self._wall_clock()
+        for scope in self._budget_scopes:
+            period = budgets.window(scope.limits.period, wall)
+            ttl = period.remaining(wall) + SPEND_TTL_SLACK
+            key = scope.budget_key(period.key)
+            try:
+                await self._store.add_spend(key, nanos, ttl)
+            except LimitStoreError as error:
+                self._failures.record(error, "settlement")
+                self._pending.add(key, nanos, wall + ttl)
 
 
 class Limiter:
@@ -224,6 +261,7 @@ class Limiter:
         wall_clock: Callable[[], float],
         store: LimitStore,
         deny_on_store_failure: bool = False,
+        max_pending_spends: int = DEFAULT_MAX_KEYS,
     ) -> None:
         self._defaults = {"subject": subject_default, "tenant": tenant_default}
         self._overrides = {"subject": dict(subjects), "tenant": dict(tenants)}
@@ -235,6 +273,7 @@ class Limiter:
         self._wall_clock = wall_clock
         self._store = store
         self.failures = StoreFailures(deny_on_store_failure, clock)
+        self.pending = PendingSpends(max_pending_spends)
         self._enabled = any(
             limits.any
             for limits in (
@@ -254,10 +293,13 @@ class Limiter:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         store: LimitStore | None = None,
+        store_config: config_pb2.RedisStoreConfig | None = None,
     ) -> Limiter:
         """`clock` times the per-minute buckets, `wall_clock` (Unix time) places spend
-        in its UTC day or month. Without a store, state is kept in this process."""
-        deny = config.redis.on_failure == config_pb2.STORE_FAILURE_MODE_DENY
+        in its UTC day or month. Without a store, state is kept in this process.
+        `store_config` is the shared store's (default: `config.redis`)."""
+        shared = store_config if store_config is not None else config.redis
+        deny = shared.on_failure == config_pb2.STORE_FAILURE_MODE_DENY
         return cls(
             subject_default=Limits.from_config(config.subject),
             tenant_default=Limits.from_config(config.tenant),
@@ -275,6 +317,11 @@ class Limiter:
             wall_clock=wall_clock,
             store=store if store is not None else InMemoryLimitStore(clock),
             deny_on_store_failure=deny,
+            max_pending_spends=(
+                shared.max_pending_spends
+                if shared.HasField("max_pending_spends")
+                else DEFAULT_MAX_KEYS
+            ),
         )
 
     @property
@@ -331,25 +378,66 @@ class Limiter:
             await self._give_back(taken)
             if self.failures.deny:
                 raise _limits_unavailable() from None
-            return self._reservation(estimate, (), ())
+            # Let through unchecked, but its spend still counts once it is known.
+            unchecked = [
+                _Charge(f"tokens:{scope.stem}", 0, Rate.per_minute(scope.limits.tokens_per_minute))
+                for scope in scopes
+                if scope.limits.tokens_per_minute
+            ]
+            return self._reservation(estimate, (), _budget_scopes(scopes), unchecked)
         except BaseException:
             await self._give_back(taken)
             raise
-        budget_scopes = [scope for scope in scopes if scope.limits.budget_nanos is not None]
-        return self._reservation(estimate, token_charges, budget_scopes)
+        return self._reservation(estimate, token_charges, _budget_scopes(scopes))
 
     def _reservation(
-        self, estimate: int, token_charges: Iterable[_Charge], budget_scopes: Iterable[_Scope]
+        self,
+        estimate: int,
+        token_charges: Iterable[_Charge],
+        budget_scopes: Iterable[_Scope],
+        unchecked_buckets: Iterable[_Charge] = (),
     ) -> Reservation:
         return Reservation(
             store=self._store,
             clock=self._clock,
             wall_clock=self._wall_clock,
             failures=self.failures,
+            pending=self.pending,
             estimated_tokens=estimate,
             token_charges=token_charges,
             budget_scopes=budget_scopes,
+            unchecked_buckets=unchecked_buckets,
         )
+
+    async def charge_pending(self) -> None:
+        """Charges the spend and token usage kept during a store failure, in one pass;
+        what the store still cannot take is kept for the next one."""
+        if not len(self.pending):
+            return
+        wall = self._wall_clock()
+        entries = self.pending.take(wall)
+        for index, entry in enumerate(entries):
+            try:
+                if entry.rate is None:
+                    await self._store.add_spend(entry.key, entry.amount, entry.expires - wall)
+                else:
+                    await self._store.adjust(entry.key, entry.amount, entry.rate, self._clock())
+            except LimitStoreError:
+                self.pending.restore(entries[index:])
+                return
+            except BaseException:
+                self.pending.restore(entries[index:])
+                raise
+            self.pending.charged_one(entry)
+
+    async def charge_pending_every(self, interval: float) -> None:
+        """`charge_pending` every `interval` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.charge_pending()
+            except Exception:  # the next pass tries again; a bug must not end the loop
+                log.exception("charging pending spend failed")
 
     async def _check_budget(self, scope: _Scope, budget: int, metadata: Mapping[str, str]) -> None:
         wall = self._wall_clock()
@@ -383,6 +471,10 @@ class Limiter:
                 await self._store.adjust(charge.key, -charge.amount, charge.rate, now)
         except LimitStoreError as error:
             self.failures.record(error, "giving back")
+
+
+def _budget_scopes(scopes: Iterable[_Scope]) -> list[_Scope]:
+    return [scope for scope in scopes if scope.limits.budget_nanos is not None]
 
 
 def _subject_name(identity: Identity) -> str:

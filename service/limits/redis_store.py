@@ -10,31 +10,20 @@ A bucket key expires when its bucket would be full again (a full bucket and no b
 are the same), at most a day later: a debt larger than a day's refill is forgiven then.
 A spend key lives at least as long as it was asked to.
 
-While the server does not answer, operations fail at once for `RETRY_AFTER_FAILURE`
-seconds instead of each waiting out the timeout, so that an outage of the store adds
-no latency to the calls the limiter lets through.
+The connection and its guard are the shared store's (service/shared_store): while the
+server fails, operations fail at once (after a few failures in a row) instead of each
+waiting out the timeout, so that an outage of the store adds no latency to the calls
+the limiter lets through.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as redis
-from llmgateway.config.v1 import config_pb2
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
-from service.config_base import seconds_or
 from service.limits.buckets import EPSILON, Decision, Rate
 from service.limits.store import LimitStoreError
-
-DEFAULT_PREFIX = "llmgw:"
-DEFAULT_TIMEOUT = 0.25
-DEFAULT_MAX_CONNECTIONS = 64
-RETRY_AFTER_FAILURE = 1.0
+from service.shared_store.connection import SharedRedis, StoreUnavailable
 
 # Shared by both bucket scripts: the bucket refilled to the server's time.
 _REFILL = """
@@ -103,54 +92,21 @@ return total
 
 
 class RedisLimitStore:
-    def __init__(
-        self,
-        client: redis.Redis,
-        key_prefix: str = DEFAULT_PREFIX,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, shared: SharedRedis) -> None:
+        self.shared = shared
+        client = shared.client
         self._client = client
-        self._prefix = key_prefix
-        self._clock = clock
+        self._prefix = shared.prefix
         self._take = client.register_script(_TAKE)
         self._adjust = client.register_script(_ADJUST)
         self._add_spend = client.register_script(_ADD_SPEND)
-        self._down_until = 0.0
 
-    @classmethod
-    def from_config(
-        cls, config: config_pb2.RedisStoreConfig, environ: Mapping[str, str]
-    ) -> RedisLimitStore:
-        timeout = seconds_or(config, "timeout", DEFAULT_TIMEOUT)
-        # Blocking: a burst of calls waits (up to the timeout) for a free connection
-        # instead of failing, which would read as an outage and lift the limits.
-        pool = redis.BlockingConnectionPool.from_url(
-            environ[config.url_env],
-            max_connections=(
-                config.max_connections
-                if config.HasField("max_connections")
-                else DEFAULT_MAX_CONNECTIONS
-            ),
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # The limiter decides what a failure means; a retry here would double the wait.
-            retry=Retry(NoBackoff(), 0),
-        )
-        return cls(redis.Redis(connection_pool=pool), config.key_prefix or DEFAULT_PREFIX)
-
-    async def _run(self, operation: Callable[[], Any], gate: bool = True) -> Any:
-        """Runs one operation. Within a moment of a failure, a gated operation fails at
-        once; giving back (not gated) always tries, so that a call refused or let
-        through by a failure elsewhere does not keep what it took."""
-        if gate and self._clock() < self._down_until:
-            raise LimitStoreError("the limit store failed moments ago")
+    async def _run(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        """Runs one operation through the shared store's guard."""
         try:
-            return await operation()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._down_until = self._clock() + RETRY_AFTER_FAILURE
-            # The exception's text may hold the URL; its type is enough to act on.
-            raise LimitStoreError(f"the limit store failed ({type(exc).__name__})") from None
+            return await self.shared.run(operation)
+        except StoreUnavailable as error:
+            raise LimitStoreError(str(error)) from None
 
     async def take(self, key: str, amount: float, rate: Rate, now: float) -> Decision:
         allowed, wait = await self._run(
@@ -162,8 +118,7 @@ class RedisLimitStore:
 
     async def adjust(self, key: str, delta: float, rate: Rate, now: float) -> None:
         await self._run(
-            lambda: self._adjust(keys=[self._prefix + key], args=[repr(delta), *_rate_args(rate)]),
-            gate=delta >= 0,
+            lambda: self._adjust(keys=[self._prefix + key], args=[repr(delta), *_rate_args(rate)])
         )
 
     async def spent(self, key: str) -> int:
@@ -178,15 +133,8 @@ class RedisLimitStore:
         )
         return int(total)
 
-    async def reachable(self) -> bool:
-        try:
-            await self._run(self._client.ping)
-        except LimitStoreError:
-            return False
-        return True
-
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self.shared.aclose()
 
 
 def _rate_args(rate: Rate) -> list[str]:

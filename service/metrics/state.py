@@ -31,6 +31,8 @@ class GatewaySnapshot:
     in_flight: int | None = None  # None: no cap on calls in flight is configured
     shed: int | None = None
     cache: Mapping[str, int] | None = None  # None: no alias uses the response cache
+    # The shared store's guard and the spend kept during its outages; None: no store.
+    shared_store: Mapping[str, int] | None = None
 
 
 def on_loop(loop: asyncio.AbstractEventLoop, read: Callable[[], T]) -> T:
@@ -88,6 +90,8 @@ class StateCollector(Collector):
         )
         if snapshot.cache is not None:
             yield from _cache(snapshot.cache)
+        if snapshot.shared_store is not None:
+            yield from _shared_store(snapshot.shared_store)
         if snapshot.in_flight is not None:
             yield GaugeMetricFamily(
                 "llm_gateway_calls_in_flight",
@@ -183,7 +187,50 @@ def _cache(cache: Mapping[str, int]) -> Iterator[Metric]:
         "llm_gateway_cache_bytes", "Bytes of responses in the cache.", value=cache["bytes"]
     )
     yield CounterMetricFamily(
+        "llm_gateway_cache_unavailable",
+        "Cache lookups and stores the shared store did not answer (served without cache).",
+        value=cache.get("unavailable", 0),
+    )
+    yield CounterMetricFamily(
+        "llm_gateway_cache_too_large",
+        "Answers not kept because they exceed cache.max_entry_bytes.",
+        value=cache.get("too_large", 0),
+    )
+    yield CounterMetricFamily(
         "llm_gateway_coalesced_calls",
         "Calls answered by an identical call in flight, without an upstream call.",
         value=cache["coalesced"],
+    )
+
+
+def _shared_store(store: Mapping[str, int]) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        "llm_gateway_shared_store_failures",
+        "Operations on the shared store that failed or timed out.",
+        value=store["failures"],
+    )
+    yield CounterMetricFamily(
+        "llm_gateway_shared_store_skips",
+        "Operations answered without asking the shared store, its guard having paused it"
+        " after failures in a row.",
+        value=store["skipped"],
+    )
+    yield GaugeMetricFamily(
+        "llm_gateway_shared_store_paused",
+        "1 while the gateway has stopped asking the shared store (or is probing it).",
+        value=store["open"],
+    )
+    spends = CounterMetricFamily(
+        "llm_gateway_pending_spend",
+        "Budget spend and token usage the shared store could not take when they happened:"
+        " kept, charged once it answered again, or dropped (no room, or too late).",
+        labels=["outcome"],
+    )
+    for outcome in ("queued", "charged", "dropped"):
+        spends.add_metric([outcome], store[outcome])
+    yield spends
+    yield GaugeMetricFamily(
+        "llm_gateway_pending_spend_keys",
+        "Budget and token-bucket keys with spend waiting for the shared store.",
+        value=store["pending"],
     )

@@ -7,6 +7,11 @@ deadlines do not. Each time it opens, the cool-down is drawn uniformly within
 ±`jitter` of its nominal length, so that replicas which saw the same outage do not all
 probe at the same moment.
 
+With `shared`, replicas learn together (shared_breakers.py): the hooks `on_open` and
+`on_close` tell the shared store when this breaker opens or closes, `open_from_peer`
+opens it for the time another replica published, and `hold` keeps it from probing while
+another replica probes.
+
 Beside the circuit, a deployment may be on a quota cool-down: its provider said the
 account is out of quota (OpenAI `insufficient_quota`, Anthropic billing), which no
 retry or probe can change soon. No call goes to it until the cool-down ends; then calls
@@ -44,6 +49,7 @@ class BreakerSettings:
     cool_down: float = 5.0
     max_cool_down: float = 300.0
     jitter: float = 0.2  # each cool-down is nominal x uniform(1 - jitter, 1 + jitter)
+    shared: bool = False  # openings are published to, and read from, the other replicas
 
     @classmethod
     def from_config(cls, config: config_pb2.BreakerConfig) -> BreakerSettings:
@@ -58,6 +64,7 @@ class BreakerSettings:
             cool_down=seconds_or(config, "cool_down", 5.0),
             max_cool_down=seconds_or(config, "max_cool_down", 300.0),
             jitter=config.cool_down_jitter if config.HasField("cool_down_jitter") else 0.2,
+            shared=config.shared and not config.disabled,
         )
 
 
@@ -80,6 +87,10 @@ class CircuitBreaker:
         self._cool_down = settings.cool_down
         self._probe_out = False
         self._quota_until = 0.0
+        self.opened_by_peer = False
+        # Called with the cool-down when this breaker opens, and when it closes again.
+        self.on_open: Callable[[float], None] | None = None
+        self.on_close: Callable[[], None] | None = None
 
     def _move(self, state: State) -> None:
         if state is not self.state:
@@ -127,6 +138,8 @@ class CircuitBreaker:
             self._cool_down = self.settings.cool_down
             self._outcomes.clear()
             self._move(State.CLOSED)
+            if self.on_close is not None:
+                self.on_close()
 
     def failure(self) -> None:
         self._probe_out = False
@@ -145,7 +158,40 @@ class CircuitBreaker:
         spread = self._uniform(1.0 - jitter, 1.0 + jitter) if jitter > 0 else 1.0
         self._open_until = self._clock() + self._cool_down * spread
         self.times_opened += 1
+        self.opened_by_peer = False
         self._move(State.OPEN)
+        if self.on_open is not None:
+            self.on_open(self._cool_down * spread)
+
+    def open_from_peer(self, remaining: float) -> None:
+        """Another replica opened this deployment's breaker, for `remaining` seconds
+        more: no call goes to it here either until then (its probe, if out, still
+        reports). Published openings are not published again."""
+        if not self.settings.enabled or remaining <= 0:
+            return
+        until = self._clock() + remaining
+        if self.state is State.OPEN and until <= self._open_until:
+            return
+        if self.state is not State.OPEN:
+            self.times_opened += 1
+        self._open_until = until
+        self.opened_by_peer = True
+        self._move(State.OPEN)
+
+    def peer_closed(self) -> None:
+        """The replica whose opening this breaker follows closed it again: the next
+        call here may probe (within the one probe all replicas share)."""
+        if self.state is State.OPEN and self.opened_by_peer:
+            self._open_until = min(self._open_until, self._clock())
+
+    def hold(self, remaining: float) -> None:
+        """Another replica is probing, for up to `remaining` seconds: no call, and no
+        probe of this replica's own, until then. Not an opening of its own."""
+        self._probe_out = False
+        if self.state is State.HALF_OPEN and remaining > 0:
+            self._open_until = self._clock() + remaining
+            self.opened_by_peer = False  # the probe's end, not a peer's close, ends it
+            self._move(State.OPEN)
 
     def _record(self, ok: bool) -> None:
         now = self._clock()

@@ -11,6 +11,9 @@ its issuer vouches for, so each partition names the issuer too: the callers of o
 (issuer and tenant claim) share one; a caller whose token has no tenant has one of its
 own (issuer and subject), or shares one with the other tenant-less callers of its issuer
 when `share_without_tenant`; with `shared_between_tenants`, every caller shares one.
+
+`Cache` is what the cache path (cached.py) needs; `ResponseCache` keeps entries in this
+process, redis_cache.RedisResponseCache in the store replicas share.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from google.protobuf.message import Message
 
@@ -29,6 +32,26 @@ from service.auth.identity import Identity
 M = TypeVar("M", bound=Message)
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_ENTRY_BYTES = 1024 * 1024
+
+
+class Cache(Protocol):
+    def key(self, request: Message, identity: Identity) -> str:
+        """The key of `request` asked by `identity`, in this cache's partitioning."""
+        ...
+
+    async def lookup(self, key: str, message_type: type[M]) -> M | None:
+        """The entry under `key`, a fresh message; None when there is none (or the
+        cache cannot answer: never an error)."""
+        ...
+
+    async def store(self, key: str, response: Message, ttl: float) -> None:
+        """Keeps `response` under `key` for `ttl` seconds, when it fits."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """hits, misses, evictions, entries, bytes, too_large, unavailable."""
+        ...
 
 
 def partition(
@@ -80,9 +103,11 @@ class ResponseCache:
         shared_between_tenants: bool = False,
         clock: Callable[[], float] = time.monotonic,
         share_without_tenant: bool = False,
+        max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
     ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.max_entry_bytes = max_entry_bytes
         self.shared_between_tenants = shared_between_tenants
         self.share_without_tenant = share_without_tenant
         self._clock = clock
@@ -91,6 +116,7 @@ class ResponseCache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        self.too_large = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -106,6 +132,8 @@ class ResponseCache:
             "evictions": self.evictions,
             "entries": len(self._entries),
             "bytes": self._bytes,
+            "too_large": self.too_large,
+            "unavailable": 0,
         }
 
     def key(self, request: Message, identity: Identity) -> str:
@@ -124,9 +152,18 @@ class ResponseCache:
         self.hits += 1
         return message_type.FromString(entry.payload)
 
+    async def lookup(self, key: str, message_type: type[M]) -> M | None:
+        return self.get(key, message_type)
+
+    async def store(self, key: str, response: Message, ttl: float) -> None:
+        self.put(key, response, ttl)
+
     def put(self, key: str, response: Message, ttl: float) -> None:
         payload = response.SerializeToString()
-        if len(payload) > self.max_bytes or ttl <= 0:
+        if ttl <= 0:
+            return
+        if len(payload) > min(self.max_bytes, self.max_entry_bytes):
+            self.too_large += 1
             return
         if key in self._entries:
             self._remove(key)

@@ -19,7 +19,7 @@ from llmgateway.v1 import chat_pb2, embed_pb2
 
 from service.errors import GatewayError, deadline_exceeded
 from service.providers.base import CallContext, Deployment
-from service.routing.cache import ResponseCache
+from service.routing.cache import Cache
 from service.routing.coalesce import Coalescer
 from service.routing.planner import Planner
 from service.routing.record import CallRecord
@@ -30,7 +30,7 @@ CACHE_CONTROL_KEY = "x-llm-cache"
 
 
 class CachedCalls:
-    def __init__(self, planner: Planner, cache: ResponseCache | None) -> None:
+    def __init__(self, planner: Planner, cache: Cache | None) -> None:
         self.planner = planner
         self.cache = cache
         self.coalescer: Coalescer[Message] = Coalescer()
@@ -59,14 +59,14 @@ class CachedCalls:
         cache = self.cache
         key = cache.key(request, ctx.identity)
         if mode != "refresh":
-            hit = cache.get(key, answer_type)
+            hit = await cache.lookup(key, answer_type)
             if hit is not None:
                 served = self.planner.named(hit.route, primary)
                 return _without_upstream(hit, served, record, cache_hit=True)
 
         async def work() -> Message:
             response = await run()
-            cache.put(key, response, ttl)
+            await cache.store(key, response, ttl)
             return response
 
         joining = key in self.coalescer

@@ -104,7 +104,7 @@ class Executor:
                 record.tried.append(f"{deployment.key}:{QUOTA_COOLING_DOWN}")
                 errors.append(quota_cooling_down(deployment, resting))
                 continue
-            if not breaker.allow():
+            if not await self.resilience.admit(deployment, breaker):
                 record.tried.append(f"{deployment.key}:CIRCUIT_OPEN")
                 errors.append(circuit_open(deployment, breaker.open_remaining()))
                 continue

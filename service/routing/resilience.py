@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from llmgateway.config.v1 import config_pb2
 
 from service.config import seconds_or
 from service.providers.base import Deployment
-from service.routing.breaker import BreakerSettings, CircuitBreaker
+from service.routing.breaker import BreakerSettings, CircuitBreaker, State
 from service.routing.retry import RetryBudget, RetryPolicy
+
+if TYPE_CHECKING:
+    from service.routing.shared_breakers import SharedBreakers
 
 DEFAULT_MAX_TOTAL_ATTEMPTS = 6
 DEFAULT_QUOTA_COOL_DOWN = 60.0
@@ -47,6 +51,8 @@ class Resilience:
                 provider, "quota_cool_down", default_quota
             )
         self.breakers: dict[str, CircuitBreaker] = {}
+        # Breakers whose settings say `shared` learn with the other replicas.
+        self.shared: SharedBreakers | None = None
 
     def policy(self, provider: str) -> RetryPolicy:
         return self._policies[provider]
@@ -66,3 +72,17 @@ class Resilience:
             breaker = CircuitBreaker(settings, self._clock, self._uniform)
             self.breakers[deployment.key] = breaker
         return breaker
+
+    async def admit(self, deployment: Deployment, breaker: CircuitBreaker) -> bool:
+        """May a call go to `deployment` now? Its breaker decides; a probe of a shared
+        breaker must also be the one probe of every replica."""
+        if not breaker.allow():
+            return False
+        shared = self.shared
+        if breaker.state is State.HALF_OPEN and shared is not None and shared.shares(deployment):
+            try:
+                return await shared.claim_probe(deployment, breaker)
+            except BaseException:
+                breaker.release()
+                raise
+        return True

@@ -26,7 +26,7 @@ from service.providers.registry import Registry
 from service.providers.upstream_errors import transport_failure
 from service.routing.attempt import Attempts
 from service.routing.balancer import Balancer
-from service.routing.cache import ResponseCache
+from service.routing.cache import Cache
 from service.routing.cached import CachedCalls
 from service.routing.capabilities import check_chat, check_embed
 from service.routing.coalesce import Coalescer
@@ -51,7 +51,7 @@ class Router:
         resilience: Resilience,
         uniform: Callable[[float, float], float] = random.uniform,
         balancer: Balancer | None = None,
-        cache: ResponseCache | None = None,
+        cache: Cache | None = None,
         tracer: trace.Tracer | None = None,
     ) -> None:
         self.registry = registry
@@ -79,7 +79,7 @@ class Router:
         return self.attempts.tracer
 
     @property
-    def cache(self) -> ResponseCache | None:
+    def cache(self) -> Cache | None:
         return self.cached.cache
 
     @property

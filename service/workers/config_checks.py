@@ -37,11 +37,12 @@ def check_workers(config: config_pb2.GatewayConfig) -> None:
         raise ConfigError("server.workers", f"must be between 1 and {MAX_WORKERS}")
     if workers == 1:
         return
-    if _has_limits(config.limits) and not config.limits.HasField("redis"):
+    shared = config.limits.HasField("redis") or config.HasField("redis")
+    if _has_limits(config.limits) and not shared:
         raise ConfigError(
             "server.workers",
             f"{workers} workers would each keep their own rate limits and budgets, allowing "
-            f"{workers} times the configured limits: set limits.redis to share them, "
+            f"{workers} times the configured limits: set redis (or limits.redis) to share them, "
             "or use one worker",
         )
     if config.audit.path == "-":

@@ -1,11 +1,15 @@
 """A real redis-server on an ephemeral loopback port, for the shared limit store.
 
 Persistence is off and the data lives only as long as the process. `stop()` and
-`start()` make an outage and a recovery on the same port."""
+`start()` make an outage and a recovery on the same port; `kill()` is a crash
+(SIGKILL); `pause()` makes a server that hangs (SIGSTOP: connections are accepted by
+the kernel, nothing answers, as in a network partition) until `resume()`."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -74,9 +78,25 @@ class RedisServer:
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGCONT)  # a paused server cannot stop
             self._process.terminate()
             self._process.wait(10)
         self._process = None
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, nothing saved."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(10)
+        self._process = None
+
+    def pause(self) -> None:
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGCONT)
 
     def _answers(self) -> bool:
         """True when this process (not another one that took the port) answers."""

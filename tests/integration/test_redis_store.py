@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 
 from service.errors import GatewayError
 from service.limits.buckets import Rate
-from service.limits.redis_store import RETRY_AFTER_FAILURE, RedisLimitStore
+from service.limits.redis_store import RedisLimitStore
 from service.limits.store import InMemoryLimitStore, LimitStoreError
+from service.shared_store.connection import SharedRedis
+from service.shared_store.guard import GuardSettings, StoreGuard
 from tests.fakes.redis_server import RedisServer, redis_server
 
 # Refills nothing measurable while a test runs: decisions do not depend on timing.
@@ -46,7 +48,7 @@ async def raw(server: RedisServer) -> AsyncIterator[redis.Redis]:
 
 @pytest_asyncio.fixture
 async def store(server: RedisServer, raw: redis.Redis) -> AsyncIterator[RedisLimitStore]:
-    store = RedisLimitStore(client_of(server), key_prefix="t:")
+    store = RedisLimitStore(SharedRedis(client_of(server), "t:"))
     yield store
     await store.aclose()
 
@@ -117,7 +119,7 @@ async def test_spend_adds_up_and_lives_at_least_its_ttl(
 async def test_two_clients_share_one_bucket_as_replicas_do(
     server: RedisServer, store: RedisLimitStore
 ) -> None:
-    other = RedisLimitStore(client_of(server), key_prefix="t:")
+    other = RedisLimitStore(SharedRedis(client_of(server), "t:"))
     try:
         rate = Rate.per_minute(4)
         results = await asyncio.gather(
@@ -162,24 +164,29 @@ async def test_same_decisions_as_the_in_memory_store(
             await store.adjust("k", amount, FROZEN, 0.0)
 
 
-async def test_an_outage_fails_fast_and_the_store_recovers() -> None:
+async def test_an_outage_pauses_the_store_after_failures_in_a_row_and_it_recovers() -> None:
+    now = [0.0]
+    guard = StoreGuard(GuardSettings(failures_to_pause=3, pause=5.0), lambda: now[0])
     with redis_server() as server:
-        store = RedisLimitStore(client_of(server))
+        store = RedisLimitStore(SharedRedis(client_of(server), guard=guard))
         try:
-            assert await store.reachable()
+            assert await store.shared.reachable()
             assert (await store.take("k", 1, FROZEN, 0.0)).allowed
             server.stop()
-            with pytest.raises(LimitStoreError) as caught:
-                await store.take("k", 1, FROZEN, 0.0)
-            assert "127.0.0.1" not in str(caught.value), "no URL in the error"
-            # Within the failure window, operations fail without going to the network.
+            for _ in range(3):
+                with pytest.raises(LimitStoreError) as caught:
+                    await store.take("k", 1, FROZEN, 0.0)
+                assert "127.0.0.1" not in str(caught.value), "no URL in the error"
+            assert guard.failures == 3
+            # Paused: operations fail without going to the network, and are counted.
             for _ in range(5):
-                with pytest.raises(LimitStoreError, match="moments ago"):
+                with pytest.raises(LimitStoreError, match="paused"):
                     await store.spent("k")
-            assert not await store.reachable()
+            assert (guard.failures, guard.skipped) == (3, 5)
             server.start()
-            await asyncio.sleep(RETRY_AFTER_FAILURE + 0.1)
-            assert await store.reachable()
+            assert not await store.shared.reachable(), "still paused: not asked"
+            now[0] += 5.0  # the pause is over: the next operation probes
+            assert await store.shared.reachable()
             assert (await store.take("k", 1, FROZEN, 0.0)).allowed
         finally:
             await store.aclose()
@@ -200,12 +207,12 @@ async def test_a_burst_waits_for_a_pooled_connection_instead_of_failing(
 
     config = config_pb2.RedisStoreConfig(url_env="URL", key_prefix="burst:", max_connections=4)
     config.timeout.FromJsonString("2s")
-    store = RedisLimitStore.from_config(config, {"URL": server.url})
+    store = RedisLimitStore(SharedRedis.from_config(config, {"URL": server.url}))
     try:
         rate = Rate.per_minute(30)
         decisions = await asyncio.gather(*(store.take("k", 1, rate, 0.0) for _ in range(100)))
         assert sum(d.allowed for d in decisions) == 30, "the limit held through the burst"
-        assert await store.reachable()
+        assert await store.shared.reachable()
     finally:
         await store.aclose()
 
@@ -218,7 +225,7 @@ async def test_what_was_taken_is_given_back_when_a_later_check_fails(
     from service.auth.identity import Identity
     from service.limits.limiter import Limiter
 
-    store = RedisLimitStore(client_of(server), key_prefix="gb:")
+    store = RedisLimitStore(SharedRedis(client_of(server), "gb:"))
     limits = config_pb2.LimitsConfig()
     limits.subject.requests_per_minute = 2
     limits.subject.tokens_per_minute = 1000
@@ -229,7 +236,6 @@ async def test_what_was_taken_is_given_back_when_a_later_check_fails(
         await limiter.admit(alice, 10)  # let through (fail open), the request given back
         assert limiter.failures.count == 1
         await raw.delete("gb:tokens:subject:|alice")
-        store._down_until = 0.0  # past the failure window
         for _ in range(2):
             await limiter.admit(alice, 10)  # both requests of the minute are still there
         with pytest.raises(GatewayError) as caught:

@@ -22,6 +22,8 @@ MODULES = (
     "service.routing.config_checks",
     "service.routing.model_checks",
     "service.server_config_checks",
+    "service.shared_store.config_checks",
+    "service.shared_store.connection",
     "service.tracing_config_checks",
 )
 

@@ -21,6 +21,36 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _CacheStore:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheStoreEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheStore.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_STORE_UNSPECIFIED: _CacheStore.ValueType  # 0
+    """CACHE_STORE_MEMORY."""
+    CACHE_STORE_MEMORY: _CacheStore.ValueType  # 1
+    """In this process: each replica has a cache of its own."""
+    CACHE_STORE_REDIS: _CacheStore.ValueType  # 2
+    """In the shared Redis store: an answer one replica stored is a hit on every
+    other. Bounded by max_entries and max_bytes across replicas (the entries
+    nearest their expiry go first); a Redis outage means no cache, not an error.
+    """
+
+class CacheStore(_CacheStore, metaclass=_CacheStoreEnumTypeWrapper):
+    """Where the response cache keeps its entries."""
+
+CACHE_STORE_UNSPECIFIED: CacheStore.ValueType  # 0
+"""CACHE_STORE_MEMORY."""
+CACHE_STORE_MEMORY: CacheStore.ValueType  # 1
+"""In this process: each replica has a cache of its own."""
+CACHE_STORE_REDIS: CacheStore.ValueType  # 2
+"""In the shared Redis store: an answer one replica stored is a hit on every
+other. Bounded by max_entries and max_bytes across replicas (the entries
+nearest their expiry go first); a Redis outage means no cache, not an error.
+"""
+Global___CacheStore: _TypeAlias = CacheStore  # noqa: Y015
+
 class _StoreFailureMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -155,6 +185,7 @@ class GatewayConfig(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
     TRACING_FIELD_NUMBER: _builtins.int
+    REDIS_FIELD_NUMBER: _builtins.int
     allow_direct_model_addressing: _builtins.bool
     """OPTIONAL. Accept ChatRequest.model written as "provider/upstream-model"
     in addition to the aliases. Off unless set. The upstream model must fit
@@ -209,6 +240,14 @@ class GatewayConfig(_message.Message):
         is set.
         """
 
+    @_builtins.property
+    def redis(self) -> Global___RedisStoreConfig:
+        """OPTIONAL. The Redis server shared by every replica that points at it: it
+        holds the limits' state, and, when they opt in, the response cache
+        (`cache.store`) and the circuit breakers (`routing.breaker.shared`).
+        `limits.redis` is the same setting under its older name; set one of them.
+        """
+
     def __init__(
         self,
         *,
@@ -224,10 +263,11 @@ class GatewayConfig(_message.Message):
         metrics: Global___MetricsConfig | None = ...,
         cache: Global___CacheConfig | None = ...,
         tracing: Global___TracingConfig | None = ...,
+        redis: Global___RedisStoreConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "auth", b"auth", "cache", b"cache", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "routing", b"routing", "server", b"server", "tracing", b"tracing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "auth", b"auth", "cache", b"cache", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "redis", b"redis", "routing", b"routing", "server", b"server", "tracing", b"tracing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_direct_model_addressing", b"allow_direct_model_addressing", "audit", b"audit", "auth", b"auth", "cache", b"cache", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "models", b"models", "providers", b"providers", "routing", b"routing", "server", b"server", "tracing", b"tracing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_direct_model_addressing", b"allow_direct_model_addressing", "audit", b"audit", "auth", b"auth", "cache", b"cache", "limits", b"limits", "logging", b"logging", "metrics", b"metrics", "models", b"models", "providers", b"providers", "redis", b"redis", "routing", b"routing", "server", b"server", "tracing", b"tracing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -279,9 +319,10 @@ Global___TracingConfig: _TypeAlias = TracingConfig  # noqa: Y015
 
 @_typing.final
 class CacheConfig(_message.Message):
-    """An in-process cache of whole Chat and Embed responses, keyed by the exact
-    request and, unless shared, the caller's partition: its issuer and tenant, or its
-    issuer and subject when its token has no tenant.
+    """A cache of whole Chat and Embed responses (in this process, or in the shared
+    Redis store), keyed by the exact request and, unless shared, the caller's
+    partition: its issuer and tenant, or its issuer and subject when its token has
+    no tenant.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -290,10 +331,16 @@ class CacheConfig(_message.Message):
     MAX_BYTES_FIELD_NUMBER: _builtins.int
     SHARED_BETWEEN_TENANTS_FIELD_NUMBER: _builtins.int
     SHARE_WITHOUT_TENANT_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
+    MAX_ENTRY_BYTES_FIELD_NUMBER: _builtins.int
     max_entries: _builtins.int
-    """OPTIONAL. Most responses kept; default 10000."""
+    """OPTIONAL. Most responses kept (in Redis: by all replicas together);
+    default 10000.
+    """
     max_bytes: _builtins.int
-    """OPTIONAL. Most bytes of responses kept; default 64 MiB."""
+    """OPTIONAL. Most bytes of responses kept (in Redis: compressed, by all replicas
+    together); default 64 MiB.
+    """
     shared_between_tenants: _builtins.bool
     """OPTIONAL. One partition for every caller, whatever its issuer and tenant;
     default: each tenant (issuer and tenant claim) has its own.
@@ -302,6 +349,14 @@ class CacheConfig(_message.Message):
     """OPTIONAL. Callers whose token has no tenant share one partition per issuer;
     default: each such caller (issuer and subject) has its own.
     """
+    store: Global___CacheStore.ValueType
+    """OPTIONAL. Where entries live; default CACHE_STORE_MEMORY (this process).
+    CACHE_STORE_REDIS needs the shared store (`redis` or `limits.redis`).
+    """
+    max_entry_bytes: _builtins.int
+    """OPTIONAL. Largest entry kept, in bytes (zlib-compressed in Redis, serialized
+    in memory); a larger answer is served but not kept; default 1 MiB.
+    """
     def __init__(
         self,
         *,
@@ -309,19 +364,25 @@ class CacheConfig(_message.Message):
         max_bytes: _builtins.int | None = ...,
         shared_between_tenants: _builtins.bool = ...,
         share_without_tenant: _builtins.bool = ...,
+        store: Global___CacheStore.ValueType = ...,
+        max_entry_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes", "_max_entries", b"_max_entries", "max_bytes", b"max_bytes", "max_entries", b"max_entries"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes", "_max_entries", b"_max_entries", "_max_entry_bytes", b"_max_entry_bytes", "max_bytes", b"max_bytes", "max_entries", b"max_entries", "max_entry_bytes", b"max_entry_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes", "_max_entries", b"_max_entries", "max_bytes", b"max_bytes", "max_entries", b"max_entries", "share_without_tenant", b"share_without_tenant", "shared_between_tenants", b"shared_between_tenants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes", "_max_entries", b"_max_entries", "_max_entry_bytes", b"_max_entry_bytes", "max_bytes", b"max_bytes", "max_entries", b"max_entries", "max_entry_bytes", b"max_entry_bytes", "share_without_tenant", b"share_without_tenant", "shared_between_tenants", b"shared_between_tenants", "store", b"store"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_bytes: _TypeAlias = _typing.Literal["max_bytes"]  # noqa: Y015
     _WhichOneofArgType__max_bytes: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes"]  # noqa: Y015
     _WhichOneofReturnType__max_entries: _TypeAlias = _typing.Literal["max_entries"]  # noqa: Y015
     _WhichOneofArgType__max_entries: _TypeAlias = _typing.Literal["_max_entries", b"_max_entries"]  # noqa: Y015
+    _WhichOneofReturnType__max_entry_bytes: _TypeAlias = _typing.Literal["max_entry_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_entry_bytes: _TypeAlias = _typing.Literal["_max_entry_bytes", b"_max_entry_bytes"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_bytes) -> _WhichOneofReturnType__max_bytes | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_entries) -> _WhichOneofReturnType__max_entries | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_entry_bytes) -> _WhichOneofReturnType__max_entry_bytes | None: ...
 
 Global___CacheConfig: _TypeAlias = CacheConfig  # noqa: Y015
 
@@ -967,8 +1028,9 @@ Global___IssuerLimitsConfig: _TypeAlias = IssuerLimitsConfig  # noqa: Y015
 
 @_typing.final
 class RedisStoreConfig(_message.Message):
-    """A Redis server that holds limit state for several replicas. Each operation is one
-    atomic script on one key, timed by the Redis server's clock.
+    """A Redis server that holds state for several replicas (limits, and when asked
+    the response cache and circuit breakers). Each operation is atomic on the
+    server and timed by the server's clock.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -978,6 +1040,9 @@ class RedisStoreConfig(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     ON_FAILURE_FIELD_NUMBER: _builtins.int
     MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    FAILURES_TO_PAUSE_FIELD_NUMBER: _builtins.int
+    PAUSE_FIELD_NUMBER: _builtins.int
+    MAX_PENDING_SPENDS_FIELD_NUMBER: _builtins.int
     url_env: _builtins.str
     """REQUIRED. The environment variable that holds the server's URL:
     redis://[[user]:password@]host:port[/db], or rediss:// for TLS.
@@ -988,9 +1053,27 @@ class RedisStoreConfig(_message.Message):
     """OPTIONAL. What calls get while the server cannot be reached."""
     max_connections: _builtins.int
     """OPTIONAL. Connections in the pool; default 64."""
+    failures_to_pause: _builtins.int
+    """OPTIONAL. After this many failed or timed-out operations in a row, the
+    gateway stops asking the server for `pause` and answers at once as if it
+    had failed (limits by on_failure, no cache, breakers per process); default 3.
+    """
+    max_pending_spends: _builtins.int
+    """OPTIONAL. Budget spend (per subject or tenant and period) and token usage
+    (per tokens-per-minute bucket, within its minute) that could not be charged
+    while the server failed are kept in this process and charged when it answers
+    again; at most this many keys are kept, more are dropped and counted;
+    default 10000.
+    """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """OPTIONAL. The longest wait for one operation, connecting included; default 250ms."""
+
+    @_builtins.property
+    def pause(self) -> _duration_pb2.Duration:
+        """OPTIONAL. How long the gateway stops asking after failures_to_pause
+        failures; then one operation probes the server; default 1s.
+        """
 
     def __init__(
         self,
@@ -1000,14 +1083,26 @@ class RedisStoreConfig(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         on_failure: Global___StoreFailureMode.ValueType = ...,
         max_connections: _builtins.int | None = ...,
+        failures_to_pause: _builtins.int | None = ...,
+        pause: _duration_pb2.Duration | None = ...,
+        max_pending_spends: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections", "max_connections", b"max_connections", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_failures_to_pause", b"_failures_to_pause", "_max_connections", b"_max_connections", "_max_pending_spends", b"_max_pending_spends", "failures_to_pause", b"failures_to_pause", "max_connections", b"max_connections", "max_pending_spends", b"max_pending_spends", "pause", b"pause", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections", "key_prefix", b"key_prefix", "max_connections", b"max_connections", "on_failure", b"on_failure", "timeout", b"timeout", "url_env", b"url_env"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_failures_to_pause", b"_failures_to_pause", "_max_connections", b"_max_connections", "_max_pending_spends", b"_max_pending_spends", "failures_to_pause", b"failures_to_pause", "key_prefix", b"key_prefix", "max_connections", b"max_connections", "max_pending_spends", b"max_pending_spends", "on_failure", b"on_failure", "pause", b"pause", "timeout", b"timeout", "url_env", b"url_env"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__failures_to_pause: _TypeAlias = _typing.Literal["failures_to_pause"]  # noqa: Y015
+    _WhichOneofArgType__failures_to_pause: _TypeAlias = _typing.Literal["_failures_to_pause", b"_failures_to_pause"]  # noqa: Y015
     _WhichOneofReturnType__max_connections: _TypeAlias = _typing.Literal["max_connections"]  # noqa: Y015
     _WhichOneofArgType__max_connections: _TypeAlias = _typing.Literal["_max_connections", b"_max_connections"]  # noqa: Y015
+    _WhichOneofReturnType__max_pending_spends: _TypeAlias = _typing.Literal["max_pending_spends"]  # noqa: Y015
+    _WhichOneofArgType__max_pending_spends: _TypeAlias = _typing.Literal["_max_pending_spends", b"_max_pending_spends"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__failures_to_pause) -> _WhichOneofReturnType__failures_to_pause | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_connections) -> _WhichOneofReturnType__max_connections | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_pending_spends) -> _WhichOneofReturnType__max_pending_spends | None: ...
 
 Global___RedisStoreConfig: _TypeAlias = RedisStoreConfig  # noqa: Y015
 
@@ -1220,6 +1315,7 @@ class BreakerConfig(_message.Message):
     COOL_DOWN_FIELD_NUMBER: _builtins.int
     MAX_COOL_DOWN_FIELD_NUMBER: _builtins.int
     COOL_DOWN_JITTER_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
     disabled: _builtins.bool
     """OPTIONAL. Turn the breaker off."""
     consecutive_failures: _builtins.int
@@ -1235,6 +1331,13 @@ class BreakerConfig(_message.Message):
     (cool_down, doubled per failed probe, capped by max_cool_down) times a random
     factor between 1 - cool_down_jitter and 1 + cool_down_jitter, so that
     replicas do not probe in lock-step; 0 to 0.5, default 0.2.
+    """
+    shared: _builtins.bool
+    """OPTIONAL. Share this breaker's openings with the other replicas through the
+    shared store (`redis` or `limits.redis`): a replica that opens it publishes
+    it for its cool-down, the others stop calling the deployment within a
+    second, and one probe per cool-down is sent across all replicas. Default
+    false: each process learns alone.
     """
     @_builtins.property
     def window(self) -> _duration_pb2.Duration:
@@ -1261,10 +1364,11 @@ class BreakerConfig(_message.Message):
         cool_down: _duration_pb2.Duration | None = ...,
         max_cool_down: _duration_pb2.Duration | None = ...,
         cool_down_jitter: _builtins.float | None = ...,
+        shared: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures", "_cool_down_jitter", b"_cool_down_jitter", "_failure_rate", b"_failure_rate", "_minimum_calls", b"_minimum_calls", "consecutive_failures", b"consecutive_failures", "cool_down", b"cool_down", "cool_down_jitter", b"cool_down_jitter", "failure_rate", b"failure_rate", "max_cool_down", b"max_cool_down", "minimum_calls", b"minimum_calls", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures", "_cool_down_jitter", b"_cool_down_jitter", "_failure_rate", b"_failure_rate", "_minimum_calls", b"_minimum_calls", "consecutive_failures", b"consecutive_failures", "cool_down", b"cool_down", "cool_down_jitter", b"cool_down_jitter", "disabled", b"disabled", "failure_rate", b"failure_rate", "max_cool_down", b"max_cool_down", "minimum_calls", b"minimum_calls", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures", "_cool_down_jitter", b"_cool_down_jitter", "_failure_rate", b"_failure_rate", "_minimum_calls", b"_minimum_calls", "consecutive_failures", b"consecutive_failures", "cool_down", b"cool_down", "cool_down_jitter", b"cool_down_jitter", "disabled", b"disabled", "failure_rate", b"failure_rate", "max_cool_down", b"max_cool_down", "minimum_calls", b"minimum_calls", "shared", b"shared", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__consecutive_failures: _TypeAlias = _typing.Literal["consecutive_failures"]  # noqa: Y015
     _WhichOneofArgType__consecutive_failures: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures"]  # noqa: Y015
