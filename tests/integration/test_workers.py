@@ -281,7 +281,7 @@ def test_in_process_limits_with_several_workers_are_refused(tmp_path: Path) -> N
     )
     assert result.returncode == 2
     assert "server.workers: 2 workers would each keep their own rate limits" in result.stderr
-    assert "set limits.redis" in result.stderr
+    assert "set redis (or limits.redis)" in result.stderr
     assert "listening" not in result.stdout + result.stderr
 
 

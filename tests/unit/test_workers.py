@@ -161,7 +161,7 @@ REDIS_ENV = {"LIMITS_URL": "redis://127.0.0.1:6379"}
         (
             "server: {workers: 2}\nlimits: {subject: {requests_per_minute: 10}}\n",
             "server.workers",
-            "2 times the configured limits: set limits.redis",
+            "2 times the configured limits: set redis (or limits.redis)",
         ),
         (
             "server: {workers: 3}\nlimits: {tenants: {acme: {requests_per_minute: 10}}}\n",
