@@ -40,6 +40,7 @@ from service.metrics.state import GatewaySnapshot, StateCollector, on_loop
 from service.providers.registry import Registry
 from service.reflection import enable_reflection
 from service.routing.cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, ResponseCache
+from service.routing.quotas import UpstreamQuotas
 from service.routing.resilience import Resilience
 from service.routing.router import Router
 from service.routing.stats import StatsBook
@@ -134,13 +135,6 @@ class GatewayServer:
         # time.monotonic is the event loop's clock, so deadlines and breakers agree.
         self.resilience = Resilience(config, time.monotonic)
         self.tracer_provider = build_tracer_provider(config.tracing)
-        self.router = Router(
-            self.registry,
-            self.stats,
-            self.resilience,
-            cache=response_cache(config),
-            tracer=tracer_of(self.tracer_provider),
-        )
         env = os.environ if environ is None else environ
         self.limit_store = (
             RedisLimitStore.from_config(config.limits.redis, env)
@@ -148,6 +142,19 @@ class GatewayServer:
             else None
         )
         self.limiter = Limiter.from_config(config.limits, store=self.limit_store)
+        self.router = Router(
+            self.registry,
+            self.stats,
+            self.resilience,
+            cache=response_cache(config),
+            tracer=tracer_of(self.tracer_provider),
+            # The providers' rate limits share the caller limits' store and failure count.
+            quotas=UpstreamQuotas(
+                self.limit_store,
+                self.limiter.failures,
+                deployments=self.registry.every_deployment(),
+            ),
+        )
         self.health = HealthService()
         self.audit = AuditSink.from_config(config.audit)
         self.verifier = None if config.auth.disabled else TokenVerifier(config.auth, env)

@@ -91,6 +91,14 @@ return 1
 """
 )
 
+# ARGV: (unused), per_second, burst. Returns the level, changing nothing.
+_LEVEL = (
+    _REFILL
+    + """
+return string.format('%.17g', level)
+"""
+)
+
 # ARGV: nanos, ttl in milliseconds. Returns the new total.
 _ADD_SPEND = """
 local total = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -115,6 +123,7 @@ class RedisLimitStore:
         self._take = client.register_script(_TAKE)
         self._adjust = client.register_script(_ADJUST)
         self._add_spend = client.register_script(_ADD_SPEND)
+        self._level = client.register_script(_LEVEL)
         self._down_until = 0.0
 
     @classmethod
@@ -165,6 +174,12 @@ class RedisLimitStore:
             lambda: self._adjust(keys=[self._prefix + key], args=[repr(delta), *_rate_args(rate)]),
             gate=delta >= 0,
         )
+
+    async def level(self, key: str, rate: Rate, now: float) -> float:
+        value = await self._run(
+            lambda: self._level(keys=[self._prefix + key], args=["0", *_rate_args(rate)])
+        )
+        return float(value)
 
     async def spent(self, key: str) -> int:
         value = await self._run(lambda: self._client.get(self._prefix + key))
