@@ -90,7 +90,10 @@ def with_report(
     was known of it; the others stay while they hold."""
     updated = {kind: window for kind, window in view.items() if window.until > now}
     for limit in limits:
-        updated[limit.kind] = Window(float(limit.remaining), now + limit.reset_after)
+        if limit.reset_after > 0:  # a reset already past reports an old window
+            updated[limit.kind] = Window(float(limit.remaining), now + limit.reset_after)
+        else:
+            updated.pop(limit.kind, None)
     return updated
 
 

@@ -229,7 +229,11 @@ class UpstreamQuotas:
                 raise
         self._refused_until.pop(key, None)
         if report:
-            self._reports[key] = taken(report, need, now)
+            left = taken(report, need, now)
+            if left:
+                self._reports[key] = left
+            else:
+                self._reports.pop(key, None)
         return QuotaHold(self, need, tuple(charges)) if charges else NO_HOLD
 
     async def adjust(self, charges: list[_Charge], delta: float | None, during: str) -> None:
@@ -272,8 +276,12 @@ class UpstreamQuotas:
         now = self.clock()
         if key not in self._reports and len(self._reports) >= _REPORTS_KEPT:
             self._forget(now)
-        self._reports[key] = with_report(self._reports.get(key, {}), limits, now)
-        self._seen.setdefault(key, deployment)
+        report = with_report(self._reports.get(key, {}), limits, now)
+        if report:
+            self._reports[key] = report
+            self._seen.setdefault(key, deployment)
+        else:
+            self._reports.pop(key, None)
 
     def _forget(self, now: float) -> None:
         """Drops reports that no longer hold (all of them if every one still does), so
