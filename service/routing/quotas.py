@@ -283,6 +283,12 @@ class UpstreamQuotas:
         else:
             self._reports.pop(key, None)
 
+    def forget_reports(self) -> None:
+        """Forgets every provider report (the configured quotas stay as they are)."""
+        self._reports.clear()
+        self._seen.clear()
+        self._refused_until.clear()
+
     def _forget(self, now: float) -> None:
         """Drops reports that no longer hold (all of them if every one still does), so
         that memory follows the deployments in use, not every name ever addressed."""

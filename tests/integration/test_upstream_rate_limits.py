@@ -312,3 +312,28 @@ models:
         parse_config(config, {})
     assert caught.value.path == "models[1].rate_limit"
     assert "p/m already has another rate limit (models[0])" in caught.value.problem
+
+
+async def test_a_provider_429_that_says_none_remain_keeps_calls_away_until_its_reset() -> None:
+    async with fleet() as f:
+        f.east_server.script(
+            FakeResponse.json(
+                {
+                    "error": {
+                        "message": "slow down",
+                        "type": "requests",
+                        "code": "rate_limit_exceeded",
+                    }
+                },
+                429,
+                {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"},
+            )
+        )
+        first = await f.gateway.stub.Chat(chat_request("hi", model="unlimited"), timeout=10)
+        assert (first.route.provider, first.route.attempts) == ("west", 2), "east's 429 failed over"
+        for _ in range(4):
+            reply = await f.gateway.stub.Chat(chat_request("hi", model="unlimited"), timeout=10)
+            assert reply.route.provider == "west"
+        assert len(f.east_server.requests) == 1
+        room = (await deployment_stats(f.gateway, "east"))["gpt-4o-mini"].rate_limit_headroom
+        assert room.available_in.ToNanoseconds() == 30_000_000_000
