@@ -377,3 +377,33 @@ def test_no_deployment_with_room_is_one_refusal_with_the_earliest_wait() -> None
     assert error.retry_after == 4.0
     assert error.upstream_fault is False
     assert [v.subject for v in error.quota_violations] == ["deployment:p/a", "deployment:p/b"]
+
+
+def test_deployments_carry_their_quota_and_direct_addressing_shares_it() -> None:
+    from service.config import parse_config
+    from service.providers.registry import Registry
+
+    config = """
+auth: {disabled: true}
+allow_direct_model_addressing: true
+providers:
+  - {name: p, mock: {}, rate_limit: {requests_per_minute: 100}}
+  - {name: q, mock: {}}
+models:
+  - alias: pooled
+    rate_limit: {tokens_per_minute: 5000}
+    deployments:
+      - {provider: p, upstream_model: m1}
+      - {provider: q, upstream_model: m2, rate_limit: {requests_per_minute: 7}}
+  - {alias: plain, provider: p, upstream_model: m3}
+"""
+    registry = Registry.from_config(parse_config(config, {}).config, {})
+    quotas = {d.key: d.rate_limit for d in registry.every_deployment()}
+    assert quotas == {
+        "p/m1": RateQuota(0, 5000),
+        "q/m2": RateQuota(7, 0),
+        "p/m3": RateQuota(100, 0),
+    }
+    assert registry.resolve("p/m1").rate_limit == RateQuota(0, 5000), "the same deployment"
+    assert registry.resolve("p/other").rate_limit == RateQuota(100, 0), "the provider's"
+    assert registry.resolve("q/other").rate_limit is None
