@@ -114,10 +114,13 @@ class QuotaHold:
 
 
 NO_HOLD = QuotaHold()
+# Store keys of the two buckets, followed by the deployment's key.
 _REQUESTS = "upstream:requests:"
+_TOKENS = "upstream:tokens:"
+# Deployments remembered per kind of state: callers addressing provider/model directly
+# may name any number of them.
 _OBSERVERS_KEPT = 1024
 _REPORTS_KEPT = 4096
-_TOKENS = "upstream:tokens:"
 
 
 class UpstreamQuotas:
@@ -228,6 +231,7 @@ class UpstreamQuotas:
                 await self.adjust(charges, None, "giving back")
                 raise
         self._refused_until.pop(key, None)
+        report = self._reports.get(key)  # as it is now: a response may have come meanwhile
         if report:
             left = taken(report, need, now)
             if left:
@@ -247,6 +251,8 @@ class UpstreamQuotas:
             self.failures.record(error, during)
 
     def _refused(self, deployment: Deployment, limit: str, wait: float, now: float) -> GatewayError:
+        if len(self._refused_until) >= _REPORTS_KEPT:
+            self._refused_until = {k: t for k, t in self._refused_until.items() if t > now}
         self._refused_until[deployment.key] = max(
             self._refused_until.get(deployment.key, 0.0), now + wait
         )
