@@ -1,5 +1,8 @@
 """The providers' rate limits held by two gateway processes together, through a real
-redis-server: the quota of each deployment is one, whichever replica sends the call."""
+redis-server: the quota of each deployment is one, whichever replica sends the call.
+
+The buckets are timed by Redis's clock, which a test cannot hold still: the 30 calls are
+sent at once, and are over long before the 6 s in which one request refills."""
 
 from __future__ import annotations
 
