@@ -30,6 +30,7 @@ from service.limits.config_checks import check_limits
 from service.providers.config_checks import check_providers
 from service.routing.config_checks import check_cache, check_routing
 from service.routing.model_checks import check_fallbacks, check_models
+from service.routing.rate_limit_checks import check_rate_limits
 from service.server_config_checks import check_logging, check_server, check_shedding, check_tls
 from service.shared_store.config_checks import check_shared_store
 from service.tracing_config_checks import check_tracing
@@ -98,6 +99,7 @@ def validate(config: config_pb2.GatewayConfig, environ: Mapping[str, str]) -> No
     check_shedding(config.server)
     check_tls(config.server.tls)
     check_models(config.models, config.providers)
+    check_rate_limits(config.models, config.providers)
     check_auth(config.auth, environ)
     check_limits(config.limits, config.auth, environ)
     check_shared_store(config, environ)

@@ -46,6 +46,8 @@ from service.routing.cache import (
     Cache,
     ResponseCache,
 )
+from service.routing.headroom import Headroom
+from service.routing.quotas import UpstreamQuotas
 from service.routing.redis_cache import RedisResponseCache
 from service.routing.resilience import Resilience
 from service.routing.router import Router
@@ -176,19 +178,25 @@ class GatewayServer:
             SharedRedis.from_config(store_config, env) if store_config is not None else None
         )
         self._store_pause = seconds_or(store_config, "pause", 1.0) if store_config else 1.0
-        self.router = Router(
-            self.registry,
-            self.stats,
-            self.resilience,
-            cache=response_cache(config, self.shared_store),
-            tracer=tracer_of(self.tracer_provider),
-        )
         self.replica_id = replica_id_of(config.server, env)
         self.limit_store = (
             RedisLimitStore(self.shared_store) if self.shared_store is not None else None
         )
         self.limiter = Limiter.from_config(
             config.limits, store=self.limit_store, store_config=store_config
+        )
+        self.router = Router(
+            self.registry,
+            self.stats,
+            self.resilience,
+            cache=response_cache(config, self.shared_store),
+            tracer=tracer_of(self.tracer_provider),
+            # The providers' rate limits share the caller limits' store and failure count.
+            quotas=UpstreamQuotas(
+                self.limit_store,
+                self.limiter.failures,
+                deployments=self.registry.every_deployment(),
+            ),
         )
         self.shared_breakers: SharedBreakers | None = None
         if self.shared_store is not None:
@@ -292,8 +300,19 @@ class GatewayServer:
             cache=self._cache_stats(),
         )
 
-    def _local_stats(self, provider: str) -> list[models_pb2.ProviderStats]:
-        return self.router.stats.snapshot(provider, self.resilience.breakers)
+    def _local_stats(
+        self, provider: str, headroom: Mapping[str, Headroom] | None = None
+    ) -> list[models_pb2.ProviderStats]:
+        return self.router.stats.snapshot(provider, self.resilience.breakers, headroom)
+
+    async def _headroom(self, provider: str) -> dict[str, Headroom]:
+        """Each rate-limited deployment's room, read from the quota store."""
+        quotas = self.router.quotas
+        return {
+            d.key: await quotas.headroom(d)
+            for d in quotas.watched()
+            if not provider or d.provider == provider
+        }
 
     def _own_stats(self, provider: str) -> models_pb2.GatewayWorkerStats:
         """This worker's own counters and breakers, for a sibling asking."""
@@ -306,9 +325,12 @@ class GatewayServer:
         """GetProviderStats: this process's, or with workers the whole server's."""
         if self._siblings is None:
             return models_pb2.GetProviderStatsResponse(
-                providers=self._local_stats(provider), replica_id=self.replica_id
+                providers=self._local_stats(provider, await self._headroom(provider)),
+                replica_id=self.replica_id,
             )
         own = self._own_stats(provider)
+        del own.providers[:]
+        own.providers.extend(self._local_stats(provider, await self._headroom(provider)))
         own.answering = True
         others = await self._siblings.stats(provider)
         return whole_server(self.replica_id, [own, *others])

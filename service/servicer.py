@@ -321,9 +321,15 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             self._authorize(f"/{_SERVICE}/GetProviderStats", None)
             if self._provider_stats is not None:
                 return await self._provider_stats(request.provider)
+            quotas = self._router.quotas
+            headroom = {
+                d.key: await quotas.headroom(d)
+                for d in quotas.watched()
+                if not request.provider or d.provider == request.provider
+            }
             return models_pb2.GetProviderStatsResponse(
                 providers=self._router.stats.snapshot(
-                    request.provider, self._router.resilience.breakers
+                    request.provider, self._router.resilience.breakers, headroom
                 )
             )
 

@@ -80,6 +80,14 @@ return 1
 """
 )
 
+# ARGV: (unused), per_second, burst. Returns the level, changing nothing.
+_LEVEL = (
+    _REFILL
+    + """
+return string.format('%.17g', level)
+"""
+)
+
 # ARGV: nanos, ttl in milliseconds. Returns the new total.
 _ADD_SPEND = """
 local total = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -100,6 +108,7 @@ class RedisLimitStore:
         self._take = client.register_script(_TAKE)
         self._adjust = client.register_script(_ADJUST)
         self._add_spend = client.register_script(_ADD_SPEND)
+        self._level = client.register_script(_LEVEL)
 
     async def _run(self, operation: Callable[[], Awaitable[Any]]) -> Any:
         """Runs one operation through the shared store's guard."""
@@ -120,6 +129,12 @@ class RedisLimitStore:
         await self._run(
             lambda: self._adjust(keys=[self._prefix + key], args=[repr(delta), *_rate_args(rate)])
         )
+
+    async def level(self, key: str, rate: Rate, now: float) -> float:
+        value = await self._run(
+            lambda: self._level(keys=[self._prefix + key], args=["0", *_rate_args(rate)])
+        )
+        return float(value)
 
     async def spent(self, key: str) -> int:
         value = await self._run(lambda: self._client.get(self._prefix + key))

@@ -5,6 +5,7 @@ The limiter needs four operations, each atomic on one key, so that a shared stor
 
 - `take`: refill bucket K and take N from it if N fits, else change nothing;
 - `adjust`: refill bucket K and charge more (debt allowed) or give back (capped);
+- `level`: what bucket K holds now, changing nothing (for statistics);
 - `spent`: the spend recorded under K;
 - `add_spend`: add to the spend under K, which expires after a while.
 
@@ -50,6 +51,11 @@ class LimitStore(Protocol):
         goes above the burst)."""
         ...
 
+    async def level(self, key: str, rate: Rate, now: float) -> float:
+        """What bucket `key` holds at `now` (a full bucket when there is none; negative
+        is debt). Changes nothing."""
+        ...
+
     async def spent(self, key: str) -> int:
         """The spend recorded under `key`, in nano-dollars; 0 when there is none."""
         ...
@@ -81,6 +87,10 @@ class InMemoryLimitStore:
         self._tick(now)
         entry = self._buckets.get(key)
         self._buckets[key] = (buckets.adjust(entry[0] if entry else None, delta, rate, now), rate)
+
+    async def level(self, key: str, rate: Rate, now: float) -> float:
+        entry = self._buckets.get(key)
+        return buckets.refill(entry[0] if entry else None, rate, now).level
 
     async def spent(self, key: str) -> int:
         entry = self._spends.get(key)

@@ -9,11 +9,14 @@ exhausted `anthropic-ratelimit-*` limit's reset time.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from service.providers.retry_hints import retry_after_seconds, should_retry_header
+from service.providers.retry_hints import (
+    retry_after_seconds,
+    rfc3339_seconds,
+    should_retry_header,
+)
 from service.providers.upstream_errors import UpstreamFailure
 
 # The HTTP status each error type is sent with (reference §4.5), for errors that
@@ -47,23 +50,13 @@ def error_status(error_type: str) -> int:
     return _STATUS_OF_TYPE.get(error_type, 500)
 
 
-def _rfc3339_seconds(value: str) -> float | None:
-    try:
-        parsed = datetime.datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.UTC)
-    return parsed.timestamp()
-
-
 def rate_limit_reset_seconds(headers: Mapping[str, str], now: float) -> float | None:
     """The wait until the exhausted `anthropic-ratelimit-*` limit resets (§9.3 step 4)."""
     waits: list[float] = []
     for kind in _RATE_LIMIT_KINDS:
         if headers.get(f"anthropic-ratelimit-{kind}-remaining", "").strip() != "0":
             continue
-        reset = _rfc3339_seconds(headers.get(f"anthropic-ratelimit-{kind}-reset", ""))
+        reset = rfc3339_seconds(headers.get(f"anthropic-ratelimit-{kind}-reset", ""))
         if reset is not None:
             waits.append(max(0.0, reset - now))
     return max(waits) if waits else None

@@ -9,7 +9,7 @@ only sees this interface.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from llmgateway.v1 import chat_pb2, embed_pb2, models_pb2
@@ -53,6 +53,14 @@ class Pricing:
 
 
 @dataclass(frozen=True)
+class RateQuota:
+    """The provider's rate limit for one deployment, as configured; 0 means none."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+
+
+@dataclass(frozen=True)
 class Timeouts:
     """Limits of one attempt, in seconds; each is further bounded by the deadline."""
 
@@ -81,6 +89,8 @@ class Deployment:
     fallbacks: tuple[str, ...] = ()  # aliases tried when this one fails over
     context_fallbacks: tuple[str, ...] = ()  # aliases tried when the context is too long
     cache_ttl: float | None = None  # seconds answers are cached; None: not cached
+    # The provider's rate limit for this deployment (service/routing/quotas.py); None: none.
+    rate_limit: RateQuota | None = None
 
     @property
     def key(self) -> str:
@@ -97,6 +107,9 @@ class CallContext:
     attempt: int = 1
     metadata: Mapping[str, str] = field(default_factory=dict)  # lower-case keys
     identity: Identity = ANONYMOUS  # who is calling; fallbacks are limited to what it may use
+    # Called by the transport with each upstream response's headers (lower-case names),
+    # as soon as they arrive, so that the provider's rate-limit report is read.
+    observe_headers: Callable[[Mapping[str, str]], None] | None = None
 
 
 class Provider(abc.ABC):

@@ -117,6 +117,8 @@ class HttpProvider(Provider):
         response = await self.client.request(
             spec, ctx.deadline, deployment.upstream_model, deployment.timeouts
         )
+        if ctx.observe_headers is not None:
+            ctx.observe_headers(response.headers)
         if not 200 <= response.status < 300:
             raise self._error(response, deployment, spec)
         result = self._parsed(deployment, lambda: parse(response, deployment))
@@ -138,6 +140,8 @@ class HttpProvider(Provider):
         spec = await self._authorized(self.dialect.chat_request(request, deployment, stream=True))
         model = deployment.upstream_model
         async with self.client.stream(spec, ctx.deadline, model, deployment.timeouts) as upstream:
+            if ctx.observe_headers is not None:
+                ctx.observe_headers(upstream.headers)
             content_type = upstream.headers.get("content-type", "")
             if not 200 <= upstream.status < 300 or content_type.startswith("application/json"):
                 body = await upstream.read_body()

@@ -13,10 +13,18 @@ from llmgateway.config.v1 import config_pb2
 from service.config import ConfigError, seconds_or
 from service.errors import FieldViolation, invalid_argument, model_not_found
 from service.providers import model_names
-from service.providers.base import EMBEDDINGS_ONLY, Capabilities, Deployment, Provider, Timeouts
+from service.providers.base import (
+    EMBEDDINGS_ONLY,
+    Capabilities,
+    Deployment,
+    Provider,
+    RateQuota,
+    Timeouts,
+)
 from service.providers.mock import MockProvider
 from service.providers.usage_estimate import EstimatedUsage
 from service.routing.balancer import Member, Pool, Strategy
+from service.routing.headroom import configured_quota
 from service.routing.pricing import pricing_from
 
 log = logging.getLogger(__name__)
@@ -99,6 +107,7 @@ class Registry:
         allow_direct_addressing: bool,
         provider_timeouts: dict[str, Timeouts] | None = None,
         pools: dict[str, Pool] | None = None,
+        quotas: dict[str, RateQuota | None] | None = None,
     ) -> None:
         self.providers = providers
         self._serving = {name: EstimatedUsage(p) for name, p in providers.items()}
@@ -106,6 +115,8 @@ class Registry:
         self.pools = pools or {}
         self._allow_direct = allow_direct_addressing
         self._provider_timeouts = provider_timeouts or {}
+        # Keyed "provider/model" for configured deployments and "provider" for the rest.
+        self._quotas = quotas or {}
 
     @classmethod
     def from_config(
@@ -123,6 +134,8 @@ class Registry:
         provider_configs = {p.name: p for p in config.providers}
         models: dict[str, Deployment] = {}
         pools: dict[str, Pool] = {}
+        # Rate limits by deployment key, for provider/model addressed directly.
+        quotas: dict[str, RateQuota | None] = {}
         for model in config.models:
             targets = list(model.deployments) or [
                 config_pb2.DeploymentTarget(
@@ -152,7 +165,13 @@ class Registry:
                     cache_ttl=(
                         seconds_or(model.cache, "ttl", 0.0) if model.HasField("cache") else None
                     ),
+                    rate_limit=configured_quota(
+                        provider_configs[target.provider],
+                        model,
+                        target if model.deployments else None,
+                    ),
                 )
+                quotas.setdefault(deployment.key, deployment.rate_limit)
                 weight = target.weight if target.HasField("weight") else 1
                 members.append(Member(deployment, weight))
             # The first deployment stands for the alias where one is named (ListModels).
@@ -166,8 +185,15 @@ class Registry:
             name: timeouts_for(provider_config.timeouts, no_override)
             for name, provider_config in provider_configs.items()
         }
+        for name, provider_config in provider_configs.items():
+            quotas.setdefault(name, configured_quota(provider_config, config_pb2.ModelConfig()))
         return cls(
-            providers, models, config.allow_direct_model_addressing, provider_timeouts, pools
+            providers,
+            models,
+            config.allow_direct_model_addressing,
+            provider_timeouts,
+            pools,
+            quotas,
         )
 
     def resolve(self, model: str) -> Deployment:
@@ -181,6 +207,7 @@ class Registry:
             provider = self.providers.get(provider_name)
             if provider is not None:
                 _check_direct_name(provider, upstream_model)
+                key = f"{provider.name}/{upstream_model}"
                 return Deployment(
                     alias=model,
                     provider=provider.name,
@@ -188,6 +215,8 @@ class Registry:
                     upstream_model=upstream_model,
                     capabilities=provider.default_capabilities,
                     timeouts=self._provider_timeouts.get(provider.name, Timeouts()),
+                    # The same quota as the configured deployment it may be, else the provider's.
+                    rate_limit=self._quotas.get(key, self._quotas.get(provider.name)),
                 )
         raise model_not_found(model)
 
@@ -211,6 +240,10 @@ class Registry:
 
     def deployments(self) -> Iterable[Deployment]:
         return (self.models[alias] for alias in sorted(self.models))
+
+    def every_deployment(self) -> list[Deployment]:
+        """Every configured deployment of every alias (pool members included)."""
+        return [member.deployment for d in self.deployments() for member in self.members(d)]
 
     async def aclose(self) -> None:
         """Closes every provider's clients, even when one of them fails to close."""

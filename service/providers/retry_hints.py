@@ -7,12 +7,22 @@ by the adapters and passed in as fallbacks.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import re
 from collections.abc import Mapping
 
-_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,  # Go writes microseconds with the micro sign
+    "\u03bcs": 1e-6,  # or, from some servers, the Greek mu
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
@@ -52,7 +62,8 @@ def should_retry_header(headers: Mapping[str, str]) -> bool | None:
 
 
 def go_duration_seconds(text: str) -> float | None:
-    """Durations such as "1s", "6m0s", "150ms", "27s", "1.5s" in seconds."""
+    """Go durations such as "1s", "6m0s", "150ms", "27s", "1.5s", "1h2m", "250µs" in
+    seconds; None for anything else (a bare number, a negative, an unknown unit)."""
     text = text.strip()
     if not text:
         return None
@@ -64,6 +75,17 @@ def go_duration_seconds(text: str) -> float | None:
         total += float(match.group("value")) * _UNIT_SECONDS[match.group("unit")]
         position = match.end()
     return total if position == len(text) else None
+
+
+def rfc3339_seconds(value: str) -> float | None:
+    """An RFC 3339 time ("2026-01-01T00:01:00Z") as Unix time; UTC when it has no offset."""
+    try:
+        parsed = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.timestamp()
 
 
 _TEXT_HINT = re.compile(

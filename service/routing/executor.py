@@ -2,9 +2,12 @@
 attempt inside the caller's deadline.
 
 For each deployment in turn: the context-window check (a prompt too long for it is
-refused without asking it), the quota cool-down and the circuit breaker, then tries
-with capped, fully jittered backoff (Retry-After as a floor) while the provider's
-retry policy, its retry budget, the gateway's cap on attempts and the deadline allow.
+refused without asking it), the quota cool-down, the room under the provider's rate
+limit (quotas.py: reserved before every request; none left skips the deployment) and
+the circuit breaker, then tries with capped, fully jittered backoff (Retry-After as a
+floor) while the provider's retry policy, its retry budget, the gateway's cap on
+attempts and the deadline allow. The reservation of the attempt that served is left in
+`record.quota_hold`, for the caller to settle with the usage.
 A failure that may fail over moves on to the next deployment; a context-too-long
 answer first adds the deployment's context_fallbacks to the chain (once per call).
 """
@@ -14,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import grpc
-from llmgateway.v1 import chat_pb2
+from llmgateway.v1 import chat_pb2, embed_pb2, route_pb2
 
 from service.errors import GatewayError, deadline_exceeded
 from service.limits.estimate import input_tokens
@@ -25,7 +29,9 @@ from service.providers.base import CallContext, Deployment
 from service.routing.attempt import Attempt, Attempts
 from service.routing.breaker import CircuitBreaker
 from service.routing.context import context_too_long
+from service.routing.headroom import Need, need_of
 from service.routing.planner import Check, Planner
+from service.routing.quotas import NO_HOLD, QuotaHold, UpstreamQuotas, never_sent
 from service.routing.record import CallRecord
 from service.routing.refusals import (
     QUOTA_COOLING_DOWN,
@@ -40,6 +46,11 @@ from service.routing.stats import StatsBook
 T = TypeVar("T")
 
 
+async def _release(hold: QuotaHold | None) -> None:
+    if hold is not None:
+        await hold.release()
+
+
 class Executor:
     def __init__(
         self,
@@ -48,12 +59,14 @@ class Executor:
         resilience: Resilience,
         stats: StatsBook,
         uniform: Callable[[float, float], float] = random.uniform,
+        quotas: UpstreamQuotas | None = None,
     ) -> None:
         self.planner = planner
         self.attempts = attempts
         self.resilience = resilience
         self.stats = stats
         self._uniform = uniform
+        self.quotas = quotas or UpstreamQuotas()
 
     async def run(
         self,
@@ -65,14 +78,32 @@ class Executor:
         count_success: bool = True,
         operation: str = "chat",
         prompt: chat_pb2.ChatRequest | None = None,
+        request: chat_pb2.ChatRequest | embed_pb2.EmbedRequest | None = None,
     ) -> tuple[T, Deployment]:
         """Attempts along `chain` until one serves. A chat `prompt` is checked against
-        each deployment's configured context window before it is sent."""
+        each deployment's configured context window before it is sent; `request` (the
+        prompt when not given) is what rate limits reserve for."""
         loop = asyncio.get_running_loop()
         errors: list[GatewayError] = []
         position = 0
         tokens = 0  # the prompt's estimate, once a deployment needs it
         context_fallbacks_added = False
+        request = request if request is not None else prompt
+        need: Need | None = None  # the request's need, once a rate limit asks for it
+
+        async def reserve(deployment: Deployment) -> QuotaHold | None:
+            """The request's reservation, or None (and the refusal noted) without room."""
+            nonlocal need
+            if not self.quotas.applies(deployment):
+                return NO_HOLD
+            if need is None:
+                need = need_of(request) if request is not None else Need(0, 0)
+            try:
+                return await self.quotas.reserve(deployment, need)
+            except GatewayError as refusal:
+                record.tried.append(f"{deployment.key}:{refusal.reason}")
+                errors.append(refusal)
+                return None
 
         def widen(deployment: Deployment) -> bool:
             """After a context-too-long answer: the deployment's context_fallbacks come
@@ -104,7 +135,11 @@ class Executor:
                 record.tried.append(f"{deployment.key}:{QUOTA_COOLING_DOWN}")
                 errors.append(quota_cooling_down(deployment, resting))
                 continue
+            hold = await reserve(deployment)
+            if hold is None:
+                continue  # no room under its rate limit: the next deployment, at once
             if not await self.resilience.admit(deployment, breaker):
+                await hold.release()
                 record.tried.append(f"{deployment.key}:CIRCUIT_OPEN")
                 errors.append(circuit_open(deployment, breaker.open_remaining()))
                 continue
@@ -115,19 +150,33 @@ class Executor:
             while True:
                 if record.attempts >= self.resilience.max_total_attempts:
                     breaker.release()
+                    await _release(hold)
                     raise record.annotate(exhausted(errors))
                 if loop.time() + policy.min_attempt_time > ctx.deadline:
                     breaker.release()
+                    await _release(hold)
                     raise record.annotate(deadline_exceeded(record.attempts))
+                if hold is None:  # a retry is another request: it reserves again
+                    hold = await reserve(deployment)
+                    if hold is None:
+                        breaker.release()
+                        break
                 tries += 1
                 record.attempts += 1
                 if tries > 1:
                     self.stats.retried(deployment.provider)
+                # The provider's rate-limit headers are read from every response.
+                actx = replace(ctx, observe_headers=self.quotas.observer(deployment))
                 try:
                     result = await self.attempts.run(
-                        deployment, ctx, record, attempt, count_success, operation
+                        deployment, actx, record, attempt, count_success, operation
                     )
                 except GatewayError as error:
+                    if never_sent(error):
+                        await hold.release()
+                    else:
+                        await hold.settle(None)  # the provider counts failed requests too
+                    hold = None
                     record.tried.append(f"{deployment.key}:{error.reason}")
                     if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                         breaker.release()
@@ -162,11 +211,18 @@ class Executor:
                     raise
                 else:
                     breaker.success()
+                    record.quota_hold = hold
                     record.served_by = deployment
                     # Another deployment of the same alias is its failover, not a fallback.
                     record.fallback_used = deployment.alias != chain[0].alias
                     return result, deployment
         raise record.annotate(exhausted(errors))
+
+    async def settle(self, record: CallRecord, usage: route_pb2.Usage | None) -> None:
+        """Reconciles the serving request's rate-limit reservation with its usage."""
+        hold, record.quota_hold = record.quota_hold, None
+        if hold is not None:
+            await hold.settle(usage)
 
     def _quota_exhausted(
         self, deployment: Deployment, breaker: CircuitBreaker, error: GatewayError

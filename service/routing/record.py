@@ -12,6 +12,7 @@ from llmgateway.v1 import route_pb2
 
 from service.errors import GatewayError
 from service.providers.base import Deployment
+from service.routing.quotas import QuotaHold
 
 
 @dataclass
@@ -25,6 +26,9 @@ class CallRecord:
     chunks_delivered: int = 0
     cache_hit: bool = False  # answered from the cache
     coalesced: bool = False  # answered by an identical call in flight
+    # The rate-limit reservation of the request that served, until it is settled with
+    # the usage (service/routing/quotas.py).
+    quota_hold: QuotaHold | None = None
 
     def route(self, upstream_request_id: str = "") -> route_pb2.RouteInfo:
         assert self.served_by is not None

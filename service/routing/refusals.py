@@ -8,6 +8,7 @@ import grpc
 
 from service.errors import GatewayError, internal
 from service.providers.base import Deployment
+from service.routing.quotas import UPSTREAM_RATE_LIMITED
 
 # An upstream's "the account is out of quota" (upstream_errors.py), and the gateway's
 # refusal to call a deployment while it rests after one.
@@ -41,7 +42,9 @@ def quota_cooling_down(deployment: Deployment, remaining: float) -> GatewayError
 
 
 def exhausted(errors: list[GatewayError]) -> GatewayError:
-    """The error for a call whose every deployment failed over."""
+    """The error for a call whose every deployment failed over. When none had room
+    under its provider's rate limit: RESOURCE_EXHAUSTED UPSTREAM_RATE_LIMITED_LOCALLY
+    with the earliest time one frees up."""
     if not errors:
         return internal("no deployment could be tried")
     deployments = {
@@ -50,7 +53,21 @@ def exhausted(errors: list[GatewayError]) -> GatewayError:
     if len(deployments) == 1:
         return errors[-1]  # one deployment: its own error (429 stays RESOURCE_EXHAUSTED)
     hints = [e.retry_after for e in errors if e.retry_after is not None]
-    if all(e.reason in (QUOTA_EXHAUSTED, QUOTA_COOLING_DOWN) for e in errors):
+    if all(e.reason == UPSTREAM_RATE_LIMITED for e in errors):
+        return GatewayError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            UPSTREAM_RATE_LIMITED,
+            "every deployment for this model is at its provider's rate limit; "
+            "the gateway held the call back",
+            metadata={"deployments": str(len(deployments))},
+            retry_after=min(hints) if hints else None,
+            quota_violations=[v for e in errors for v in e.quota_violations],
+            failover=True,
+            upstream_fault=False,
+        )
+    if all(
+        e.reason in (QUOTA_EXHAUSTED, QUOTA_COOLING_DOWN, UPSTREAM_RATE_LIMITED) for e in errors
+    ):
         return GatewayError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             QUOTA_COOLING_DOWN,

@@ -5,7 +5,8 @@ of deployments (the alias, then its fallbacks), and the executor (executor.py) r
 attempts along it (attempt.py: one try): retries of transient failures with capped,
 fully jittered backoff (Retry-After as a floor), a retry budget per provider, a
 circuit breaker per deployment (and a quota cool-down after the provider said the
-account is out of quota), every attempt inside the caller's deadline. Unary answers
+account is out of quota), the providers' own rate limits (quotas.py: reserved before
+each request, reconciled with its usage), every attempt inside the caller's deadline. Unary answers
 may come from the cache or an identical call in flight (cached.py). Streams
 (streams.py) may be retried and moved to a fallback only until their first chunk;
 after that they end with their final chunk or with a status that says they were cut.
@@ -33,6 +34,7 @@ from service.routing.coalesce import Coalescer
 from service.routing.executor import Executor
 from service.routing.planner import Check, Planner
 from service.routing.pricing import apply_cost
+from service.routing.quotas import UpstreamQuotas
 from service.routing.record import CallRecord
 from service.routing.resilience import Resilience
 from service.routing.stats import StatsBook
@@ -53,6 +55,7 @@ class Router:
         balancer: Balancer | None = None,
         cache: Cache | None = None,
         tracer: trace.Tracer | None = None,
+        quotas: UpstreamQuotas | None = None,
     ) -> None:
         self.registry = registry
         self.stats = stats
@@ -60,7 +63,10 @@ class Router:
         balancer = balancer or Balancer()
         self.planner = Planner(registry, balancer)
         self.attempts = Attempts(stats, balancer, tracer or trace.NoOpTracer())
-        self.executor = Executor(self.planner, self.attempts, resilience, stats, uniform)
+        self.quotas = quotas or UpstreamQuotas(deployments=registry.every_deployment())
+        self.executor = Executor(
+            self.planner, self.attempts, resilience, stats, uniform, self.quotas
+        )
         self.cached = CachedCalls(self.planner, cache)
         self.streams = Streams(registry, self.planner, self.executor, resilience, stats, balancer)
 
@@ -139,8 +145,16 @@ class Router:
         async def run() -> R:
             chain = self.planner.chain(primary, check, ctx)  # only for calls that go upstream
             response, deployment = await self.executor.run(
-                chain, ctx, record, check, attempt, operation=operation, prompt=prompt
+                chain,
+                ctx,
+                record,
+                check,
+                attempt,
+                operation=operation,
+                prompt=prompt,
+                request=request,
             )
+            await self.executor.settle(record, response.usage)
             response.route.CopyFrom(record.route(response.route.upstream_request_id))
             apply_cost(response.usage, deployment.pricing)
             return response

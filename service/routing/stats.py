@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from google.protobuf import duration_pb2
 from llmgateway.v1 import models_pb2
 
+from service.providers.rate_limit_headers import KINDS
 from service.routing.breaker import CircuitBreaker, State
+from service.routing.headroom import Headroom
 
 
 class Outcome(enum.Enum):
@@ -61,10 +63,13 @@ class StatsBook:
         counters.latency_total += latency
 
     def snapshot(
-        self, only: str = "", breakers: Mapping[str, CircuitBreaker] | None = None
+        self,
+        only: str = "",
+        breakers: Mapping[str, CircuitBreaker] | None = None,
+        headroom: Mapping[str, Headroom] | None = None,
     ) -> list[models_pb2.ProviderStats]:
-        """Counters per provider, with the circuit state of each deployment (breakers are
-        keyed "provider/upstream-model")."""
+        """Counters per provider, with the circuit state and the rate-limit headroom of
+        each deployment (both keyed "provider/upstream-model")."""
         result = []
         for name in sorted(self._counters):
             if only and name != only:
@@ -84,7 +89,7 @@ class StatsBook:
                     retries=counters.retries,
                     retries_denied=counters.retries_denied,
                     average_latency=average,
-                    deployments=_deployments(name, breakers or {}),
+                    deployments=_deployments(name, breakers or {}, headroom or {}),
                 )
             )
         return result
@@ -98,27 +103,52 @@ _STATES = {
 
 
 def _deployments(
-    provider: str, breakers: Mapping[str, CircuitBreaker]
+    provider: str, breakers: Mapping[str, CircuitBreaker], headroom: Mapping[str, Headroom]
 ) -> list[models_pb2.DeploymentStats]:
     result = []
-    for key in sorted(breakers):
+    for key in sorted({*breakers, *headroom}):
         owner, _, model = key.partition("/")
         if owner != provider:
             continue
-        breaker = breakers[key]
-        remaining = duration_pb2.Duration()
-        remaining.FromNanoseconds(round(breaker.open_remaining() * 1e9))
-        resting = duration_pb2.Duration()
-        resting.FromNanoseconds(round(breaker.quota_remaining() * 1e9))
-        result.append(
-            models_pb2.DeploymentStats(
-                upstream_model=model,
-                circuit_state=_STATES[breaker.state],
-                consecutive_failures=breaker.consecutive_failures,
-                open_remaining=remaining,
-                times_opened=breaker.times_opened,
-                transitions=list(breaker.transitions),
-                quota_cool_down_remaining=resting,
-            )
-        )
+        stats = models_pb2.DeploymentStats(upstream_model=model)
+        breaker = breakers.get(key)
+        if breaker is not None:
+            stats.circuit_state = _STATES[breaker.state]
+            stats.consecutive_failures = breaker.consecutive_failures
+            stats.open_remaining.CopyFrom(_duration(breaker.open_remaining()))
+            stats.times_opened = breaker.times_opened
+            stats.transitions.extend(breaker.transitions)
+            stats.quota_cool_down_remaining.CopyFrom(_duration(breaker.quota_remaining()))
+        else:
+            stats.circuit_state = models_pb2.CIRCUIT_STATE_CLOSED  # never called yet
+        room = headroom.get(key)
+        if room is not None:
+            stats.rate_limit_headroom.CopyFrom(_headroom(room))
+        result.append(stats)
     return result
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(max(0.0, seconds) * 1e9))
+    return value
+
+
+def _headroom(room: Headroom) -> models_pb2.UpstreamRateLimitHeadroom:
+    message = models_pb2.UpstreamRateLimitHeadroom(
+        available=room.available, available_in=_duration(room.available_in)
+    )
+    if room.quota is not None:
+        message.requests_per_minute = room.quota.requests_per_minute
+        message.tokens_per_minute = room.quota.tokens_per_minute
+    if room.requests_remaining is not None:
+        message.requests_remaining = room.requests_remaining
+    if room.tokens_remaining is not None:
+        message.tokens_remaining = room.tokens_remaining
+    for kind in KINDS:
+        window = room.reported.get(kind)
+        if window is not None:
+            message.reported.add(
+                kind=kind, remaining=window.remaining, reset_in=_duration(window.reset_in)
+            )
+    return message

@@ -5,7 +5,7 @@ it is the executor's attempt); after that it ends with its final chunk or with a
 status that says it was cut (partialOutput, chunksDelivered). The first-token and
 idle timeouts are held only while waiting for the upstream. The open stream counts
 as a call in flight for the balancer, and its outcome goes to the breaker and the
-stats when it ends.
+stats when it ends, and its usage to the deployment's rate limit.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import grpc
-from llmgateway.v1 import chat_pb2
+from llmgateway.v1 import chat_pb2, route_pb2
 
 from service.errors import GatewayError, deadline_exceeded, internal
 from service.providers.base import CallContext, Deployment
@@ -100,6 +100,7 @@ class Streams:
         chunk: chat_pb2.StreamChatResponse | None = opened.first
         finished = False
         outcome = Outcome.FAILURE
+        usage: route_pb2.Usage | None = None  # the final chunk's, for the rate limit
         breaker = self.resilience.breaker(deployment)
         self.balancer.started(deployment)  # the open stream is a call in flight
         try:
@@ -107,6 +108,7 @@ class Streams:
                 if record.chunks_delivered == 0:
                     chunk.route.MergeFrom(route)
                 if chunk.HasField("usage"):
+                    usage = chunk.usage
                     chunk.route.MergeFrom(route)
                     apply_cost(chunk.usage, deployment.pricing)
                 finished = finished or chunk.finish_reason != chat_pb2.FINISH_REASON_UNSPECIFIED
@@ -135,6 +137,7 @@ class Streams:
         finally:
             self.balancer.finished(deployment)
             await _close(stream)
+            await self.executor.settle(record, usage)
             self.stats.finished(deployment.provider, outcome, loop.time() - started)
 
 

@@ -25,6 +25,7 @@ from tests.fakes.http_server import (
     Write,
     split_bytes,
 )
+from tests.fakes.rate_limits import FakeQuota
 
 API_KEY = "sk-ant-fake-0123456789"
 IMAGE_TOKENS = 85
@@ -266,6 +267,9 @@ class AnthropicFake(FakeUpstream):
     reset_after: int | None = None  # stream: TCP reset after this many events
     raw_after: tuple[int, bytes] | None = None  # stream: these bytes after N events, then EOF
     header_delay: float = 0.0  # seconds before the status line
+    # The provider's own rate limit: enforced with 429s and reported in
+    # anthropic-ratelimit-* headers; without it, fixed headers of a past window.
+    quota: FakeQuota | None = None
     server: FakeHttpServer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -314,7 +318,18 @@ class AnthropicFake(FakeUpstream):
                 return error_response(
                     400, "invalid_request_error", f"{name}: Field required", request_id=request_id
                 )
+        quota = self.quota
+        if quota is not None and quota.over():
+            return error_response(
+                429,
+                "rate_limit_error",
+                "Number of request tokens has exceeded your per-minute rate limit",
+                {"retry-after": str(max(1, round(quota.reset_in()))), **quota.anthropic_headers()},
+                request_id=request_id,
+            )
         reply = self.reply(body)
+        if quota is not None:
+            quota.charge(reply.usage["input_tokens"] + reply.usage["output_tokens"])
         message_id = "msg_01" + hashlib.sha256(request.body).hexdigest()[:20]
         headers = self._headers(request_id)
         if body.get("stream"):
@@ -327,14 +342,20 @@ class AnthropicFake(FakeUpstream):
             header_delay=self.header_delay,
         )
 
-    @staticmethod
-    def _headers(request_id: str) -> dict[str, str]:
+    def _headers(self, request_id: str) -> dict[str, str]:
+        limits = (
+            self.quota.anthropic_headers()
+            if self.quota is not None
+            else {
+                "anthropic-ratelimit-requests-limit": "50",
+                "anthropic-ratelimit-requests-remaining": "49",
+                "anthropic-ratelimit-requests-reset": "2026-01-01T00:01:00Z",
+            }
+        )
         return {
             "request-id": request_id,
             "anthropic-organization-id": "5f0e5b3a-0000-4000-8000-000000000001",
-            "anthropic-ratelimit-requests-limit": "50",
-            "anthropic-ratelimit-requests-remaining": "49",
-            "anthropic-ratelimit-requests-reset": "2026-01-01T00:01:00Z",
+            **limits,
         }
 
     def reply(self, body: dict[str, Any]) -> Reply:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.fakes.http_server import FakeRequest, FakeResponse, Write, split_bytes
+from tests.fakes.rate_limits import FakeQuota
 
 CREATED = 1767225600
 
@@ -43,6 +44,9 @@ class OpenAIFakeConfig:
     # False: no `usage` on whole answers, and no usage chunk on streams even when
     # stream_options.include_usage asks for one (llama.cpp ignores stream_options).
     reports_usage: bool = True
+    # The provider's own rate limit: enforced with 429s, and reported in x-ratelimit-*
+    # headers on every response (unless its send_headers is False).
+    quota: FakeQuota | None = None
 
 
 def error_body(
@@ -269,11 +273,24 @@ class OpenAIFake:
                 azure_annotate(payload)
 
     def _headers(self) -> dict[str, str]:
+        quota = self.config.quota
         return {
             "x-request-id": self.config.request_id,
             "apim-request-id": self.config.request_id,
+            **(quota.openai_headers() if quota is not None else {}),
             **self.config.extra_headers,
         }
+
+    def _rate_limited(self, quota: FakeQuota) -> FakeResponse:
+        """OpenAI's 429 for a request over the quota (reference §2.6)."""
+        wait = quota.reset_in()
+        body = error_body(
+            f"Rate limit reached for requests. Please try again in {wait:.3f}s.",
+            "requests",
+            "rate_limit_exceeded",
+        )
+        headers = {**self._headers(), "retry-after": str(max(1, round(wait)))}
+        return FakeResponse.json(body, 429, headers)
 
     def _authorized(self, request: FakeRequest) -> bool:
         auth = self.config.auth
@@ -328,8 +345,14 @@ class OpenAIFake:
         else:
             return FakeResponse.json(error_body("Not found", "invalid_request_error"), 404)
         body = request.json()
+        quota = self.config.quota
+        if quota is not None and quota.over():
+            return self._rate_limited(quota)
         if operation == "embeddings":
             return self._embeddings(body)
+        if quota is not None:
+            text, calls = plan(body)
+            quota.charge(usage_for(body, text, calls)["total_tokens"])
         if body.get("stream"):
             chunks = stream_chunks(body)
             if not self.config.reports_usage:
@@ -359,6 +382,8 @@ class OpenAIFake:
             data.append({"object": "embedding", "index": index, "embedding": encoded})
         data.reverse()  # clients must order by index, not by position
         tokens = sum(words(t) for t in inputs)
+        if self.config.quota is not None:
+            self.config.quota.charge(tokens)
         return FakeResponse.json(
             {
                 "object": "list",

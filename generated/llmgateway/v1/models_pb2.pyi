@@ -320,6 +320,7 @@ class DeploymentStats(_message.Message):
     TIMES_OPENED_FIELD_NUMBER: _builtins.int
     TRANSITIONS_FIELD_NUMBER: _builtins.int
     QUOTA_COOL_DOWN_REMAINING_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_HEADROOM_FIELD_NUMBER: _builtins.int
     upstream_model: _builtins.str
     """OUTPUT_ONLY. The upstream model."""
     circuit_state: Global___CircuitState.ValueType
@@ -343,6 +344,13 @@ class DeploymentStats(_message.Message):
         (routing.quota_cool_down). Zero when it is not cooling down.
         """
 
+    @_builtins.property
+    def rate_limit_headroom(self) -> Global___UpstreamRateLimitHeadroom:
+        """OUTPUT_ONLY. Room left under the provider's rate limit: the configured
+        quota as the gateway counts it, and what the provider last reported. Unset
+        for a deployment with neither.
+        """
+
     def __init__(
         self,
         *,
@@ -353,14 +361,113 @@ class DeploymentStats(_message.Message):
         times_opened: _builtins.int = ...,
         transitions: _abc.Iterable[_builtins.str] | None = ...,
         quota_cool_down_remaining: _duration_pb2.Duration | None = ...,
+        rate_limit_headroom: Global___UpstreamRateLimitHeadroom | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["open_remaining", b"open_remaining", "quota_cool_down_remaining", b"quota_cool_down_remaining"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["open_remaining", b"open_remaining", "quota_cool_down_remaining", b"quota_cool_down_remaining", "rate_limit_headroom", b"rate_limit_headroom"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_state", b"circuit_state", "consecutive_failures", b"consecutive_failures", "open_remaining", b"open_remaining", "quota_cool_down_remaining", b"quota_cool_down_remaining", "times_opened", b"times_opened", "transitions", b"transitions", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_state", b"circuit_state", "consecutive_failures", b"consecutive_failures", "open_remaining", b"open_remaining", "quota_cool_down_remaining", b"quota_cool_down_remaining", "rate_limit_headroom", b"rate_limit_headroom", "times_opened", b"times_opened", "transitions", b"transitions", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeploymentStats: _TypeAlias = DeploymentStats  # noqa: Y015
+
+@_typing.final
+class UpstreamRateLimitHeadroom(_message.Message):
+    """A deployment's room under its provider's rate limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    REQUESTS_REMAINING_FIELD_NUMBER: _builtins.int
+    TOKENS_REMAINING_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    AVAILABLE_IN_FIELD_NUMBER: _builtins.int
+    REPORTED_FIELD_NUMBER: _builtins.int
+    requests_per_minute: _builtins.int
+    """OUTPUT_ONLY. The configured requests per minute; 0: none."""
+    tokens_per_minute: _builtins.int
+    """OUTPUT_ONLY. The configured tokens per minute; 0: none."""
+    requests_remaining: _builtins.float
+    """OUTPUT_ONLY. Requests the configured quota has room for now (negative: in
+    debt); unset without a configured requests_per_minute.
+    """
+    tokens_remaining: _builtins.float
+    """OUTPUT_ONLY. Tokens the configured quota has room for now (negative: a call
+    used more than estimated); unset without a configured tokens_per_minute.
+    """
+    available: _builtins.bool
+    """OUTPUT_ONLY. False while the deployment is skipped: its quota or the
+    provider's report leaves no room for a call (as of the last one refused).
+    """
+    @_builtins.property
+    def available_in(self) -> _duration_pb2.Duration:
+        """OUTPUT_ONLY. When available is false, the time until a call may fit again."""
+
+    @_builtins.property
+    def reported(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpstreamReportedLimit]:
+        """OUTPUT_ONLY. What the provider reported in its rate-limit headers, per kind
+        of limit ("requests", "tokens", "input_tokens", "output_tokens"), while the
+        report holds (until its reset), less what this replica has sent since.
+        """
+
+    def __init__(
+        self,
+        *,
+        requests_per_minute: _builtins.int = ...,
+        tokens_per_minute: _builtins.int = ...,
+        requests_remaining: _builtins.float | None = ...,
+        tokens_remaining: _builtins.float | None = ...,
+        available: _builtins.bool = ...,
+        available_in: _duration_pb2.Duration | None = ...,
+        reported: _abc.Iterable[Global___UpstreamReportedLimit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_requests_remaining", b"_requests_remaining", "_tokens_remaining", b"_tokens_remaining", "available_in", b"available_in", "requests_remaining", b"requests_remaining", "tokens_remaining", b"tokens_remaining"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_requests_remaining", b"_requests_remaining", "_tokens_remaining", b"_tokens_remaining", "available", b"available", "available_in", b"available_in", "reported", b"reported", "requests_per_minute", b"requests_per_minute", "requests_remaining", b"requests_remaining", "tokens_per_minute", b"tokens_per_minute", "tokens_remaining", b"tokens_remaining"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__requests_remaining: _TypeAlias = _typing.Literal["requests_remaining"]  # noqa: Y015
+    _WhichOneofArgType__requests_remaining: _TypeAlias = _typing.Literal["_requests_remaining", b"_requests_remaining"]  # noqa: Y015
+    _WhichOneofReturnType__tokens_remaining: _TypeAlias = _typing.Literal["tokens_remaining"]  # noqa: Y015
+    _WhichOneofArgType__tokens_remaining: _TypeAlias = _typing.Literal["_tokens_remaining", b"_tokens_remaining"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__requests_remaining) -> _WhichOneofReturnType__requests_remaining | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tokens_remaining) -> _WhichOneofReturnType__tokens_remaining | None: ...
+
+Global___UpstreamRateLimitHeadroom: _TypeAlias = UpstreamRateLimitHeadroom  # noqa: Y015
+
+@_typing.final
+class UpstreamReportedLimit(_message.Message):
+    """One limit as the provider reported it in its response headers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    RESET_IN_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """OUTPUT_ONLY. "requests", "tokens", "input_tokens" or "output_tokens"."""
+    remaining: _builtins.float
+    """OUTPUT_ONLY. Remaining as reported, less what was sent since."""
+    @_builtins.property
+    def reset_in(self) -> _duration_pb2.Duration:
+        """OUTPUT_ONLY. Time until the provider's reported reset."""
+
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        remaining: _builtins.float = ...,
+        reset_in: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reset_in", b"reset_in"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "remaining", b"remaining", "reset_in", b"reset_in"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpstreamReportedLimit: _TypeAlias = UpstreamReportedLimit  # noqa: Y015
 
 @_typing.final
 class GetProviderStatsResponse(_message.Message):

@@ -1655,6 +1655,7 @@ class ProviderConfig(_message.Message):
     RETRY_FIELD_NUMBER: _builtins.int
     BREAKER_FIELD_NUMBER: _builtins.int
     QUOTA_COOL_DOWN_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
     MOCK_FIELD_NUMBER: _builtins.int
     OPENAI_FIELD_NUMBER: _builtins.int
     AZURE_OPENAI_FIELD_NUMBER: _builtins.int
@@ -1705,6 +1706,14 @@ class ProviderConfig(_message.Message):
         """OPTIONAL. Replaces routing.quota_cool_down for this provider's deployments."""
 
     @_builtins.property
+    def rate_limit(self) -> Global___UpstreamRateLimitConfig:
+        """OPTIONAL. The provider's own rate limit for each of its deployments
+        (provider + upstream model; each gets a quota of this size). A model's or a
+        deployment's rate_limit replaces it as a whole. The gateway reserves from it
+        before every upstream request and skips a deployment without room.
+        """
+
+    @_builtins.property
     def mock(self) -> Global___MockProviderConfig:
         """The built-in mock provider: no network, deterministic."""
 
@@ -1750,6 +1759,7 @@ class ProviderConfig(_message.Message):
         retry: Global___RetryConfig | None = ...,
         breaker: Global___BreakerConfig | None = ...,
         quota_cool_down: _duration_pb2.Duration | None = ...,
+        rate_limit: Global___UpstreamRateLimitConfig | None = ...,
         mock: Global___MockProviderConfig | None = ...,
         openai: Global___OpenAIProviderConfig | None = ...,
         azure_openai: Global___AzureOpenAIProviderConfig | None = ...,
@@ -1759,9 +1769,9 @@ class ProviderConfig(_message.Message):
         openai_compatible: Global___OpenAICompatibleProviderConfig | None = ...,
         custom: Global___CustomProviderConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "retry", b"retry", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "rate_limit", b"rate_limit", "retry", b"retry", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "retry", b"retry", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "rate_limit", b"rate_limit", "retry", b"retry", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_response_bytes: _TypeAlias = _typing.Literal["max_response_bytes"]  # noqa: Y015
     _WhichOneofArgType__max_response_bytes: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes"]  # noqa: Y015
@@ -2344,6 +2354,7 @@ class ModelConfig(_message.Message):
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """REQUIRED. The name callers use; unique; letters, digits and ".-_:/"."""
     provider: _builtins.str
@@ -2399,6 +2410,14 @@ class ModelConfig(_message.Message):
         identical calls in flight share one upstream call. Off unless set.
         """
 
+    @_builtins.property
+    def rate_limit(self) -> Global___UpstreamRateLimitConfig:
+        """OPTIONAL. The provider's rate limit for this alias's deployment (or for each
+        of its `deployments` that has none of its own); replaces the provider's
+        rate_limit as a whole. The same deployment (provider + upstream model) used
+        by several aliases must be given the same limit.
+        """
+
     def __init__(
         self,
         *,
@@ -2414,10 +2433,11 @@ class ModelConfig(_message.Message):
         deployments: _abc.Iterable[Global___DeploymentTarget] | None = ...,
         balance: Global___BalanceStrategy.ValueType = ...,
         cache: Global___ModelCacheConfig | None = ...,
+        rate_limit: Global___UpstreamRateLimitConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "capabilities", b"capabilities", "pricing", b"pricing", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "capabilities", b"capabilities", "pricing", b"pricing", "rate_limit", b"rate_limit", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "balance", b"balance", "cache", b"cache", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "balance", b"balance", "cache", b"cache", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "rate_limit", b"rate_limit", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2456,6 +2476,7 @@ class DeploymentTarget(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """REQUIRED. Name of a configured provider."""
     upstream_model: _builtins.str
@@ -2464,19 +2485,58 @@ class DeploymentTarget(_message.Message):
     """
     weight: _builtins.int
     """OPTIONAL. Relative share of the calls; default 1."""
+    @_builtins.property
+    def rate_limit(self) -> Global___UpstreamRateLimitConfig:
+        """OPTIONAL. The provider's rate limit for this deployment; replaces the
+        model's and the provider's rate_limit as a whole.
+        """
+
     def __init__(
         self,
         *,
         provider: _builtins.str = ...,
         upstream_model: _builtins.str = ...,
         weight: _builtins.int | None = ...,
+        rate_limit: Global___UpstreamRateLimitConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "weight", b"weight"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "rate_limit", b"rate_limit", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "provider", b"provider", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "provider", b"provider", "rate_limit", b"rate_limit", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
     _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__weight) -> _WhichOneofReturnType__weight | None: ...
 
 Global___DeploymentTarget: _TypeAlias = DeploymentTarget  # noqa: Y015
+
+@_typing.final
+class UpstreamRateLimitConfig(_message.Message):
+    """A provider's rate limit for one deployment (provider + upstream model), as the
+    provider sets it for the gateway's key: requests and tokens per minute, each
+    refilled evenly over the minute. A call is charged 1 request and its estimated
+    tokens (input estimate + max_output_tokens, or a default output allowance),
+    reconciled with the usage the provider reports. Shared by replicas through
+    limits.redis when it is configured. An empty rate_limit means no limit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    requests_per_minute: _builtins.int
+    """OPTIONAL. Requests per minute; 0 or unset: no request limit."""
+    tokens_per_minute: _builtins.int
+    """OPTIONAL. Tokens (input + output) per minute; 0 or unset: no token limit."""
+    def __init__(
+        self,
+        *,
+        requests_per_minute: _builtins.int = ...,
+        tokens_per_minute: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests_per_minute", b"requests_per_minute", "tokens_per_minute", b"tokens_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpstreamRateLimitConfig: _TypeAlias = UpstreamRateLimitConfig  # noqa: Y015
