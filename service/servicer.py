@@ -279,8 +279,12 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                     continue
                 if not identity.may_use(d.alias):
                     continue
+                why_not = [self._router.availability.why_not(m.deployment) for m in members]
+                reasons = [] if None in why_not else list(dict.fromkeys(filter(None, why_not)))
                 models.append(
                     models_pb2.ModelInfo(
+                        unavailable=bool(reasons),
+                        unavailable_reasons=reasons,
                         alias=d.alias,
                         provider=d.provider,
                         provider_type=d.provider_type,

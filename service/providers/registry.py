@@ -143,7 +143,13 @@ class Registry:
                     context_window=model.context_window
                     or (0 if capabilities.embeddings else provider.default_context_window),
                     context_limit=0 if capabilities.embeddings else model.context_window,
-                    pricing=pricing_from(model) if model.HasField("pricing") else None,
+                    pricing=(
+                        pricing_from(target.pricing)
+                        if target.HasField("pricing")
+                        else pricing_from(model.pricing)
+                        if model.HasField("pricing")
+                        else None
+                    ),
                     timeouts=timeouts_for(
                         provider_configs[target.provider].timeouts, model.timeouts
                     ),

@@ -25,6 +25,7 @@ from service.providers.base import CallContext, Deployment
 from service.providers.registry import Registry
 from service.providers.upstream_errors import transport_failure
 from service.routing.attempt import Attempts
+from service.routing.availability import Availability
 from service.routing.balancer import Balancer
 from service.routing.cache import ResponseCache
 from service.routing.cached import CachedCalls
@@ -58,7 +59,8 @@ class Router:
         self.stats = stats
         self.resilience = resilience
         balancer = balancer or Balancer()
-        self.planner = Planner(registry, balancer)
+        self.availability = Availability(resilience)
+        self.planner = Planner(registry, balancer, self.availability.can_take)
         self.attempts = Attempts(stats, balancer, tracer or trace.NoOpTracer())
         self.executor = Executor(self.planner, self.attempts, resilience, stats, uniform)
         self.cached = CachedCalls(self.planner, cache)
@@ -143,6 +145,7 @@ class Router:
             )
             response.route.CopyFrom(record.route(response.route.upstream_request_id))
             apply_cost(response.usage, deployment.pricing)
+            self.stats.fleet.usage(deployment, response.usage)
             return response
 
         return await self.cached.answer(request, primary, ctx, record, run, answer_type)

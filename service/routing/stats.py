@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2
 from llmgateway.v1 import models_pb2
 
 from service.routing.breaker import CircuitBreaker, State
+from service.routing.fleet_stats import FleetStats, Outcome, RecentView
 
-
-class Outcome(enum.Enum):
-    SUCCESS = "success"
-    FAILURE = "failure"
-    CANCELLED = "cancelled"
+__all__ = ["Outcome", "StatsBook"]
 
 
 @dataclass
@@ -37,8 +34,18 @@ class _Counters:
 class StatsBook:
     """Counts attempts per provider. Single event loop: no locks needed."""
 
-    def __init__(self, provider_kinds: dict[str, str]) -> None:
+    def __init__(
+        self,
+        provider_kinds: dict[str, str],
+        clock: Callable[[], float] = time.monotonic,
+        missing_keys: Mapping[str, str] | None = None,
+    ) -> None:
         self._counters = {name: _Counters(kind) for name, kind in provider_kinds.items()}
+        # Providers left out because their key variable is unset: name -> kind.
+        self.missing_keys = dict(missing_keys or {})
+        for name, kind in self.missing_keys.items():
+            self._counters.setdefault(name, _Counters(kind))
+        self.fleet = FleetStats(clock)
 
     def started(self, provider: str) -> None:
         self._counters[provider].requests += 1
@@ -84,7 +91,9 @@ class StatsBook:
                     retries=counters.retries,
                     retries_denied=counters.retries_denied,
                     average_latency=average,
-                    deployments=_deployments(name, breakers or {}),
+                    deployments=_deployments(
+                        name, breakers or {}, self.fleet, name in self.missing_keys
+                    ),
                 )
             )
         return result
@@ -97,28 +106,47 @@ _STATES = {
 }
 
 
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value
+
+
 def _deployments(
-    provider: str, breakers: Mapping[str, CircuitBreaker]
+    provider: str,
+    breakers: Mapping[str, CircuitBreaker],
+    fleet: FleetStats,
+    key_missing: bool,
 ) -> list[models_pb2.DeploymentStats]:
+    """Each deployment of `provider` that has a breaker or has been tried."""
     result = []
-    for key in sorted(breakers):
+    for key in sorted({*breakers, *fleet.keys()}):
         owner, _, model = key.partition("/")
         if owner != provider:
             continue
-        breaker = breakers[key]
-        remaining = duration_pb2.Duration()
-        remaining.FromNanoseconds(round(breaker.open_remaining() * 1e9))
-        resting = duration_pb2.Duration()
-        resting.FromNanoseconds(round(breaker.quota_remaining() * 1e9))
-        result.append(
-            models_pb2.DeploymentStats(
-                upstream_model=model,
-                circuit_state=_STATES[breaker.state],
-                consecutive_failures=breaker.consecutive_failures,
-                open_remaining=remaining,
-                times_opened=breaker.times_opened,
-                transitions=list(breaker.transitions),
-                quota_cool_down_remaining=resting,
-            )
-        )
+        stats = models_pb2.DeploymentStats(upstream_model=model, key_missing=key_missing)
+        breaker = breakers.get(key)
+        if breaker is not None:
+            stats.circuit_state = _STATES[breaker.state]
+            stats.consecutive_failures = breaker.consecutive_failures
+            stats.open_remaining.CopyFrom(_duration(breaker.open_remaining()))
+            stats.times_opened = breaker.times_opened
+            stats.transitions.extend(breaker.transitions)
+            stats.quota_cool_down_remaining.CopyFrom(_duration(breaker.quota_remaining()))
+        view = fleet.view(key)
+        if view is not None:
+            _add_recent(stats, view)
+        result.append(stats)
     return result
+
+
+def _add_recent(stats: models_pb2.DeploymentStats, view: RecentView) -> None:
+    stats.recent_calls = view.calls
+    stats.success_rate = view.success_rate
+    stats.latency_p50.CopyFrom(_duration(view.latency_p50))
+    stats.latency_p95.CopyFrom(_duration(view.latency_p95))
+    stats.first_chunk_p50.CopyFrom(_duration(view.first_chunk_p50))
+    stats.first_chunk_p95.CopyFrom(_duration(view.first_chunk_p95))
+    stats.input_tokens = view.input_tokens
+    stats.output_tokens = view.output_tokens
+    stats.cost_usd = view.cost_usd

@@ -109,6 +109,7 @@ class Streams:
                 if chunk.HasField("usage"):
                     chunk.route.MergeFrom(route)
                     apply_cost(chunk.usage, deployment.pricing)
+                    self.stats.fleet.usage(deployment, chunk.usage)
                 finished = finished or chunk.finish_reason != chat_pb2.FINISH_REASON_UNSPECIFIED
                 record.chunks_delivered += 1
                 yield chunk
@@ -136,6 +137,7 @@ class Streams:
             self.balancer.finished(deployment)
             await _close(stream)
             self.stats.finished(deployment.provider, outcome, loop.time() - started)
+            self.stats.fleet.attempt(deployment, outcome, loop.time() - started)
 
 
 async def _next_chunk(

@@ -119,6 +119,16 @@ class _BalanceStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Balan
     """In turn, in proportion to the weights (smooth weighted round robin)."""
     BALANCE_STRATEGY_LEAST_IN_FLIGHT: _BalanceStrategy.ValueType  # 3
     """The deployment with the fewest calls in flight for its weight."""
+    BALANCE_STRATEGY_LOWEST_LATENCY: _BalanceStrategy.ValueType  # 50
+    """The deployment with the lowest decaying average (EWMA) of its recent attempt
+    latency (time to first chunk for streams); a small share of calls explores
+    the others, so that a recovered deployment is noticed.
+    """
+    BALANCE_STRATEGY_LOWEST_COST: _BalanceStrategy.ValueType  # 51
+    """The cheapest deployment by its pricing (input plus output price per
+    million tokens) among those that can take a call; equal prices share the
+    calls by weight; deployments without prices come last.
+    """
 
 class BalanceStrategy(_BalanceStrategy, metaclass=_BalanceStrategyEnumTypeWrapper):
     """How a load-balanced alias picks the deployment for a call."""
@@ -131,6 +141,16 @@ BALANCE_STRATEGY_ROUND_ROBIN: BalanceStrategy.ValueType  # 2
 """In turn, in proportion to the weights (smooth weighted round robin)."""
 BALANCE_STRATEGY_LEAST_IN_FLIGHT: BalanceStrategy.ValueType  # 3
 """The deployment with the fewest calls in flight for its weight."""
+BALANCE_STRATEGY_LOWEST_LATENCY: BalanceStrategy.ValueType  # 50
+"""The deployment with the lowest decaying average (EWMA) of its recent attempt
+latency (time to first chunk for streams); a small share of calls explores
+the others, so that a recovered deployment is noticed.
+"""
+BALANCE_STRATEGY_LOWEST_COST: BalanceStrategy.ValueType  # 51
+"""The cheapest deployment by its pricing (input plus output price per
+million tokens) among those that can take a call; equal prices share the
+calls by weight; deployments without prices come last.
+"""
 Global___BalanceStrategy: _TypeAlias = BalanceStrategy  # noqa: Y015
 
 @_typing.final
@@ -2219,6 +2239,7 @@ class ModelConfig(_message.Message):
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """REQUIRED. The name callers use; unique; letters, digits and ".-_:/"."""
     provider: _builtins.str
@@ -2274,6 +2295,12 @@ class ModelConfig(_message.Message):
         identical calls in flight share one upstream call. Off unless set.
         """
 
+    @_builtins.property
+    def batch(self) -> Global___EmbedBatchConfig:
+        """OPTIONAL. Embed calls to the same deployment that arrive within a short
+        window go upstream as one request. Off unless set.
+        """
+
     def __init__(
         self,
         *,
@@ -2289,14 +2316,49 @@ class ModelConfig(_message.Message):
         deployments: _abc.Iterable[Global___DeploymentTarget] | None = ...,
         balance: Global___BalanceStrategy.ValueType = ...,
         cache: Global___ModelCacheConfig | None = ...,
+        batch: Global___EmbedBatchConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "capabilities", b"capabilities", "pricing", b"pricing", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "cache", b"cache", "capabilities", b"capabilities", "pricing", b"pricing", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "balance", b"balance", "cache", b"cache", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "balance", b"balance", "batch", b"batch", "cache", b"cache", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelConfig: _TypeAlias = ModelConfig  # noqa: Y015
+
+@_typing.final
+class EmbedBatchConfig(_message.Message):
+    """Batching of Embed calls: each caller still gets exactly its own vectors, in
+    order, and its own share of the usage.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    MAX_INPUTS_FIELD_NUMBER: _builtins.int
+    max_inputs: _builtins.int
+    """OPTIONAL. Most inputs in one upstream request; default and ceiling: the
+    provider kind's own limit (OpenAI 2048, Gemini 100).
+    """
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """REQUIRED. How long the first call of a batch waits for others (1 ms to 1 s)."""
+
+    def __init__(
+        self,
+        *,
+        window: _duration_pb2.Duration | None = ...,
+        max_inputs: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_inputs", b"_max_inputs", "max_inputs", b"max_inputs", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_inputs", b"_max_inputs", "max_inputs", b"max_inputs", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_inputs: _TypeAlias = _typing.Literal["max_inputs"]  # noqa: Y015
+    _WhichOneofArgType__max_inputs: _TypeAlias = _typing.Literal["_max_inputs", b"_max_inputs"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_inputs) -> _WhichOneofReturnType__max_inputs | None: ...
+
+Global___EmbedBatchConfig: _TypeAlias = EmbedBatchConfig  # noqa: Y015
 
 @_typing.final
 class ModelCacheConfig(_message.Message):
@@ -2331,6 +2393,7 @@ class DeploymentTarget(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    PRICING_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """REQUIRED. Name of a configured provider."""
     upstream_model: _builtins.str
@@ -2339,16 +2402,23 @@ class DeploymentTarget(_message.Message):
     """
     weight: _builtins.int
     """OPTIONAL. Relative share of the calls; default 1."""
+    @_builtins.property
+    def pricing(self) -> Global___PricingConfig:
+        """OPTIONAL. Prices of this deployment; replaces the alias's `pricing` for
+        calls it serves, and orders BALANCE_STRATEGY_LOWEST_COST.
+        """
+
     def __init__(
         self,
         *,
         provider: _builtins.str = ...,
         upstream_model: _builtins.str = ...,
         weight: _builtins.int | None = ...,
+        pricing: Global___PricingConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "weight", b"weight"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "pricing", b"pricing", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "provider", b"provider", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "pricing", b"pricing", "provider", b"provider", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
     _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015

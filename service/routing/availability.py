@@ -1,0 +1,40 @@
+"""Can a deployment take a call right now, and if not, why: the one view of it that the
+planner (lowest-latency and lowest-cost orders) and ListModels share.
+
+Composed of the deployment's circuit breaker (open and still cooling down), its quota
+cool-down, and whether its provider's API key is missing. Reading it changes nothing:
+the half-open probe is still the breaker's to hand out when the call is made. Further
+reasons (a deployment's own rate-limit headroom) are one more check in `why_not`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from service.providers.base import Deployment
+from service.routing.refusals import QUOTA_COOLING_DOWN
+from service.routing.resilience import Resilience
+
+CIRCUIT_OPEN = "CIRCUIT_OPEN"
+PROVIDER_KEY_MISSING = "PROVIDER_KEY_MISSING"
+
+
+class Availability:
+    def __init__(self, resilience: Resilience, missing_keys: Iterable[str] = ()) -> None:
+        self.resilience = resilience
+        self.missing_keys = frozenset(missing_keys)  # provider names
+
+    def why_not(self, deployment: Deployment) -> str | None:
+        """The reason `deployment` cannot take a call now, or None when it can."""
+        if deployment.provider in self.missing_keys:
+            return PROVIDER_KEY_MISSING
+        breaker = self.resilience.breakers.get(deployment.key)
+        if breaker is not None:
+            if breaker.quota_remaining() > 0:
+                return QUOTA_COOLING_DOWN
+            if breaker.open_remaining() > 0:
+                return CIRCUIT_OPEN
+        return None
+
+    def can_take(self, deployment: Deployment) -> bool:
+        return self.why_not(deployment) is None
