@@ -64,6 +64,14 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class EmbedBatching:
+    """How Embed calls to one deployment are gathered into one upstream request."""
+
+    window: float  # seconds the first call of a batch waits for others
+    max_inputs: int = 0  # most inputs in one request; 0: the provider's own limit
+
+
+@dataclass(frozen=True)
 class Deployment:
     """One concrete choice for a model alias: a provider and the model sent upstream."""
 
@@ -81,6 +89,7 @@ class Deployment:
     fallbacks: tuple[str, ...] = ()  # aliases tried when this one fails over
     context_fallbacks: tuple[str, ...] = ()  # aliases tried when the context is too long
     cache_ttl: float | None = None  # seconds answers are cached; None: not cached
+    batch: EmbedBatching | None = None  # Embed calls batched (routing/batching.py); None: not
 
     @property
     def key(self) -> str:
@@ -105,6 +114,7 @@ class Provider(abc.ABC):
     kind: str = ""
     default_capabilities: Capabilities = Capabilities()
     default_context_window: int = 0  # tokens; 0 = unknown (aliases may say)
+    max_embed_inputs: int = 2048  # most inputs one upstream Embed request may carry
 
     def __init__(self, name: str) -> None:
         self.name = name

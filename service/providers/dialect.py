@@ -101,6 +101,7 @@ class Dialect(abc.ABC):
     request_id_header: ClassVar[str] = "x-request-id"
     default_capabilities: ClassVar[Capabilities] = Capabilities(vision=True)
     default_context_window: ClassVar[int] = 0
+    max_embed_inputs: ClassVar[int] = 2048  # inputs one upstream Embed request may carry
 
     def __init__(self, provider: str) -> None:
         self.provider = provider

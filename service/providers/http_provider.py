@@ -63,6 +63,7 @@ class HttpProvider(Provider):
         self.kind = dialect.kind
         self.default_capabilities = dialect.default_capabilities
         self.default_context_window = dialect.default_context_window
+        self.max_embed_inputs = dialect.max_embed_inputs
         self.dialect = dialect
         self.client = client
 

@@ -13,7 +13,14 @@ from llmgateway.config.v1 import config_pb2
 from service.config import ConfigError, seconds_or
 from service.errors import FieldViolation, invalid_argument, model_not_found
 from service.providers import model_names
-from service.providers.base import EMBEDDINGS_ONLY, Capabilities, Deployment, Provider, Timeouts
+from service.providers.base import (
+    EMBEDDINGS_ONLY,
+    Capabilities,
+    Deployment,
+    EmbedBatching,
+    Provider,
+    Timeouts,
+)
 from service.providers.mock import MockProvider
 from service.providers.usage_estimate import EstimatedUsage
 from service.routing.balancer import Member, Pool, Strategy
@@ -157,6 +164,13 @@ class Registry:
                     context_fallbacks=tuple(model.context_fallbacks),
                     cache_ttl=(
                         seconds_or(model.cache, "ttl", 0.0) if model.HasField("cache") else None
+                    ),
+                    batch=(
+                        EmbedBatching(
+                            seconds_or(model.batch, "window", 0.005), model.batch.max_inputs
+                        )
+                        if model.HasField("batch")
+                        else None
                     ),
                 )
                 weight = target.weight if target.HasField("weight") else 1

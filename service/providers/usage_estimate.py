@@ -94,6 +94,7 @@ class EstimatedUsage(Provider):
         self.kind = inner.kind
         self.default_capabilities = inner.default_capabilities
         self.default_context_window = inner.default_context_window
+        self.max_embed_inputs = inner.max_embed_inputs
 
     async def chat(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext

@@ -27,6 +27,7 @@ from service.providers.upstream_errors import transport_failure
 from service.routing.attempt import Attempts
 from service.routing.availability import Availability
 from service.routing.balancer import Balancer
+from service.routing.batching import EmbedBatcher
 from service.routing.cache import ResponseCache
 from service.routing.cached import CachedCalls
 from service.routing.capabilities import check_chat, check_embed
@@ -64,6 +65,7 @@ class Router:
         self.attempts = Attempts(stats, balancer, tracer or trace.NoOpTracer())
         self.executor = Executor(self.planner, self.attempts, resilience, stats, uniform)
         self.cached = CachedCalls(self.planner, cache)
+        self.batcher = EmbedBatcher()
         self.streams = Streams(registry, self.planner, self.executor, resilience, stats, balancer)
 
     @property
@@ -111,7 +113,11 @@ class Router:
         record = record or CallRecord()
 
         async def attempt(d: Deployment, actx: CallContext) -> embed_pb2.EmbedResponse:
-            response = await self.registry.provider(d.provider).embed(request, d, actx)
+            provider = self.registry.provider(d.provider)
+            if d.batch is not None:
+                response = await self.batcher.embed(provider, request, d, actx)
+            else:
+                response = await provider.embed(request, d, actx)
             if len(response.embeddings) != len(request.inputs):
                 raise transport_failure(
                     d.provider,

@@ -3,6 +3,8 @@ rate, latency and time-to-first-chunk percentiles, tokens and cost."""
 
 from __future__ import annotations
 
+import grpc
+import pytest
 from llmgateway.v1 import models_pb2
 
 from tests.fakes.http_server import FakeHttpServer
@@ -24,30 +26,29 @@ models:
 
 async def test_deployment_stats_report_the_recent_window_tokens_and_cost() -> None:
     fake = TunableOpenAI(delay=0.05)
-    async with FakeHttpServer(fake.handle) as server:
-        async with running_gateway(CONFIG.format(url=server.url)) as gateway:
-            inputs = outputs = 0
-            cost = 0.0
-            for i in range(3):
-                reply = await gateway.stub.Chat(chat_request(f"one two {i}", model="m"), timeout=10)
-                inputs += reply.usage.input_tokens
-                outputs += reply.usage.output_tokens
-                cost += reply.usage.cost_usd
-            chunks = [
-                c async for c in gateway.stub.StreamChat(chat_request("a b", model="m"), timeout=10)
-            ]
-            inputs += chunks[-1].usage.input_tokens
-            outputs += chunks[-1].usage.output_tokens
-            cost += chunks[-1].usage.cost_usd
-            fake.fail_status = 500
-            for _ in range(1):
-                try:
-                    await gateway.stub.Chat(chat_request("boom", model="m"), timeout=10)
-                except Exception:  # noqa: BLE001 - the failure is what is counted
-                    pass
-            stats = await gateway.stub.GetProviderStats(
-                models_pb2.GetProviderStatsRequest(provider="up"), timeout=5
-            )
+    async with (
+        FakeHttpServer(fake.handle) as server,
+        running_gateway(CONFIG.format(url=server.url)) as gateway,
+    ):
+        inputs = outputs = 0
+        cost = 0.0
+        for i in range(3):
+            reply = await gateway.stub.Chat(chat_request(f"one two {i}", model="m"), timeout=10)
+            inputs += reply.usage.input_tokens
+            outputs += reply.usage.output_tokens
+            cost += reply.usage.cost_usd
+        chunks = [
+            c async for c in gateway.stub.StreamChat(chat_request("a b", model="m"), timeout=10)
+        ]
+        inputs += chunks[-1].usage.input_tokens
+        outputs += chunks[-1].usage.output_tokens
+        cost += chunks[-1].usage.cost_usd
+        fake.fail_status = 500
+        with pytest.raises(grpc.aio.AioRpcError):
+            await gateway.stub.Chat(chat_request("boom", model="m"), timeout=10)
+        stats = await gateway.stub.GetProviderStats(
+            models_pb2.GetProviderStatsRequest(provider="up"), timeout=5
+        )
     [deployment] = stats.providers[0].deployments
     assert deployment.upstream_model == "model-1"
     assert deployment.recent_calls == 5 == len(server.requests)
