@@ -72,6 +72,10 @@ class EmbedBatcher:
         self._open: dict[BatchKey, _Batch] = {}
         self.upstream_requests = 0  # batches sent (a call sent alone counts as one)
 
+    def waiting(self) -> int:
+        """Inputs in batches not sent yet."""
+        return sum(batch.inputs for batch in self._open.values())
+
     async def embed(
         self,
         provider: Provider,

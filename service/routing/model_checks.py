@@ -63,12 +63,12 @@ def _check_pricing(prices: config_pb2.PricingConfig, path: str) -> None:
 
 
 def check_batch(model: config_pb2.ModelConfig, path: str) -> None:
-    """`batch` (Embed batching): a window of 1 ms to 1 s, on an embeddings alias."""
+    """`batch` (Embed batching): a window of 1 ms to 10 s, on an embeddings alias."""
     if not model.HasField("batch"):
         return
     window = seconds_or(model.batch, "window", 0.0)
-    if not 0.001 <= window <= 1.0:
-        raise ConfigError(f"{path}.batch.window", "is required, from 1ms to 1s")
+    if not 0.001 <= window <= 10.0:
+        raise ConfigError(f"{path}.batch.window", "is required, from 1ms to 10s")
     if model.batch.HasField("max_inputs") and not 2 <= model.batch.max_inputs <= 2048:
         raise ConfigError(f"{path}.batch.max_inputs", "must be from 2 to 2048")
     if not (model.capabilities.HasField("embeddings") and model.capabilities.embeddings):

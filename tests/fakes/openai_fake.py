@@ -11,6 +11,7 @@ Edge cases are scripted with the builders below and `fake.script(...)`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import struct
@@ -244,8 +245,10 @@ def azure_prompt_filter_chunk() -> dict[str, Any]:
 
 
 def embedding_vector(text: str, dimensions: int) -> list[float]:
-    seed = sum(text.encode())
-    return [round(((seed * (i + 1)) % 97) / 97.0, 6) for i in range(dimensions)]
+    """A vector that is a function of the whole text (a hash), so that two texts, or
+    two callers' inputs mixed up, never share one."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(((digest[i % 32] * (i // 32 + 1)) % 251) / 251.0, 6) for i in range(dimensions)]
 
 
 class OpenAIFake:

@@ -2342,7 +2342,9 @@ class EmbedBatchConfig(_message.Message):
     """
     @_builtins.property
     def window(self) -> _duration_pb2.Duration:
-        """REQUIRED. How long the first call of a batch waits for others (1 ms to 1 s)."""
+        """REQUIRED. How long the first call of a batch waits for others (1 ms to 10 s;
+        a few milliseconds is typical).
+        """
 
     def __init__(
         self,
