@@ -40,6 +40,7 @@ from service.metrics.state import GatewaySnapshot, StateCollector, on_loop
 from service.providers.registry import Registry
 from service.reflection import enable_reflection
 from service.routing.cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, ResponseCache
+from service.routing.discovery import Discovery
 from service.routing.resilience import Resilience
 from service.routing.router import Router
 from service.routing.stats import StatsBook
@@ -141,6 +142,8 @@ class GatewayServer:
             cache=response_cache(config),
             tracer=tracer_of(self.tracer_provider),
         )
+        self.discovery = Discovery.from_config(config, self.registry.providers)
+        self.router.discovery = self.discovery
         env = os.environ if environ is None else environ
         self.limit_store = (
             RedisLimitStore.from_config(config.limits.redis, env)
@@ -276,6 +279,7 @@ class GatewayServer:
             # Not fatal: a store that comes back later is used from then on.
             log.warning("limit store unreachable at start")
         await self._server.start()
+        self.discovery.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -289,6 +293,7 @@ class GatewayServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self._grace if grace is None else grace)
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("model discovery", self.discovery.aclose),
             ("providers", self.registry.aclose),
         ]
         if self.limit_store is not None:

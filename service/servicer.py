@@ -303,9 +303,45 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                         ],
                     )
                 )
+            models.extend(self._discovered(request.provider, identity))
+            models.sort(key=lambda m: m.alias)
             return models_pb2.ListModelsResponse(models=models)
 
         return await self._unary(context, run)
+
+    def _discovered(self, only: str, identity: Identity) -> list[models_pb2.ModelInfo]:
+        """Models the providers' discovery found, as "provider/model", when callers may
+        address them so (allow_direct_model_addressing)."""
+        registry = self._router.registry
+        discovery = self._router.discovery
+        if not registry.allows_direct_addressing:
+            return []
+        found = []
+        for name in sorted(discovery.state):
+            if only and name != only:
+                continue
+            for model in discovery.models(name):
+                alias = f"{name}/{model}"
+                if alias in registry.models or not identity.may_use(alias):
+                    continue
+                try:
+                    d = registry.resolve(alias)
+                except GatewayError:  # a name outside the provider kind's rule
+                    continue
+                why_not = self._router.availability.why_not(d)
+                found.append(
+                    models_pb2.ModelInfo(
+                        alias=alias,
+                        provider=d.provider,
+                        provider_type=d.provider_type,
+                        upstream_model=d.upstream_model,
+                        capabilities=d.capabilities.to_proto(),
+                        discovered=True,
+                        unavailable=why_not is not None,
+                        unavailable_reasons=[why_not] if why_not else [],
+                    )
+                )
+        return found
 
     async def GetProviderStats(
         self,
@@ -314,11 +350,15 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
     ) -> models_pb2.GetProviderStatsResponse:
         async def run() -> models_pb2.GetProviderStatsResponse:
             self._authorize(f"/{_SERVICE}/GetProviderStats", None)
-            return models_pb2.GetProviderStatsResponse(
-                providers=self._router.stats.snapshot(
-                    request.provider, self._router.resilience.breakers
-                )
+            providers = self._router.stats.snapshot(
+                request.provider, self._router.resilience.breakers
             )
+            for stats in providers:
+                found = self._router.discovery.state.get(stats.provider)
+                if found is not None:
+                    stats.discovered_models = len(found.models)
+                    stats.discovery_failures = found.failures
+            return models_pb2.GetProviderStatsResponse(providers=providers)
 
         return await self._unary(context, run)
 

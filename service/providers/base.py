@@ -138,5 +138,10 @@ class Provider(abc.ABC):
     ) -> embed_pb2.EmbedResponse:
         """Embeddings in input order; `model` and `route` are filled in by the caller."""
 
+    async def list_models(self, deadline: float) -> list[str] | None:
+        """The upstream's model names, for discovery; None when it offers no list.
+        Raises GatewayError when the upstream fails."""
+        return None
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook; most transports override
         """Releases connections. Called once at shutdown."""

@@ -131,6 +131,14 @@ class Dialect(abc.ABC):
     ) -> HttpRequestSpec:
         raise unsupported_capability("model", deployment.alias, "embeddings")
 
+    def models_request(self) -> HttpRequestSpec | None:
+        """The request for the provider's model list; None when it offers none."""
+        return None
+
+    def parse_models(self, response: HttpResponse) -> list[str]:
+        """Model names from a model-list response (models_request's)."""
+        return []
+
     def parse_embed(
         self, response: HttpResponse, deployment: Deployment
     ) -> embed_pb2.EmbedResponse:

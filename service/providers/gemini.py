@@ -100,6 +100,14 @@ class GeminiDialect(Dialect):
         result.route.upstream_request_id = response.headers.get(REQUEST_ID_HEADER, "")
         return result
 
+    def models_request(self) -> HttpRequestSpec | None:
+        return HttpRequestSpec("GET", "models?pageSize=1000")
+
+    def parse_models(self, response: HttpResponse) -> list[str]:
+        """`models.list`: {"models": [{"name": "models/gemini-2.5-flash", ...}]}."""
+        models = _json_object(response).get("models") or []
+        return [str(item["name"]).removeprefix("models/") for item in models]
+
 
 def create_gemini(config: config_pb2.ProviderConfig, environ: Mapping[str, str]) -> Provider:
     key = factory.api_key(config, environ)

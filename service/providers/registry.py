@@ -211,6 +211,11 @@ class Registry:
                 )
         raise model_not_found(model)
 
+    @property
+    def allows_direct_addressing(self) -> bool:
+        """May callers name `provider/model` (allow_direct_model_addressing)?"""
+        return self._allow_direct
+
     def provider(self, name: str) -> Provider:
         """The provider to call: its answers always carry usage, the gateway's
         estimate standing in for counts the upstream did not report."""

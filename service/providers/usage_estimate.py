@@ -135,5 +135,8 @@ class EstimatedUsage(Provider):
             fill_unreported(response.usage, input_tokens(request), OutputTally())
         return response
 
+    async def list_models(self, deadline: float) -> list[str] | None:
+        return await self.inner.list_models(deadline)
+
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -32,6 +32,7 @@ from service.routing.cache import ResponseCache
 from service.routing.cached import CachedCalls
 from service.routing.capabilities import check_chat, check_embed
 from service.routing.coalesce import Coalescer
+from service.routing.discovery import Discovery
 from service.routing.executor import Executor
 from service.routing.planner import Check, Planner
 from service.routing.pricing import apply_cost
@@ -66,6 +67,7 @@ class Router:
         self.executor = Executor(self.planner, self.attempts, resilience, stats, uniform)
         self.cached = CachedCalls(self.planner, cache)
         self.batcher = EmbedBatcher()
+        self.discovery = Discovery({}, {})  # the server's, once it has one
         self.streams = Streams(registry, self.planner, self.executor, resilience, stats, balancer)
 
     @property

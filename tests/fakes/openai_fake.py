@@ -44,6 +44,8 @@ class OpenAIFakeConfig:
     # False: no `usage` on whole answers, and no usage chunk on streams even when
     # stream_options.include_usage asks for one (llama.cpp ignores stream_options).
     reports_usage: bool = True
+    # What `GET /v1/models` lists.
+    models: tuple[str, ...] = ("gpt-4o-mini", "text-embedding-3-small")
 
 
 def error_body(
@@ -306,6 +308,8 @@ class OpenAIFake:
                 )
             return FakeResponse.json(body, 401, self._headers())
         path = request.path
+        if request.method == "GET" and path.endswith("/models"):
+            return self._models()
         match = re.fullmatch(r"/openai/deployments/([^/]+)/(chat/completions|embeddings)", path)
         if match:
             if "api-version" not in request.query:
@@ -349,6 +353,14 @@ class OpenAIFake:
             del whole["usage"]
         self._shape([whole])
         return FakeResponse.json(whole, 200, self._headers())
+
+    def _models(self) -> FakeResponse:
+        """`GET /v1/models` (reference §2): a list object of model objects."""
+        data = [
+            {"id": name, "object": "model", "created": CREATED, "owned_by": "organization-owner"}
+            for name in self.config.models
+        ]
+        return FakeResponse.json({"object": "list", "data": data}, 200, self._headers())
 
     def _embeddings(self, body: dict[str, Any]) -> FakeResponse:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]

@@ -103,6 +103,7 @@ class ModelInfo(_message.Message):
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     UNAVAILABLE_FIELD_NUMBER: _builtins.int
     UNAVAILABLE_REASONS_FIELD_NUMBER: _builtins.int
+    DISCOVERED_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """OUTPUT_ONLY. The alias to put in ChatRequest.model / EmbedRequest.model."""
     provider: _builtins.str
@@ -116,6 +117,10 @@ class ModelInfo(_message.Message):
     unavailable: _builtins.bool
     """OUTPUT_ONLY. True when none of the alias's deployments can take a call right
     now (circuits open, quotas cooling down, provider keys missing).
+    """
+    discovered: _builtins.bool
+    """OUTPUT_ONLY. True for a "provider/model" found by the provider's model
+    discovery rather than configured as an alias.
     """
     @_builtins.property
     def capabilities(self) -> Global___ModelCapabilities:
@@ -146,10 +151,11 @@ class ModelInfo(_message.Message):
         deployments: _abc.Iterable[Global___ModelDeployment] | None = ...,
         unavailable: _builtins.bool = ...,
         unavailable_reasons: _abc.Iterable[_builtins.str] | None = ...,
+        discovered: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "context_window", b"context_window", "deployments", b"deployments", "provider", b"provider", "provider_type", b"provider_type", "unavailable", b"unavailable", "unavailable_reasons", b"unavailable_reasons", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "context_window", b"context_window", "deployments", b"deployments", "discovered", b"discovered", "provider", b"provider", "provider_type", b"provider_type", "unavailable", b"unavailable", "unavailable_reasons", b"unavailable_reasons", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,6 +279,8 @@ class ProviderStats(_message.Message):
     RETRIES_FIELD_NUMBER: _builtins.int
     RETRIES_DENIED_FIELD_NUMBER: _builtins.int
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    DISCOVERED_MODELS_FIELD_NUMBER: _builtins.int
+    DISCOVERY_FAILURES_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """OUTPUT_ONLY. Provider name from the configuration."""
     provider_type: _builtins.str
@@ -289,6 +297,12 @@ class ProviderStats(_message.Message):
     """OUTPUT_ONLY. Attempts that were retries of an earlier attempt."""
     retries_denied: _builtins.int
     """OUTPUT_ONLY. Retries not made because the retry budget was spent."""
+    discovered_models: _builtins.int
+    """OUTPUT_ONLY. Models in the provider's last discovered model list (0 without
+    discovery, or before its first successful refresh).
+    """
+    discovery_failures: _builtins.int
+    """OUTPUT_ONLY. Discovery refreshes that failed (the last list is kept)."""
     @_builtins.property
     def average_latency(self) -> _duration_pb2.Duration:
         """OUTPUT_ONLY. Mean latency of finished attempts (to the last byte)."""
@@ -312,10 +326,12 @@ class ProviderStats(_message.Message):
         retries: _builtins.int = ...,
         retries_denied: _builtins.int = ...,
         deployments: _abc.Iterable[Global___DeploymentStats] | None = ...,
+        discovered_models: _builtins.int = ...,
+        discovery_failures: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency", "cancelled", b"cancelled", "deployments", b"deployments", "failures", b"failures", "provider", b"provider", "provider_type", b"provider_type", "requests", b"requests", "retries", b"retries", "retries_denied", b"retries_denied", "successes", b"successes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency", "cancelled", b"cancelled", "deployments", b"deployments", "discovered_models", b"discovered_models", "discovery_failures", b"discovery_failures", "failures", b"failures", "provider", b"provider", "provider_type", b"provider_type", "requests", b"requests", "retries", b"retries", "retries_denied", b"retries_denied", "successes", b"successes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

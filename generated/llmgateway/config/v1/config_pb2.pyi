@@ -1550,6 +1550,7 @@ class ProviderConfig(_message.Message):
     RETRY_FIELD_NUMBER: _builtins.int
     BREAKER_FIELD_NUMBER: _builtins.int
     QUOTA_COOL_DOWN_FIELD_NUMBER: _builtins.int
+    DISCOVERY_FIELD_NUMBER: _builtins.int
     MOCK_FIELD_NUMBER: _builtins.int
     OPENAI_FIELD_NUMBER: _builtins.int
     AZURE_OPENAI_FIELD_NUMBER: _builtins.int
@@ -1600,6 +1601,14 @@ class ProviderConfig(_message.Message):
         """OPTIONAL. Replaces routing.quota_cool_down for this provider's deployments."""
 
     @_builtins.property
+    def discovery(self) -> Global___ProviderDiscoveryConfig:
+        """OPTIONAL. Ask the provider for its model list in the background (openai,
+        openai_compatible, ollama and gemini kinds); with
+        allow_direct_model_addressing its models appear in ListModels as
+        "provider/model". Off unless set.
+        """
+
+    @_builtins.property
     def mock(self) -> Global___MockProviderConfig:
         """The built-in mock provider: no network, deterministic."""
 
@@ -1645,6 +1654,7 @@ class ProviderConfig(_message.Message):
         retry: Global___RetryConfig | None = ...,
         breaker: Global___BreakerConfig | None = ...,
         quota_cool_down: _duration_pb2.Duration | None = ...,
+        discovery: Global___ProviderDiscoveryConfig | None = ...,
         mock: Global___MockProviderConfig | None = ...,
         openai: Global___OpenAIProviderConfig | None = ...,
         azure_openai: Global___AzureOpenAIProviderConfig | None = ...,
@@ -1654,9 +1664,9 @@ class ProviderConfig(_message.Message):
         openai_compatible: Global___OpenAICompatibleProviderConfig | None = ...,
         custom: Global___CustomProviderConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "retry", b"retry", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "breaker", b"breaker", "custom", b"custom", "discovery", b"discovery", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "retry", b"retry", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "retry", b"retry", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "breaker", b"breaker", "custom", b"custom", "discovery", b"discovery", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "retry", b"retry", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_response_bytes: _TypeAlias = _typing.Literal["max_response_bytes"]  # noqa: Y015
     _WhichOneofArgType__max_response_bytes: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes"]  # noqa: Y015
@@ -1668,6 +1678,32 @@ class ProviderConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ProviderConfig: _TypeAlias = ProviderConfig  # noqa: Y015
+
+@_typing.final
+class ProviderDiscoveryConfig(_message.Message):
+    """Model discovery: the provider's own model list, refreshed in the background."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFRESH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def refresh(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Time between two refreshes; default 60s, at least 1s. A failed
+        refresh is logged and counted, and the last list is kept.
+        """
+
+    def __init__(
+        self,
+        *,
+        refresh: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refresh", b"refresh"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh", b"refresh"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderDiscoveryConfig: _TypeAlias = ProviderDiscoveryConfig  # noqa: Y015
 
 @_typing.final
 class PoolConfig(_message.Message):
