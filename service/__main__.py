@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             extra={"fields": {"provider": name}},
         )
     try:
-        run(serve(loaded.config))
+        run(serve(loaded.config, loaded.as_written))
     except ConfigError as exc:
         print(f"configuration error in {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG

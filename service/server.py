@@ -128,10 +128,17 @@ class GatewayServer:
         config: config_pb2.GatewayConfig,
         interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
         environ: Mapping[str, str] | None = None,
+        as_written: config_pb2.GatewayConfig | None = None,
     ) -> None:
         self.config = config
         self.registry = Registry.from_config(config, environ)
-        self.stats = StatsBook({name: p.kind for name, p in self.registry.providers.items()})
+        if as_written is not None:
+            self.registry.note_key_missing(as_written)
+        self.stats = StatsBook(
+            {name: p.kind for name, p in self.registry.providers.items()},
+            missing_keys=self.registry.key_missing,
+            missing_key_deployments=self.registry.left_out_keys(),
+        )
         # time.monotonic is the event loop's clock, so deadlines and breakers agree.
         self.resilience = Resilience(config, time.monotonic)
         self.tracer_provider = build_tracer_provider(config.tracing)
@@ -142,6 +149,7 @@ class GatewayServer:
             cache=response_cache(config),
             tracer=tracer_of(self.tracer_provider),
         )
+        self.router.availability.missing_keys = frozenset(self.registry.key_missing)
         self.discovery = Discovery.from_config(config, self.registry.providers)
         self.router.discovery = self.discovery
         env = os.environ if environ is None else environ
@@ -319,9 +327,12 @@ class GatewayServer:
         await self._server.wait_for_termination()
 
 
-async def serve(config: config_pb2.GatewayConfig) -> None:
-    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
-    server = GatewayServer(config)
+async def serve(
+    config: config_pb2.GatewayConfig, as_written: config_pb2.GatewayConfig | None = None
+) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully. `as_written` is the
+    configuration before providers without keys were left out (LoadedConfig)."""
+    server = GatewayServer(config, as_written=as_written)
     port = await server.start()
     host = config.server.host or "0.0.0.0"
     log.info(

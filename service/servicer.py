@@ -303,11 +303,47 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                         ],
                     )
                 )
+            models.extend(self._left_out(request.provider, identity))
             models.extend(self._discovered(request.provider, identity))
             models.sort(key=lambda m: m.alias)
             return models_pb2.ListModelsResponse(models=models)
 
         return await self._unary(context, run)
+
+    def _left_out(self, only: str, identity: Identity) -> list[models_pb2.ModelInfo]:
+        """Aliases served only by providers whose API key is missing: listed, and
+        marked unavailable."""
+        found = []
+        for alias, deployments in sorted(self._router.registry.left_out.items()):
+            if only and only not in {d.provider for d in deployments}:
+                continue
+            if not identity.may_use(alias):
+                continue
+            first = deployments[0]
+            why_not = [self._router.availability.why_not(d) for d in deployments]
+            found.append(
+                models_pb2.ModelInfo(
+                    alias=alias,
+                    provider=first.provider,
+                    provider_type=first.provider_type,
+                    upstream_model=first.upstream_model,
+                    capabilities=first.capabilities.to_proto(),
+                    context_window=first.context_window,
+                    deployments=[
+                        models_pb2.ModelDeployment(
+                            provider=d.provider,
+                            provider_type=d.provider_type,
+                            upstream_model=d.upstream_model,
+                            weight=1,
+                        )
+                        for d in deployments
+                        if len(deployments) > 1
+                    ],
+                    unavailable=True,
+                    unavailable_reasons=list(dict.fromkeys(filter(None, why_not))),
+                )
+            )
+        return found
 
     def _discovered(self, only: str, identity: Identity) -> list[models_pb2.ModelInfo]:
         """Models the providers' discovery found, as "provider/model", when callers may

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2
@@ -39,6 +39,7 @@ class StatsBook:
         provider_kinds: dict[str, str],
         clock: Callable[[], float] = time.monotonic,
         missing_keys: Mapping[str, str] | None = None,
+        missing_key_deployments: Iterable[str] = (),
     ) -> None:
         self._counters = {name: _Counters(kind) for name, kind in provider_kinds.items()}
         # Providers left out because their key variable is unset: name -> kind.
@@ -46,6 +47,7 @@ class StatsBook:
         for name, kind in self.missing_keys.items():
             self._counters.setdefault(name, _Counters(kind))
         self.fleet = FleetStats(clock)
+        self._missing_key_deployments = frozenset(missing_key_deployments)
 
     def started(self, provider: str) -> None:
         self._counters[provider].requests += 1
@@ -92,7 +94,11 @@ class StatsBook:
                     retries_denied=counters.retries_denied,
                     average_latency=average,
                     deployments=_deployments(
-                        name, breakers or {}, self.fleet, name in self.missing_keys
+                        name,
+                        breakers or {},
+                        self.fleet,
+                        name in self.missing_keys,
+                        self._missing_key_deployments,
                     ),
                 )
             )
@@ -117,10 +123,12 @@ def _deployments(
     breakers: Mapping[str, CircuitBreaker],
     fleet: FleetStats,
     key_missing: bool,
+    missing_key_deployments: Iterable[str] = (),
 ) -> list[models_pb2.DeploymentStats]:
-    """Each deployment of `provider` that has a breaker or has been tried."""
+    """Each deployment of `provider` that has a breaker or has been tried, and those
+    left out because the provider's key is missing."""
     result = []
-    for key in sorted({*breakers, *fleet.keys()}):
+    for key in sorted({*breakers, *fleet.keys(), *missing_key_deployments}):
         owner, _, model = key.partition("/")
         if owner != provider:
             continue

@@ -1564,7 +1564,10 @@ class ProviderConfig(_message.Message):
     api_key_env: _builtins.str
     """OPTIONAL. Environment variable holding the API key. With
     skip_if_key_missing the provider is left out (with its models) when the
-    variable is unset; otherwise a missing variable is a configuration error.
+    variable is unset: it takes no calls, and ListModels and GetProviderStats
+    show its models as unavailable with PROVIDER_KEY_MISSING (calls to them
+    end UNAVAILABLE with that reason); otherwise a missing variable is a
+    configuration error.
     """
     skip_if_key_missing: _builtins.bool
     """OPTIONAL. See api_key_env."""
