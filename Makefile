@@ -73,8 +73,10 @@ go-client: go-deps
 
 # Side by side, in one run: straight to a fake upstream, a bare grpc.aio echo server (the
 # floor) and the gateway (mock provider, and through the fake upstream); bench/results.md.
+# Then Embed batching at 64 concurrent callers, with and without; bench/embed_batching.md.
 bench: $(STAMP) bench-deps
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.embed_batching
 
 # The gateway's calls/s as a share of the echo server's, measured side by side: fails when
 # the share falls below its floor (bench/ratio.py). Under a minute.

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if worker_count(loaded.config.server) > 1:
             return asyncio.run(Supervisor(loaded.config).run())
-        run(serve(loaded.config))
+        run(serve(loaded.config, as_written=loaded.as_written))
     except ConfigError as exc:
         print(f"configuration error in {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG

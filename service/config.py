@@ -52,6 +52,9 @@ class LoadedConfig:
 
     config: config_pb2.GatewayConfig
     skipped_providers: tuple[str, ...]
+    # The configuration as written (validated), skipped providers and their models
+    # included: they stay visible in ListModels and GetProviderStats as key missing.
+    as_written: config_pb2.GatewayConfig | None = None
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
@@ -149,4 +152,4 @@ def _drop_providers_without_keys(
         raise ConfigError(
             "providers", "no provider is left: every one was skipped for a missing API key"
         )
-    return LoadedConfig(kept, tuple(skipped))
+    return LoadedConfig(kept, tuple(skipped), config)

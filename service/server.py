@@ -46,6 +46,7 @@ from service.routing.cache import (
     Cache,
     ResponseCache,
 )
+from service.routing.discovery import Discovery
 from service.routing.headroom import Headroom
 from service.routing.quotas import UpstreamQuotas
 from service.routing.redis_cache import RedisResponseCache
@@ -164,11 +165,18 @@ class GatewayServer:
         interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
         environ: Mapping[str, str] | None = None,
         role: WorkerRole | None = None,
+        as_written: config_pb2.GatewayConfig | None = None,
     ) -> None:
         self.config = config
         self.role = role
         self.registry = Registry.from_config(config, environ)
-        self.stats = StatsBook({name: p.kind for name, p in self.registry.providers.items()})
+        if as_written is not None:
+            self.registry.note_key_missing(as_written)
+        self.stats = StatsBook(
+            {name: p.kind for name, p in self.registry.providers.items()},
+            missing_keys=self.registry.key_missing,
+            missing_key_deployments=self.registry.left_out_keys(),
+        )
         # time.monotonic is the event loop's clock, so deadlines and breakers agree.
         self.resilience = Resilience(config, time.monotonic)
         self.tracer_provider = build_tracer_provider(config.tracing)
@@ -209,6 +217,9 @@ class GatewayServer:
             if any(True for _ in shared_breakers.watched):
                 self.shared_breakers = self.resilience.shared = shared_breakers
         self._background: list[asyncio.Task[None]] = []
+        self.router.availability.missing_keys = frozenset(self.registry.key_missing)
+        self.discovery = Discovery.from_config(config, self.registry.providers)
+        self.router.discovery = self.discovery
         self.health = HealthService()
         self.audit = AuditSink.from_config(config.audit)
         self.verifier = None if config.auth.disabled else TokenVerifier(config.auth, env)
@@ -408,6 +419,7 @@ class GatewayServer:
                 await self.shared_breakers.poll()
                 self._background.append(loop.create_task(self.shared_breakers.run()))
         await self._server.start()
+        self.discovery.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -424,6 +436,7 @@ class GatewayServer:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("model discovery", self.discovery.aclose),
             ("providers", self.registry.aclose),
         ]
         if self.shared_breakers is not None:
@@ -481,10 +494,12 @@ async def serve(
     config: config_pb2.GatewayConfig,
     role: WorkerRole | None = None,
     ready: Callable[[int], None] | None = None,
+    as_written: config_pb2.GatewayConfig | None = None,
 ) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully. A worker (`role`) tells
-    its supervisor through `ready` instead of announcing the port itself."""
-    server = GatewayServer(config, role=role)
+    its supervisor through `ready` instead of announcing the port itself. `as_written`
+    is the configuration before providers without keys were left out (LoadedConfig)."""
+    server = GatewayServer(config, role=role, as_written=as_written)
     port = await server.start()
     if role is None:
         announce(config, port)

@@ -288,8 +288,12 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                     continue
                 if not identity.may_use(d.alias):
                     continue
+                why_not = [self._router.availability.why_not(m.deployment) for m in members]
+                reasons = [] if None in why_not else list(dict.fromkeys(filter(None, why_not)))
                 models.append(
                     models_pb2.ModelInfo(
+                        unavailable=bool(reasons),
+                        unavailable_reasons=reasons,
                         alias=d.alias,
                         provider=d.provider,
                         provider_type=d.provider_type,
@@ -308,9 +312,81 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
                         ],
                     )
                 )
+            models.extend(self._left_out(request.provider, identity))
+            models.extend(self._discovered(request.provider, identity))
+            models.sort(key=lambda m: m.alias)
             return models_pb2.ListModelsResponse(models=models)
 
         return await self._unary(context, run)
+
+    def _left_out(self, only: str, identity: Identity) -> list[models_pb2.ModelInfo]:
+        """Aliases served only by providers whose API key is missing: listed, and
+        marked unavailable."""
+        found = []
+        for alias, deployments in sorted(self._router.registry.left_out.items()):
+            if only and only not in {d.provider for d in deployments}:
+                continue
+            if not identity.may_use(alias):
+                continue
+            first = deployments[0]
+            why_not = [self._router.availability.why_not(d) for d in deployments]
+            found.append(
+                models_pb2.ModelInfo(
+                    alias=alias,
+                    provider=first.provider,
+                    provider_type=first.provider_type,
+                    upstream_model=first.upstream_model,
+                    capabilities=first.capabilities.to_proto(),
+                    context_window=first.context_window,
+                    deployments=[
+                        models_pb2.ModelDeployment(
+                            provider=d.provider,
+                            provider_type=d.provider_type,
+                            upstream_model=d.upstream_model,
+                            weight=1,
+                        )
+                        for d in deployments
+                        if len(deployments) > 1
+                    ],
+                    unavailable=True,
+                    unavailable_reasons=list(dict.fromkeys(filter(None, why_not))),
+                )
+            )
+        return found
+
+    def _discovered(self, only: str, identity: Identity) -> list[models_pb2.ModelInfo]:
+        """Models the providers' discovery found, as "provider/model", when callers may
+        address them so (allow_direct_model_addressing)."""
+        registry = self._router.registry
+        discovery = self._router.discovery
+        if not registry.allows_direct_addressing:
+            return []
+        found = []
+        for name in sorted(discovery.state):
+            if only and name != only:
+                continue
+            for model in discovery.models(name):
+                alias = f"{name}/{model}"
+                if alias in registry.models or not identity.may_use(alias):
+                    continue
+                try:
+                    d = registry.resolve(alias)
+                except GatewayError:  # a name outside the provider kind's rule
+                    continue
+                why_not = self._router.availability.why_not(d)
+                found.append(
+                    models_pb2.ModelInfo(
+                        alias=alias,
+                        provider=d.provider,
+                        provider_type=d.provider_type,
+                        upstream_model=d.upstream_model,
+                        capabilities=d.capabilities.to_proto(),
+                        discovered=True,
+                        unavailable=why_not is not None,
+                        unavailable_reasons=[why_not] if why_not else [],
+                    )
+                )
+        return found
 
     async def GetProviderStats(
         self,
@@ -320,18 +396,25 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         async def run() -> models_pb2.GetProviderStatsResponse:
             self._authorize(f"/{_SERVICE}/GetProviderStats", None)
             if self._provider_stats is not None:
-                return await self._provider_stats(request.provider)
-            quotas = self._router.quotas
-            headroom = {
-                d.key: await quotas.headroom(d)
-                for d in quotas.watched()
-                if not request.provider or d.provider == request.provider
-            }
-            return models_pb2.GetProviderStatsResponse(
-                providers=self._router.stats.snapshot(
-                    request.provider, self._router.resilience.breakers, headroom
+                response = await self._provider_stats(request.provider)
+            else:
+                quotas = self._router.quotas
+                headroom = {
+                    d.key: await quotas.headroom(d)
+                    for d in quotas.watched()
+                    if not request.provider or d.provider == request.provider
+                }
+                response = models_pb2.GetProviderStatsResponse(
+                    providers=self._router.stats.snapshot(
+                        request.provider, self._router.resilience.breakers, headroom
+                    )
                 )
-            )
+            for stats in response.providers:
+                found = self._router.discovery.state.get(stats.provider)
+                if found is not None:
+                    stats.discovered_models = len(found.models)
+                    stats.discovery_failures = found.failures
+            return response
 
         return await self._unary(context, run)
 

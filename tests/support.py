@@ -102,7 +102,7 @@ async def running_gateway(
         # Tests that are not about authentication say so once, here.
         config_text += "\nauth: {disabled: true}\n"
     loaded = parse_config(config_text, env)
-    server = GatewayServer(loaded.config, environ=env)
+    server = GatewayServer(loaded.config, environ=env, as_written=loaded.as_written)
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:

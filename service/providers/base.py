@@ -72,6 +72,14 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class EmbedBatching:
+    """How Embed calls to one deployment are gathered into one upstream request."""
+
+    window: float  # seconds the first call of a batch waits for others
+    max_inputs: int = 0  # most inputs in one request; 0: the provider's own limit
+
+
+@dataclass(frozen=True)
 class Deployment:
     """One concrete choice for a model alias: a provider and the model sent upstream."""
 
@@ -91,6 +99,7 @@ class Deployment:
     cache_ttl: float | None = None  # seconds answers are cached; None: not cached
     # The provider's rate limit for this deployment (service/routing/quotas.py); None: none.
     rate_limit: RateQuota | None = None
+    batch: EmbedBatching | None = None  # Embed calls batched (routing/batching.py); None: not
 
     @property
     def key(self) -> str:
@@ -118,6 +127,7 @@ class Provider(abc.ABC):
     kind: str = ""
     default_capabilities: Capabilities = Capabilities()
     default_context_window: int = 0  # tokens; 0 = unknown (aliases may say)
+    max_embed_inputs: int = 2048  # most inputs one upstream Embed request may carry
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -140,6 +150,11 @@ class Provider(abc.ABC):
         self, request: embed_pb2.EmbedRequest, deployment: Deployment, ctx: CallContext
     ) -> embed_pb2.EmbedResponse:
         """Embeddings in input order; `model` and `route` are filled in by the caller."""
+
+    async def list_models(self, deadline: float) -> list[str] | None:
+        """The upstream's model names, for discovery; None when it offers no list.
+        Raises GatewayError when the upstream fails."""
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook; most transports override
         """Releases connections. Called once at shutdown."""

@@ -40,6 +40,7 @@ def check_providers(providers: Sequence[config_pb2.ProviderConfig]) -> None:
         if provider.skip_if_key_missing and not provider.api_key_env:
             raise ConfigError(f"{path}.skip_if_key_missing", "needs api_key_env")
         _validate_provider_kind(provider, path)
+        _validate_discovery(provider, path)
 
 
 def _validate_provider_kind(provider: config_pb2.ProviderConfig, path: str) -> None:
@@ -77,6 +78,19 @@ def _validate_provider_kind(provider: config_pb2.ProviderConfig, path: str) -> N
         status = mock.fault.http_status
         if status and not 400 <= status <= 599:
             raise ConfigError(f"{path}.mock.fault.http_status", "must be 400 to 599")
+
+
+DISCOVERY_KINDS = ("openai", "openai_compatible", "ollama", "gemini")
+
+
+def _validate_discovery(provider: config_pb2.ProviderConfig, path: str) -> None:
+    if not provider.HasField("discovery"):
+        return
+    kind = provider.WhichOneof("kind")
+    if kind not in DISCOVERY_KINDS:
+        raise ConfigError(f"{path}.discovery", f"{kind} providers offer no model list to discover")
+    if provider.discovery.HasField("refresh") and seconds_or(provider.discovery, "refresh", 0) < 1:
+        raise ConfigError(f"{path}.discovery.refresh", "must be at least 1s")
 
 
 def _validate_transport(provider: config_pb2.ProviderConfig, path: str) -> None:

@@ -101,6 +101,7 @@ class Dialect(abc.ABC):
     request_id_header: ClassVar[str] = "x-request-id"
     default_capabilities: ClassVar[Capabilities] = Capabilities(vision=True)
     default_context_window: ClassVar[int] = 0
+    max_embed_inputs: ClassVar[int] = 2048  # inputs one upstream Embed request may carry
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
@@ -129,6 +130,14 @@ class Dialect(abc.ABC):
         self, request: embed_pb2.EmbedRequest, deployment: Deployment
     ) -> HttpRequestSpec:
         raise unsupported_capability("model", deployment.alias, "embeddings")
+
+    def models_request(self) -> HttpRequestSpec | None:
+        """The request for the provider's model list; None when it offers none."""
+        return None
+
+    def parse_models(self, response: HttpResponse) -> list[str]:
+        """Model names from a model-list response (models_request's)."""
+        return []
 
     def parse_embed(
         self, response: HttpResponse, deployment: Deployment

@@ -24,7 +24,7 @@ from service.providers import factory
 from service.providers.base import Capabilities, Deployment, Provider
 from service.providers.dialect import Dialect, StreamParser
 from service.providers.gemini_errors import REQUEST_ID_HEADER, error_envelope, upstream_error
-from service.providers.gemini_request import chat_body, embed_body, model_path
+from service.providers.gemini_request import MAX_BATCH_EMBED, chat_body, embed_body, model_path
 from service.providers.gemini_response import (
     GeminiStreamParser,
     parse_chat_body,
@@ -53,6 +53,7 @@ class GeminiDialect(Dialect):
         streaming=True, tools=True, vision=True, json_output=True, embeddings=False
     )
     default_context_window = 1_048_576
+    max_embed_inputs = MAX_BATCH_EMBED  # batchEmbedContents' limit
 
     def chat_request(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, stream: bool
@@ -98,6 +99,14 @@ class GeminiDialect(Dialect):
         result = parse_embed_body(_json_object(response))
         result.route.upstream_request_id = response.headers.get(REQUEST_ID_HEADER, "")
         return result
+
+    def models_request(self) -> HttpRequestSpec | None:
+        return HttpRequestSpec("GET", "models?pageSize=1000")
+
+    def parse_models(self, response: HttpResponse) -> list[str]:
+        """`models.list`: {"models": [{"name": "models/gemini-2.5-flash", ...}]}."""
+        models = _json_object(response).get("models") or []
+        return [str(item["name"]).removeprefix("models/") for item in models]
 
 
 def create_gemini(config: config_pb2.ProviderConfig, environ: Mapping[str, str]) -> Provider:

@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar
 from llmgateway.v1 import chat_pb2, embed_pb2
 
 from service.errors import GatewayError
-from service.providers.base import CallContext, Deployment, Provider
+from service.providers.base import CallContext, Deployment, Provider, Timeouts
 from service.providers.dialect import Dialect, StreamParser, has_content
 from service.providers.framing import FramingError, NdjsonDecoder, SseDecoder
 from service.providers.http import HttpRequestSpec, HttpResponse, UpstreamClient
@@ -63,6 +63,7 @@ class HttpProvider(Provider):
         self.kind = dialect.kind
         self.default_capabilities = dialect.default_capabilities
         self.default_context_window = dialect.default_context_window
+        self.max_embed_inputs = dialect.max_embed_inputs
         self.dialect = dialect
         self.client = client
 
@@ -183,6 +184,19 @@ class HttpProvider(Provider):
     ) -> embed_pb2.EmbedResponse:
         spec = self.dialect.embed_request(request, deployment)
         return await self._unary(spec, deployment, ctx, self.dialect.parse_embed)
+
+    async def list_models(self, deadline: float) -> list[str] | None:
+        spec = self.dialect.models_request()
+        if spec is None:
+            return None
+        spec = await self._authorized(spec)
+        response = await self.client.request(spec, deadline, "models", Timeouts())
+        if not 200 <= response.status < 300:
+            raise from_upstream(UpstreamFailure(self.name, "models", response.status))
+        try:
+            return self.dialect.parse_models(response)
+        except _MALFORMED as exc:
+            raise transport_failure(self.name, "models", "protocol", type(exc).__name__) from None
 
     async def aclose(self) -> None:
         await self.client.aclose()

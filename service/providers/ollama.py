@@ -33,6 +33,7 @@ __all__ = ["OllamaDialect", "call_id", "create_ollama", "go_duration"]
 DEFAULT_BASE_URL = "http://localhost:11434"
 CHAT_PATH = "api/chat"
 EMBED_PATH = "api/embed"
+TAGS_PATH = "api/tags"
 
 
 class OllamaDialect(Dialect):
@@ -58,6 +59,13 @@ class OllamaDialect(Dialect):
     ) -> HttpRequestSpec:
         body = embed_body(request, deployment.upstream_model, self.keep_alive)
         return HttpRequestSpec("POST", EMBED_PATH, json_body=body)
+
+    def models_request(self) -> HttpRequestSpec | None:
+        return HttpRequestSpec("GET", TAGS_PATH)
+
+    def parse_models(self, response: HttpResponse) -> list[str]:
+        """`GET /api/tags`: {"models": [{"name": "llama3.2:latest", "model": ...}]}."""
+        return [str(item["name"]) for item in json.loads(response.body)["models"]]
 
     def _body(self, response: HttpResponse, deployment: Deployment) -> dict[str, Any]:
         data = json.loads(response.body.decode("utf-8"))

@@ -526,6 +526,13 @@ class OpenAIDialect(Dialect):
     ) -> embed_pb2.EmbedResponse:
         return parse_embed_body(json.loads(response.body))
 
+    def models_request(self) -> HttpRequestSpec | None:
+        return HttpRequestSpec("GET", "models")
+
+    def parse_models(self, response: HttpResponse) -> list[str]:
+        """`GET /v1/models`: {"object": "list", "data": [{"id": ..., "object": "model"}]}."""
+        return [str(item["id"]) for item in json.loads(response.body)["data"]]
+
 
 class CompatibleDialect(OpenAIDialect):
     kind = "openai_compatible"

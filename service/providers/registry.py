@@ -8,15 +8,17 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
+import grpc
 from llmgateway.config.v1 import config_pb2
 
 from service.config import ConfigError, seconds_or
-from service.errors import FieldViolation, invalid_argument, model_not_found
+from service.errors import FieldViolation, GatewayError, invalid_argument, model_not_found
 from service.providers import model_names
 from service.providers.base import (
     EMBEDDINGS_ONLY,
     Capabilities,
     Deployment,
+    EmbedBatching,
     Provider,
     RateQuota,
     Timeouts,
@@ -86,6 +88,17 @@ def timeouts_for(provider: config_pb2.TimeoutConfig, model: config_pb2.TimeoutCo
     )
 
 
+def provider_key_missing(alias: str, deployment: Deployment) -> GatewayError:
+    """A call to an alias whose providers were all left out for a missing API key."""
+    return GatewayError(
+        grpc.StatusCode.UNAVAILABLE,
+        "PROVIDER_KEY_MISSING",
+        f'model "{alias}" cannot be served: the API key of provider '
+        f'"{deployment.provider}" is not set',
+        metadata={"model": alias, "provider": deployment.provider},
+    )
+
+
 def _check_direct_name(provider: Provider, upstream_model: str) -> None:
     """A caller's upstream model name must fit its provider kind's rule. The message
     names the rule, not the name: it may hold anything the caller sent."""
@@ -117,6 +130,50 @@ class Registry:
         self._provider_timeouts = provider_timeouts or {}
         # Keyed "provider/model" for configured deployments and "provider" for the rest.
         self._quotas = quotas or {}
+        # Providers left out because their API key variable is unset (name -> kind),
+        # and the aliases left out with them: visible, never called.
+        self.key_missing: dict[str, str] = {}
+        self.left_out: dict[str, tuple[Deployment, ...]] = {}
+        self._trimmed: list[str] = []  # keys of deployments left out of a pool
+
+    def note_key_missing(self, as_written: config_pb2.GatewayConfig) -> None:
+        """Remembers what the configuration as written had beyond this registry: the
+        providers without keys and the aliases served only by them."""
+        kinds = {p.name: p.WhichOneof("kind") or "" for p in as_written.providers}
+        self.key_missing = {
+            name: kind for name, kind in kinds.items() if name not in self.providers
+        }
+        for model in as_written.models:
+            for target in model.deployments:
+                if target.provider in self.key_missing:
+                    self._trimmed.append(
+                        f"{target.provider}/{target.upstream_model or model.alias}"
+                    )
+            if model.alias in self.models:
+                continue
+            targets = list(model.deployments) or [
+                config_pb2.DeploymentTarget(
+                    provider=model.provider, upstream_model=model.upstream_model
+                )
+            ]
+            self.left_out[model.alias] = tuple(
+                Deployment(
+                    alias=model.alias,
+                    provider=target.provider,
+                    provider_type=kinds.get(target.provider, ""),
+                    upstream_model=target.upstream_model or model.alias,
+                    capabilities=(
+                        EMBEDDINGS_ONLY if model.capabilities.embeddings else Capabilities()
+                    ),
+                    context_window=model.context_window,
+                )
+                for target in targets
+            )
+
+    def left_out_keys(self) -> set[str]:
+        """Deployment keys of providers whose key is missing (for GetProviderStats)."""
+        keys = {d.key for ds in self.left_out.values() for d in ds}
+        return {key for key in {*keys, *self._trimmed} if key.split("/")[0] in self.key_missing}
 
     @classmethod
     def from_config(
@@ -156,7 +213,13 @@ class Registry:
                     context_window=model.context_window
                     or (0 if capabilities.embeddings else provider.default_context_window),
                     context_limit=0 if capabilities.embeddings else model.context_window,
-                    pricing=pricing_from(model) if model.HasField("pricing") else None,
+                    pricing=(
+                        pricing_from(target.pricing)
+                        if target.HasField("pricing")
+                        else pricing_from(model.pricing)
+                        if model.HasField("pricing")
+                        else None
+                    ),
                     timeouts=timeouts_for(
                         provider_configs[target.provider].timeouts, model.timeouts
                     ),
@@ -169,6 +232,13 @@ class Registry:
                         provider_configs[target.provider],
                         model,
                         target if model.deployments else None,
+                    ),
+                    batch=(
+                        EmbedBatching(
+                            seconds_or(model.batch, "window", 0.005), model.batch.max_inputs
+                        )
+                        if model.HasField("batch")
+                        else None
                     ),
                 )
                 quotas.setdefault(deployment.key, deployment.rate_limit)
@@ -202,6 +272,8 @@ class Registry:
         deployment = self.models.get(model)
         if deployment is not None:
             return deployment
+        if model in self.left_out:
+            raise provider_key_missing(model, self.left_out[model][0])
         if self._allow_direct and "/" in model:
             provider_name, upstream_model = model.split("/", 1)
             provider = self.providers.get(provider_name)
@@ -219,6 +291,11 @@ class Registry:
                     rate_limit=self._quotas.get(key, self._quotas.get(provider.name)),
                 )
         raise model_not_found(model)
+
+    @property
+    def allows_direct_addressing(self) -> bool:
+        """May callers name `provider/model` (allow_direct_model_addressing)?"""
+        return self._allow_direct
 
     def provider(self, name: str) -> Provider:
         """The provider to call: its answers always carry usage, the gateway's

@@ -94,6 +94,7 @@ class EstimatedUsage(Provider):
         self.kind = inner.kind
         self.default_capabilities = inner.default_capabilities
         self.default_context_window = inner.default_context_window
+        self.max_embed_inputs = inner.max_embed_inputs
 
     async def chat(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
@@ -133,6 +134,9 @@ class EstimatedUsage(Provider):
         if _unreported(response.usage):
             fill_unreported(response.usage, input_tokens(request), OutputTally())
         return response
+
+    async def list_models(self, deadline: float) -> list[str] | None:
+        return await self.inner.list_models(deadline)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -101,6 +101,13 @@ class Attempts:
             outcome = Outcome.CANCELLED
             raise
         finally:
+            elapsed = loop.time() - started
             self.balancer.finished(deployment)
+            if outcome is not Outcome.CANCELLED:
+                # A stream's attempt ends at its first chunk: its latency is that time.
+                self.balancer.observed(deployment, elapsed, outcome is Outcome.SUCCESS)
             if outcome is not Outcome.SUCCESS or count_success:
-                self.stats.finished(deployment.provider, outcome, loop.time() - started)
+                self.stats.finished(deployment.provider, outcome, elapsed)
+                self.stats.fleet.attempt(deployment, outcome, elapsed)
+            else:
+                self.stats.fleet.first_chunk(deployment, elapsed)

@@ -44,15 +44,35 @@ def check_models(
                 if seconds_or(model.timeouts, name, 1.0) <= 0:
                     raise ConfigError(f"{path}.timeouts.{name}", "must be positive")
         if model.HasField("pricing"):
-            prices = model.pricing
-            for name in (
-                "input_per_million",
-                "cached_input_per_million",
-                "cache_write_input_per_million",
-                "output_per_million",
-            ):
-                if getattr(prices, name) < 0:
-                    raise ConfigError(f"{path}.pricing.{name}", "must not be negative")
+            _check_pricing(model.pricing, f"{path}.pricing")
+        for k, target in enumerate(model.deployments):
+            if target.HasField("pricing"):
+                _check_pricing(target.pricing, f"{path}.deployments[{k}].pricing")
+        check_batch(model, path)
+
+
+def _check_pricing(prices: config_pb2.PricingConfig, path: str) -> None:
+    for name in (
+        "input_per_million",
+        "cached_input_per_million",
+        "cache_write_input_per_million",
+        "output_per_million",
+    ):
+        if getattr(prices, name) < 0:
+            raise ConfigError(f"{path}.{name}", "must not be negative")
+
+
+def check_batch(model: config_pb2.ModelConfig, path: str) -> None:
+    """`batch` (Embed batching): a window of 1 ms to 10 s, on an embeddings alias."""
+    if not model.HasField("batch"):
+        return
+    window = seconds_or(model.batch, "window", 0.0)
+    if not 0.001 <= window <= 10.0:
+        raise ConfigError(f"{path}.batch.window", "is required, from 1ms to 10s")
+    if model.batch.HasField("max_inputs") and not 2 <= model.batch.max_inputs <= 2048:
+        raise ConfigError(f"{path}.batch.max_inputs", "must be from 2 to 2048")
+    if not (model.capabilities.HasField("embeddings") and model.capabilities.embeddings):
+        raise ConfigError(f"{path}.batch", "batches Embed calls: needs capabilities.embeddings")
 
 
 def check_fallbacks(models: Sequence[config_pb2.ModelConfig]) -> None:

@@ -23,9 +23,15 @@ Check = Callable[[Deployment], None]
 
 
 class Planner:
-    def __init__(self, registry: Registry, balancer: Balancer) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        balancer: Balancer,
+        can_take: Callable[[Deployment], bool] | None = None,
+    ) -> None:
         self.registry = registry
         self.balancer = balancer
+        self.can_take = can_take  # may a deployment take a call now (availability.py)
 
     def primary(self, model: str, check: Check) -> Deployment:
         """The deployment that stands for the alias asked for: the first that the
@@ -50,7 +56,9 @@ class Planner:
 
     def _balanced(self, deployment: Deployment, advance: bool = True) -> list[Deployment]:
         pool = self.registry.pool(deployment.alias)
-        return [deployment] if pool is None else self.balancer.order(pool, advance)
+        if pool is None:
+            return [deployment]
+        return self.balancer.order(pool, advance, self.can_take)
 
     def candidates(
         self, aliases: tuple[str, ...], chain: list[Deployment], check: Check, ctx: CallContext

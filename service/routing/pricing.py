@@ -8,8 +8,7 @@ from llmgateway.v1 import route_pb2
 from service.providers.base import Pricing
 
 
-def pricing_from(model: config_pb2.ModelConfig) -> Pricing:
-    prices = model.pricing
+def pricing_from(prices: config_pb2.PricingConfig) -> Pricing:
     return Pricing(
         input=prices.input_per_million,
         cached_input=(

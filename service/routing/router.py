@@ -26,11 +26,14 @@ from service.providers.base import CallContext, Deployment
 from service.providers.registry import Registry
 from service.providers.upstream_errors import transport_failure
 from service.routing.attempt import Attempts
+from service.routing.availability import Availability
 from service.routing.balancer import Balancer
+from service.routing.batching import EmbedBatcher
 from service.routing.cache import Cache
 from service.routing.cached import CachedCalls
 from service.routing.capabilities import check_chat, check_embed
 from service.routing.coalesce import Coalescer
+from service.routing.discovery import Discovery
 from service.routing.executor import Executor
 from service.routing.planner import Check, Planner
 from service.routing.pricing import apply_cost
@@ -61,13 +64,16 @@ class Router:
         self.stats = stats
         self.resilience = resilience
         balancer = balancer or Balancer()
-        self.planner = Planner(registry, balancer)
-        self.attempts = Attempts(stats, balancer, tracer or trace.NoOpTracer())
         self.quotas = quotas or UpstreamQuotas(deployments=registry.every_deployment())
+        self.availability = Availability(resilience, has_headroom=self.quotas.has_headroom)
+        self.planner = Planner(registry, balancer, self.availability.can_take)
+        self.attempts = Attempts(stats, balancer, tracer or trace.NoOpTracer())
         self.executor = Executor(
             self.planner, self.attempts, resilience, stats, uniform, self.quotas
         )
         self.cached = CachedCalls(self.planner, cache)
+        self.batcher = EmbedBatcher()
+        self.discovery = Discovery({}, {})  # the server's, once it has one
         self.streams = Streams(registry, self.planner, self.executor, resilience, stats, balancer)
 
     @property
@@ -115,7 +121,11 @@ class Router:
         record = record or CallRecord()
 
         async def attempt(d: Deployment, actx: CallContext) -> embed_pb2.EmbedResponse:
-            response = await self.registry.provider(d.provider).embed(request, d, actx)
+            provider = self.registry.provider(d.provider)
+            if d.batch is not None:
+                response = await self.batcher.embed(provider, request, d, actx)
+            else:
+                response = await provider.embed(request, d, actx)
             if len(response.embeddings) != len(request.inputs):
                 raise transport_failure(
                     d.provider,
@@ -157,6 +167,7 @@ class Router:
             await self.executor.settle(record, response.usage)
             response.route.CopyFrom(record.route(response.route.upstream_request_id))
             apply_cost(response.usage, deployment.pricing)
+            self.stats.fleet.usage(deployment, response.usage)
             return response
 
         return await self.cached.answer(request, primary, ctx, record, run, answer_type)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2
@@ -12,12 +12,9 @@ from llmgateway.v1 import models_pb2
 from service.providers.rate_limit_headers import KINDS
 from service.routing.breaker import CircuitBreaker, State
 from service.routing.headroom import Headroom
+from service.routing.fleet_stats import FleetStats, Outcome, RecentView
 
-
-class Outcome(enum.Enum):
-    SUCCESS = "success"
-    FAILURE = "failure"
-    CANCELLED = "cancelled"
+__all__ = ["Outcome", "StatsBook"]
 
 
 @dataclass
@@ -39,8 +36,20 @@ class _Counters:
 class StatsBook:
     """Counts attempts per provider. Single event loop: no locks needed."""
 
-    def __init__(self, provider_kinds: dict[str, str]) -> None:
+    def __init__(
+        self,
+        provider_kinds: dict[str, str],
+        clock: Callable[[], float] = time.monotonic,
+        missing_keys: Mapping[str, str] | None = None,
+        missing_key_deployments: Iterable[str] = (),
+    ) -> None:
         self._counters = {name: _Counters(kind) for name, kind in provider_kinds.items()}
+        # Providers left out because their key variable is unset: name -> kind.
+        self.missing_keys = dict(missing_keys or {})
+        for name, kind in self.missing_keys.items():
+            self._counters.setdefault(name, _Counters(kind))
+        self.fleet = FleetStats(clock)
+        self._missing_key_deployments = frozenset(missing_key_deployments)
 
     def started(self, provider: str) -> None:
         self._counters[provider].requests += 1
@@ -89,7 +98,14 @@ class StatsBook:
                     retries=counters.retries,
                     retries_denied=counters.retries_denied,
                     average_latency=average,
-                    deployments=_deployments(name, breakers or {}, headroom or {}),
+                    deployments=_deployments(
+                        name,
+                        breakers or {},
+                        headroom or {},
+                        self.fleet,
+                        name in self.missing_keys,
+                        self._missing_key_deployments,
+                    ),
                 )
             )
         return result
@@ -103,14 +119,21 @@ _STATES = {
 
 
 def _deployments(
-    provider: str, breakers: Mapping[str, CircuitBreaker], headroom: Mapping[str, Headroom]
+    provider: str,
+    breakers: Mapping[str, CircuitBreaker],
+    headroom: Mapping[str, Headroom],
+    fleet: FleetStats,
+    key_missing: bool,
+    missing_key_deployments: Iterable[str] = (),
 ) -> list[models_pb2.DeploymentStats]:
+    """Each deployment of `provider` that has a breaker or has been tried, and those
+    left out because the provider's key is missing."""
     result = []
-    for key in sorted({*breakers, *headroom}):
+    for key in sorted({*breakers, *headroom, *fleet.keys(), *missing_key_deployments}):
         owner, _, model = key.partition("/")
         if owner != provider:
             continue
-        stats = models_pb2.DeploymentStats(upstream_model=model)
+        stats = models_pb2.DeploymentStats(upstream_model=model, key_missing=key_missing)
         breaker = breakers.get(key)
         if breaker is not None:
             stats.circuit_state = _STATES[breaker.state]
@@ -124,6 +147,9 @@ def _deployments(
         room = headroom.get(key)
         if room is not None:
             stats.rate_limit_headroom.CopyFrom(_headroom(room))
+        view = fleet.view(key)
+        if view is not None:
+            _add_recent(stats, view)
         result.append(stats)
     return result
 
@@ -152,3 +178,15 @@ def _headroom(room: Headroom) -> models_pb2.UpstreamRateLimitHeadroom:
                 kind=kind, remaining=window.remaining, reset_in=_duration(window.reset_in)
             )
     return message
+
+
+def _add_recent(stats: models_pb2.DeploymentStats, view: RecentView) -> None:
+    stats.recent_calls = view.calls
+    stats.success_rate = view.success_rate
+    stats.latency_p50.CopyFrom(_duration(view.latency_p50))
+    stats.latency_p95.CopyFrom(_duration(view.latency_p95))
+    stats.first_chunk_p50.CopyFrom(_duration(view.first_chunk_p50))
+    stats.first_chunk_p95.CopyFrom(_duration(view.first_chunk_p95))
+    stats.input_tokens = view.input_tokens
+    stats.output_tokens = view.output_tokens
+    stats.cost_usd = view.cost_usd

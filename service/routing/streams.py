@@ -111,6 +111,7 @@ class Streams:
                     usage = chunk.usage
                     chunk.route.MergeFrom(route)
                     apply_cost(chunk.usage, deployment.pricing)
+                    self.stats.fleet.usage(deployment, chunk.usage)
                 finished = finished or chunk.finish_reason != chat_pb2.FINISH_REASON_UNSPECIFIED
                 record.chunks_delivered += 1
                 yield chunk
@@ -139,6 +140,7 @@ class Streams:
             await _close(stream)
             await self.executor.settle(record, usage)
             self.stats.finished(deployment.provider, outcome, loop.time() - started)
+            self.stats.fleet.attempt(deployment, outcome, loop.time() - started)
 
 
 async def _next_chunk(

@@ -328,6 +328,7 @@ class GeminiFake(FakeHttpServer):
         self.api_version = api_version
         self.next_shape: StreamShape | None = None
         self.answers = 0
+        self.models: tuple[str, ...] = ("gemini-2.5-flash", "text-embedding-004")
 
     @property
     def base_url(self) -> str:
@@ -336,6 +337,8 @@ class GeminiFake(FakeHttpServer):
     # routing and auth
 
     def _handle(self, request: FakeRequest) -> FakeResponse:
+        if request.method == "GET" and request.path == f"/{self.api_version}/models":
+            return self._list_models(request)
         match = _PATH.match(request.path)
         if request.method != "POST" or match is None:
             return html_error(404)
@@ -380,6 +383,31 @@ class GeminiFake(FakeHttpServer):
                 return not_found(model, method, version)
             return self._embed(body, model, method)
         return html_error(404)
+
+    def _list_models(self, request: FakeRequest) -> FakeResponse:
+        """`models.list`: Model resources named "models/<id>"."""
+        key = request.headers.get("x-goog-api-key") or request.query.get("key", [""])[0]
+        if key != self.api_key:
+            return error_response(
+                403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers"
+            )
+        models = [
+            {
+                "name": f"models/{name}",
+                "version": "001",
+                "displayName": name.replace("-", " ").title(),
+                "description": f"The {name} model.",
+                "inputTokenLimit": 2048 if "embed" in name else 1048576,
+                "outputTokenLimit": 1 if "embed" in name else 65536,
+                "supportedGenerationMethods": (
+                    ["embedContent", "batchEmbedContents"]
+                    if "embed" in name
+                    else ["generateContent", "countTokens"]
+                ),
+            }
+            for name in self.models
+        ]
+        return FakeResponse.json({"models": models})
 
     @staticmethod
     def _check_chat(body: Any) -> str:

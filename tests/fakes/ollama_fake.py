@@ -217,7 +217,30 @@ class OllamaFake(FakeUpstream):
             return self._with_body(request, self.chat)
         if request.method == "POST" and request.path == "/api/embed":
             return self._with_body(request, self.embed)
+        if request.method == "GET" and request.path == "/api/tags":
+            return FakeResponse.json({"models": [self._tag(name) for name in self.models]})
         return FakeResponse.raw(b"404 page not found", status=404)
+
+    @staticmethod
+    def _tag(name: str) -> dict[str, Any]:
+        """One local model as `GET /api/tags` lists it (names carry their tag)."""
+        full = name if ":" in name else f"{name}:latest"
+        family = name.split(":")[0].split("-")[0]
+        return {
+            "name": full,
+            "model": full,
+            "modified_at": "2026-01-01T00:00:00.000000000Z",
+            "size": 2019393189,
+            "digest": hashlib.sha256(full.encode()).hexdigest(),
+            "details": {
+                "parent_model": "",
+                "format": "gguf",
+                "family": family,
+                "families": [family],
+                "parameter_size": "3.2B",
+                "quantization_level": "Q4_K_M",
+            },
+        }
 
     @staticmethod
     def _with_body(request: FakeRequest, answer: Any) -> FakeResponse:

@@ -11,6 +11,7 @@ Edge cases are scripted with the builders below and `fake.script(...)`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import struct
@@ -47,6 +48,8 @@ class OpenAIFakeConfig:
     # The provider's own rate limit: enforced with 429s, and reported in x-ratelimit-*
     # headers on every response (unless its send_headers is False).
     quota: FakeQuota | None = None
+    # What `GET /v1/models` lists.
+    models: tuple[str, ...] = ("gpt-4o-mini", "text-embedding-3-small")
 
 
 def error_body(
@@ -248,8 +251,10 @@ def azure_prompt_filter_chunk() -> dict[str, Any]:
 
 
 def embedding_vector(text: str, dimensions: int) -> list[float]:
-    seed = sum(text.encode())
-    return [round(((seed * (i + 1)) % 97) / 97.0, 6) for i in range(dimensions)]
+    """A vector that is a function of the whole text (a hash), so that two texts, or
+    two callers' inputs mixed up, never share one."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(((digest[i % 32] * (i // 32 + 1)) % 251) / 251.0, 6) for i in range(dimensions)]
 
 
 class OpenAIFake:
@@ -320,6 +325,8 @@ class OpenAIFake:
                 )
             return FakeResponse.json(body, 401, self._headers())
         path = request.path
+        if request.method == "GET" and path.endswith("/models"):
+            return self._models()
         match = re.fullmatch(r"/openai/deployments/([^/]+)/(chat/completions|embeddings)", path)
         if match:
             if "api-version" not in request.query:
@@ -369,6 +376,14 @@ class OpenAIFake:
             del whole["usage"]
         self._shape([whole])
         return FakeResponse.json(whole, 200, self._headers())
+
+    def _models(self) -> FakeResponse:
+        """`GET /v1/models` (reference §2): a list object of model objects."""
+        data = [
+            {"id": name, "object": "model", "created": CREATED, "owned_by": "organization-owner"}
+            for name in self.config.models
+        ]
+        return FakeResponse.json({"object": "list", "data": data}, 200, self._headers())
 
     def _embeddings(self, body: dict[str, Any]) -> FakeResponse:
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]

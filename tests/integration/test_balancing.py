@@ -190,7 +190,23 @@ models:
         assert reply.route.provider == "free"
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await gateway.stub.Chat(chat_request("hi", model="only-keyed"), timeout=5)
-        assert details_of(caught.value).code == grpc.StatusCode.NOT_FOUND
+        details = details_of(caught.value)
+        assert details.code == grpc.StatusCode.UNAVAILABLE
+        assert details.error_info.reason == "PROVIDER_KEY_MISSING"
+        listed = await gateway.stub.ListModels(models_pb2.ListModelsRequest(), timeout=5)
+        by_alias = {m.alias: m for m in listed.models}
+        assert by_alias["only-keyed"].unavailable
+        assert list(by_alias["only-keyed"].unavailable_reasons) == ["PROVIDER_KEY_MISSING"]
+        assert not by_alias["p"].unavailable, "its other deployment can take calls"
+        stats = await gateway.stub.GetProviderStats(
+            models_pb2.GetProviderStatsRequest(provider="keyed"), timeout=5
+        )
+        [keyed] = stats.providers
+        assert keyed.provider_type == "mock"
+        assert [(d.upstream_model, d.key_missing) for d in keyed.deployments] == [
+            ("only-keyed", True),
+            ("p", True),
+        ]
 
 
 async def test_list_models_shows_every_deployment_of_a_pool() -> None:

@@ -101,6 +101,9 @@ class ModelInfo(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     CONTEXT_WINDOW_FIELD_NUMBER: _builtins.int
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_REASONS_FIELD_NUMBER: _builtins.int
+    DISCOVERED_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """OUTPUT_ONLY. The alias to put in ChatRequest.model / EmbedRequest.model."""
     provider: _builtins.str
@@ -111,6 +114,14 @@ class ModelInfo(_message.Message):
     """OUTPUT_ONLY. The model name sent upstream."""
     context_window: _builtins.int
     """OUTPUT_ONLY. Context window in tokens; 0 when unknown."""
+    unavailable: _builtins.bool
+    """OUTPUT_ONLY. True when none of the alias's deployments can take a call right
+    now (circuits open, quotas cooling down, provider keys missing).
+    """
+    discovered: _builtins.bool
+    """OUTPUT_ONLY. True for a "provider/model" found by the provider's model
+    discovery rather than configured as an alias.
+    """
     @_builtins.property
     def capabilities(self) -> Global___ModelCapabilities:
         """OUTPUT_ONLY. What the model can do."""
@@ -120,6 +131,12 @@ class ModelInfo(_message.Message):
         """OUTPUT_ONLY. For an alias served by several deployments (load balanced),
         each of them; `provider` and `upstream_model` above name the first. Empty
         for an alias with one deployment.
+        """
+
+    @_builtins.property
+    def unavailable_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """OUTPUT_ONLY. When unavailable: why, one reason per cause among its
+        deployments ("CIRCUIT_OPEN", "QUOTA_COOLING_DOWN", "PROVIDER_KEY_MISSING").
         """
 
     def __init__(
@@ -132,10 +149,13 @@ class ModelInfo(_message.Message):
         capabilities: Global___ModelCapabilities | None = ...,
         context_window: _builtins.int = ...,
         deployments: _abc.Iterable[Global___ModelDeployment] | None = ...,
+        unavailable: _builtins.bool = ...,
+        unavailable_reasons: _abc.Iterable[_builtins.str] | None = ...,
+        discovered: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "context_window", b"context_window", "deployments", b"deployments", "provider", b"provider", "provider_type", b"provider_type", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "capabilities", b"capabilities", "context_window", b"context_window", "deployments", b"deployments", "discovered", b"discovered", "provider", b"provider", "provider_type", b"provider_type", "unavailable", b"unavailable", "unavailable_reasons", b"unavailable_reasons", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -259,6 +279,8 @@ class ProviderStats(_message.Message):
     RETRIES_FIELD_NUMBER: _builtins.int
     RETRIES_DENIED_FIELD_NUMBER: _builtins.int
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    DISCOVERED_MODELS_FIELD_NUMBER: _builtins.int
+    DISCOVERY_FAILURES_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """OUTPUT_ONLY. Provider name from the configuration."""
     provider_type: _builtins.str
@@ -275,6 +297,12 @@ class ProviderStats(_message.Message):
     """OUTPUT_ONLY. Attempts that were retries of an earlier attempt."""
     retries_denied: _builtins.int
     """OUTPUT_ONLY. Retries not made because the retry budget was spent."""
+    discovered_models: _builtins.int
+    """OUTPUT_ONLY. Models in the provider's last discovered model list (0 without
+    discovery, or before its first successful refresh).
+    """
+    discovery_failures: _builtins.int
+    """OUTPUT_ONLY. Discovery refreshes that failed (the last list is kept)."""
     @_builtins.property
     def average_latency(self) -> _duration_pb2.Duration:
         """OUTPUT_ONLY. Mean latency of finished attempts (to the last byte)."""
@@ -298,10 +326,12 @@ class ProviderStats(_message.Message):
         retries: _builtins.int = ...,
         retries_denied: _builtins.int = ...,
         deployments: _abc.Iterable[Global___DeploymentStats] | None = ...,
+        discovered_models: _builtins.int = ...,
+        discovery_failures: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency", "cancelled", b"cancelled", "deployments", b"deployments", "failures", b"failures", "provider", b"provider", "provider_type", b"provider_type", "requests", b"requests", "retries", b"retries", "retries_denied", b"retries_denied", "successes", b"successes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency", "cancelled", b"cancelled", "deployments", b"deployments", "discovered_models", b"discovered_models", "discovery_failures", b"discovery_failures", "failures", b"failures", "provider", b"provider", "provider_type", b"provider_type", "requests", b"requests", "retries", b"retries", "retries_denied", b"retries_denied", "successes", b"successes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -320,6 +350,16 @@ class DeploymentStats(_message.Message):
     TIMES_OPENED_FIELD_NUMBER: _builtins.int
     TRANSITIONS_FIELD_NUMBER: _builtins.int
     QUOTA_COOL_DOWN_REMAINING_FIELD_NUMBER: _builtins.int
+    RECENT_CALLS_FIELD_NUMBER: _builtins.int
+    SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_FIELD_NUMBER: _builtins.int
+    LATENCY_P95_FIELD_NUMBER: _builtins.int
+    FIRST_CHUNK_P50_FIELD_NUMBER: _builtins.int
+    FIRST_CHUNK_P95_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    KEY_MISSING_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_HEADROOM_FIELD_NUMBER: _builtins.int
     upstream_model: _builtins.str
     """OUTPUT_ONLY. The upstream model."""
@@ -329,6 +369,22 @@ class DeploymentStats(_message.Message):
     """OUTPUT_ONLY. Failures in a row."""
     times_opened: _builtins.int
     """OUTPUT_ONLY. How many times the circuit opened."""
+    recent_calls: _builtins.int
+    """OUTPUT_ONLY. Attempts that ended (succeeded or failed) in the recent window:
+    the last 5 minutes, at most the last 1000 attempts.
+    """
+    success_rate: _builtins.float
+    """OUTPUT_ONLY. Share of recent_calls that succeeded, 0 to 1."""
+    input_tokens: _builtins.int
+    """OUTPUT_ONLY. Input tokens of the calls it served since start-up."""
+    output_tokens: _builtins.int
+    """OUTPUT_ONLY. Output tokens of the calls it served since start-up."""
+    cost_usd: _builtins.float
+    """OUTPUT_ONLY. Cost in US dollars of the calls it served since start-up
+    (0 without pricing).
+    """
+    key_missing: _builtins.bool
+    """OUTPUT_ONLY. The provider's API key variable is not set: it takes no calls."""
     @_builtins.property
     def open_remaining(self) -> _duration_pb2.Duration:
         """OUTPUT_ONLY. Time left before a probe is allowed, when open."""
@@ -343,6 +399,24 @@ class DeploymentStats(_message.Message):
         said the account is out of quota, no call goes to it until this reaches zero
         (routing.quota_cool_down). Zero when it is not cooling down.
         """
+
+    @_builtins.property
+    def latency_p50(self) -> _duration_pb2.Duration:
+        """OUTPUT_ONLY. Median latency of the recent attempts (a whole answer, or a
+        whole stream).
+        """
+
+    @_builtins.property
+    def latency_p95(self) -> _duration_pb2.Duration:
+        """OUTPUT_ONLY. 95th percentile of the same."""
+
+    @_builtins.property
+    def first_chunk_p50(self) -> _duration_pb2.Duration:
+        """OUTPUT_ONLY. Median time to the first chunk of the recent streams."""
+
+    @_builtins.property
+    def first_chunk_p95(self) -> _duration_pb2.Duration:
+        """OUTPUT_ONLY. 95th percentile of the same."""
 
     @_builtins.property
     def rate_limit_headroom(self) -> Global___UpstreamRateLimitHeadroom:
@@ -361,11 +435,21 @@ class DeploymentStats(_message.Message):
         times_opened: _builtins.int = ...,
         transitions: _abc.Iterable[_builtins.str] | None = ...,
         quota_cool_down_remaining: _duration_pb2.Duration | None = ...,
+        recent_calls: _builtins.int = ...,
+        success_rate: _builtins.float = ...,
+        latency_p50: _duration_pb2.Duration | None = ...,
+        latency_p95: _duration_pb2.Duration | None = ...,
+        first_chunk_p50: _duration_pb2.Duration | None = ...,
+        first_chunk_p95: _duration_pb2.Duration | None = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
+        key_missing: _builtins.bool = ...,
         rate_limit_headroom: Global___UpstreamRateLimitHeadroom | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["open_remaining", b"open_remaining", "quota_cool_down_remaining", b"quota_cool_down_remaining", "rate_limit_headroom", b"rate_limit_headroom"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_chunk_p50", b"first_chunk_p50", "first_chunk_p95", b"first_chunk_p95", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "open_remaining", b"open_remaining", "quota_cool_down_remaining", b"quota_cool_down_remaining", "rate_limit_headroom", b"rate_limit_headroom"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_state", b"circuit_state", "consecutive_failures", b"consecutive_failures", "open_remaining", b"open_remaining", "quota_cool_down_remaining", b"quota_cool_down_remaining", "rate_limit_headroom", b"rate_limit_headroom", "times_opened", b"times_opened", "transitions", b"transitions", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_state", b"circuit_state", "consecutive_failures", b"consecutive_failures", "cost_usd", b"cost_usd", "first_chunk_p50", b"first_chunk_p50", "first_chunk_p95", b"first_chunk_p95", "input_tokens", b"input_tokens", "key_missing", b"key_missing", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "open_remaining", b"open_remaining", "output_tokens", b"output_tokens", "quota_cool_down_remaining", b"quota_cool_down_remaining", "rate_limit_headroom", b"rate_limit_headroom", "recent_calls", b"recent_calls", "success_rate", b"success_rate", "times_opened", b"times_opened", "transitions", b"transitions", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -149,6 +149,16 @@ class _BalanceStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Balan
     """In turn, in proportion to the weights (smooth weighted round robin)."""
     BALANCE_STRATEGY_LEAST_IN_FLIGHT: _BalanceStrategy.ValueType  # 3
     """The deployment with the fewest calls in flight for its weight."""
+    BALANCE_STRATEGY_LOWEST_LATENCY: _BalanceStrategy.ValueType  # 50
+    """The deployment with the lowest decaying average (EWMA) of its recent attempt
+    latency (time to first chunk for streams); a small share of calls explores
+    the others, so that a recovered deployment is noticed.
+    """
+    BALANCE_STRATEGY_LOWEST_COST: _BalanceStrategy.ValueType  # 51
+    """The cheapest deployment by its pricing (input plus output price per
+    million tokens) among those that can take a call; equal prices share the
+    calls by weight; deployments without prices come last.
+    """
 
 class BalanceStrategy(_BalanceStrategy, metaclass=_BalanceStrategyEnumTypeWrapper):
     """How a load-balanced alias picks the deployment for a call."""
@@ -161,6 +171,16 @@ BALANCE_STRATEGY_ROUND_ROBIN: BalanceStrategy.ValueType  # 2
 """In turn, in proportion to the weights (smooth weighted round robin)."""
 BALANCE_STRATEGY_LEAST_IN_FLIGHT: BalanceStrategy.ValueType  # 3
 """The deployment with the fewest calls in flight for its weight."""
+BALANCE_STRATEGY_LOWEST_LATENCY: BalanceStrategy.ValueType  # 50
+"""The deployment with the lowest decaying average (EWMA) of its recent attempt
+latency (time to first chunk for streams); a small share of calls explores
+the others, so that a recovered deployment is noticed.
+"""
+BALANCE_STRATEGY_LOWEST_COST: BalanceStrategy.ValueType  # 51
+"""The cheapest deployment by its pricing (input plus output price per
+million tokens) among those that can take a call; equal prices share the
+calls by weight; deployments without prices come last.
+"""
 Global___BalanceStrategy: _TypeAlias = BalanceStrategy  # noqa: Y015
 
 @_typing.final
@@ -1656,6 +1676,7 @@ class ProviderConfig(_message.Message):
     BREAKER_FIELD_NUMBER: _builtins.int
     QUOTA_COOL_DOWN_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    DISCOVERY_FIELD_NUMBER: _builtins.int
     MOCK_FIELD_NUMBER: _builtins.int
     OPENAI_FIELD_NUMBER: _builtins.int
     AZURE_OPENAI_FIELD_NUMBER: _builtins.int
@@ -1669,7 +1690,10 @@ class ProviderConfig(_message.Message):
     api_key_env: _builtins.str
     """OPTIONAL. Environment variable holding the API key. With
     skip_if_key_missing the provider is left out (with its models) when the
-    variable is unset; otherwise a missing variable is a configuration error.
+    variable is unset: it takes no calls, and ListModels and GetProviderStats
+    show its models as unavailable with PROVIDER_KEY_MISSING (calls to them
+    end UNAVAILABLE with that reason); otherwise a missing variable is a
+    configuration error.
     """
     skip_if_key_missing: _builtins.bool
     """OPTIONAL. See api_key_env."""
@@ -1711,6 +1735,14 @@ class ProviderConfig(_message.Message):
         (provider + upstream model; each gets a quota of this size). A model's or a
         deployment's rate_limit replaces it as a whole. The gateway reserves from it
         before every upstream request and skips a deployment without room.
+        """
+
+    @_builtins.property
+    def discovery(self) -> Global___ProviderDiscoveryConfig:
+        """OPTIONAL. Ask the provider for its model list in the background (openai,
+        openai_compatible, ollama and gemini kinds); with
+        allow_direct_model_addressing its models appear in ListModels as
+        "provider/model". Off unless set.
         """
 
     @_builtins.property
@@ -1760,6 +1792,7 @@ class ProviderConfig(_message.Message):
         breaker: Global___BreakerConfig | None = ...,
         quota_cool_down: _duration_pb2.Duration | None = ...,
         rate_limit: Global___UpstreamRateLimitConfig | None = ...,
+        discovery: Global___ProviderDiscoveryConfig | None = ...,
         mock: Global___MockProviderConfig | None = ...,
         openai: Global___OpenAIProviderConfig | None = ...,
         azure_openai: Global___AzureOpenAIProviderConfig | None = ...,
@@ -1769,9 +1802,9 @@ class ProviderConfig(_message.Message):
         openai_compatible: Global___OpenAICompatibleProviderConfig | None = ...,
         custom: Global___CustomProviderConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "rate_limit", b"rate_limit", "retry", b"retry", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "breaker", b"breaker", "custom", b"custom", "discovery", b"discovery", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "rate_limit", b"rate_limit", "retry", b"retry", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "breaker", b"breaker", "custom", b"custom", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "rate_limit", b"rate_limit", "retry", b"retry", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "breaker", b"breaker", "custom", b"custom", "discovery", b"discovery", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "rate_limit", b"rate_limit", "retry", b"retry", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_response_bytes: _TypeAlias = _typing.Literal["max_response_bytes"]  # noqa: Y015
     _WhichOneofArgType__max_response_bytes: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes"]  # noqa: Y015
@@ -1783,6 +1816,32 @@ class ProviderConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ProviderConfig: _TypeAlias = ProviderConfig  # noqa: Y015
+
+@_typing.final
+class ProviderDiscoveryConfig(_message.Message):
+    """Model discovery: the provider's own model list, refreshed in the background."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFRESH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def refresh(self) -> _duration_pb2.Duration:
+        """OPTIONAL. Time between two refreshes; default 60s, at least 1s. A failed
+        refresh is logged and counted, and the last list is kept.
+        """
+
+    def __init__(
+        self,
+        *,
+        refresh: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refresh", b"refresh"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh", b"refresh"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderDiscoveryConfig: _TypeAlias = ProviderDiscoveryConfig  # noqa: Y015
 
 @_typing.final
 class PoolConfig(_message.Message):
@@ -2355,6 +2414,7 @@ class ModelConfig(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """REQUIRED. The name callers use; unique; letters, digits and ".-_:/"."""
     provider: _builtins.str
@@ -2418,6 +2478,12 @@ class ModelConfig(_message.Message):
         by several aliases must be given the same limit.
         """
 
+    @_builtins.property
+    def batch(self) -> Global___EmbedBatchConfig:
+        """OPTIONAL. Embed calls to the same deployment that arrive within a short
+        window go upstream as one request. Off unless set.
+        """
+
     def __init__(
         self,
         *,
@@ -2434,14 +2500,51 @@ class ModelConfig(_message.Message):
         balance: Global___BalanceStrategy.ValueType = ...,
         cache: Global___ModelCacheConfig | None = ...,
         rate_limit: Global___UpstreamRateLimitConfig | None = ...,
+        batch: Global___EmbedBatchConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "capabilities", b"capabilities", "pricing", b"pricing", "rate_limit", b"rate_limit", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "cache", b"cache", "capabilities", b"capabilities", "pricing", b"pricing", "rate_limit", b"rate_limit", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "balance", b"balance", "cache", b"cache", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "rate_limit", b"rate_limit", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "balance", b"balance", "batch", b"batch", "cache", b"cache", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "rate_limit", b"rate_limit", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelConfig: _TypeAlias = ModelConfig  # noqa: Y015
+
+@_typing.final
+class EmbedBatchConfig(_message.Message):
+    """Batching of Embed calls: each caller still gets exactly its own vectors, in
+    order, and its own share of the usage.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    MAX_INPUTS_FIELD_NUMBER: _builtins.int
+    max_inputs: _builtins.int
+    """OPTIONAL. Most inputs in one upstream request; default and ceiling: the
+    provider kind's own limit (OpenAI 2048, Gemini 100).
+    """
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """REQUIRED. How long the first call of a batch waits for others (1 ms to 10 s;
+        a few milliseconds is typical).
+        """
+
+    def __init__(
+        self,
+        *,
+        window: _duration_pb2.Duration | None = ...,
+        max_inputs: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_inputs", b"_max_inputs", "max_inputs", b"max_inputs", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_inputs", b"_max_inputs", "max_inputs", b"max_inputs", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_inputs: _TypeAlias = _typing.Literal["max_inputs"]  # noqa: Y015
+    _WhichOneofArgType__max_inputs: _TypeAlias = _typing.Literal["_max_inputs", b"_max_inputs"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_inputs) -> _WhichOneofReturnType__max_inputs | None: ...
+
+Global___EmbedBatchConfig: _TypeAlias = EmbedBatchConfig  # noqa: Y015
 
 @_typing.final
 class ModelCacheConfig(_message.Message):
@@ -2476,6 +2579,7 @@ class DeploymentTarget(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    PRICING_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """REQUIRED. Name of a configured provider."""
@@ -2485,6 +2589,12 @@ class DeploymentTarget(_message.Message):
     """
     weight: _builtins.int
     """OPTIONAL. Relative share of the calls; default 1."""
+    @_builtins.property
+    def pricing(self) -> Global___PricingConfig:
+        """OPTIONAL. Prices of this deployment; replaces the alias's `pricing` for
+        calls it serves, and orders BALANCE_STRATEGY_LOWEST_COST.
+        """
+
     @_builtins.property
     def rate_limit(self) -> Global___UpstreamRateLimitConfig:
         """OPTIONAL. The provider's rate limit for this deployment; replaces the
@@ -2497,11 +2607,12 @@ class DeploymentTarget(_message.Message):
         provider: _builtins.str = ...,
         upstream_model: _builtins.str = ...,
         weight: _builtins.int | None = ...,
+        pricing: Global___PricingConfig | None = ...,
         rate_limit: Global___UpstreamRateLimitConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "rate_limit", b"rate_limit", "weight", b"weight"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "pricing", b"pricing", "rate_limit", b"rate_limit", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "provider", b"provider", "rate_limit", b"rate_limit", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "pricing", b"pricing", "provider", b"provider", "rate_limit", b"rate_limit", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
     _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
