@@ -11,7 +11,7 @@ export LLM_GATEWAY_DEV_SECRET ?= dev-only-insecure-secret-change-me-0123456789
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: run token lock lock-check test test-deps go-deps go-client bench bench-check bench-deps lint fmt proto proto-check proto-lint clean
+.PHONY: run token lock lock-check test test-deps go-deps go-client bench bench-check bench-deps soak profile lint fmt proto proto-check proto-lint clean
 
 $(STAMP): pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,15 @@ bench: $(STAMP) bench-deps
 # the share falls below its floor (bench/ratio.py). Under a minute.
 bench-check: $(STAMP) bench-deps
 	$(BIN)/python -m bench.ratio
+
+# Mixed calls at a steady rate for SOAK_SECONDS (default 600), the gateway's RSS sampled
+# every 10 s and its growth in MiB/min (bench/soak.py); bench/soak.md, shown by make bench.
+soak: $(STAMP) bench-deps
+	$(BIN)/python -m bench.soak
+
+# Where the gateway's time goes under load, per path (bench/profile.py, py-spy).
+profile: $(STAMP) bench-deps
+	$(BIN)/python -m bench.profile
 
 # h2load, the C load generator of the benchmarks: Debian's nghttp2-client, when missing.
 bench-deps:

@@ -2,7 +2,7 @@
 benchmark: HTTP/1.1 keep-alive, fixed answers, no per-request work beyond reading the
 request. It speaks the wire format of the real API (reference §2): a chat.completion
 object, or with `"stream": true` an SSE stream of chat.completion.chunk objects (role,
-STREAM_WORDS content chunks, finish, usage) ending in `data: [DONE]`.
+STREAM_WORDS content chunks, finish, usage) ending in `data: [DONE]`; on `/embeddings`, one embedding of four floats.
 
 `python -m bench.fast_upstream PORT_FILE`: listens on a free loopback port and writes
 it to PORT_FILE.
@@ -77,6 +77,20 @@ def _response(status: str, content_type: str, body: bytes, chunked: bool) -> byt
 
 UNARY = _response("200 OK", "application/json", _completion(), chunked=False)
 STREAM = _response("200 OK", "text/event-stream", _stream(), chunked=True)
+EMBEDDINGS = _response(
+    "200 OK",
+    "application/json",
+    json.dumps(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.125, -0.5, 0.25, 1.0]}],
+            "model": "text-embedding-3-small",
+            "usage": {"prompt_tokens": 14, "total_tokens": 14},
+        },
+        separators=(",", ":"),
+    ).encode(),
+    chunked=False,
+)
 UNAUTHORIZED = _response(
     "401 Unauthorized",
     "application/json",
@@ -115,6 +129,8 @@ class Upstream(asyncio.Protocol):
             assert self.transport is not None
             if f"bearer {BENCH_KEY}".encode() not in head:
                 self.transport.write(UNAUTHORIZED)
+            elif head[: head.find(b"\r\n")].find(b"/embeddings") >= 0:
+                self.transport.write(EMBEDDINGS)
             elif b'"stream":true' in body.replace(b" ", b""):
                 self.transport.write(STREAM)
             else:

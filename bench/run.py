@@ -319,11 +319,24 @@ def render(rows: list[Row], streams: list[StreamRow], rss: dict[str, float], aud
     return "\n".join(lines) + "\n"
 
 
+def extra_sections() -> str:
+    """Measured after the side-by-side run, each with a gateway of its own: many streams
+    open at once (bench/open_streams.py); then the latest soak's figures (`make soak`,
+    bench/soak.md), when there are any."""
+    from bench import open_streams
+
+    sections = "\n" + open_streams.render(open_streams.measure())
+    soak = ROOT / "bench" / "soak.md"
+    if soak.exists():
+        sections += "\n" + soak.read_text()
+    return sections
+
+
 def main() -> int:
     with running_stack(WORKERS) as stack:
         rows, streams, rss = measure(stack)
         audit = sum(1 for _ in stack.audit.open()) if stack.audit.exists() else 0
-    report = render(rows, streams, rss, audit)
+    report = render(rows, streams, rss, audit) + extra_sections()
     print(report)
     out = os.environ.get("BENCH_OUT", str(ROOT / "bench" / "results.md"))
     notes = ROOT / "bench" / "notes.md"

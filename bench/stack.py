@@ -255,16 +255,17 @@ def h2load(
     seconds: float = 0.0,
     warm_up: float = 0.5,
     latencies: bool = False,
+    clients: int = 0,
 ) -> Load:
     """Runs h2load against `target` with `in_flight` calls at a time: `requests` calls,
-    or for `seconds` after a warm-up."""
+    or for `seconds` after a warm-up; over `clients` connections (default: up to 4)."""
     binary = shutil.which("h2load")
     if binary is None:
         raise RuntimeError("h2load is missing: apt-get install nghttp2-client (make bench does)")
     if target.h1:
         clients, streams = in_flight, 1
     else:
-        clients = min(target.connections or 4, in_flight)
+        clients = clients or min(target.connections or 4, in_flight)
         streams = max(1, in_flight // clients)
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "body"

@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = provider_service_pb2.DESCRIPTOR.services_by_name["ProviderService"].full_name
 DEFAULT_PORT = 50051
 MAX_METADATA_BYTES = 96 * 1024
+MAX_PENDING_CALLS = 100_000
 # The metrics endpoint has no authentication: this host only, unless metrics.host says.
 DEFAULT_METRICS_HOST = "127.0.0.1"
 
@@ -107,6 +108,13 @@ def server_options(
         # share of calls, and the same request must always get the same answer.
         ("grpc.max_metadata_size", MAX_METADATA_BYTES),
         ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+        # Calls the transport has accepted and the event loop has not taken up yet. Over
+        # gRPC's defaults (1,000, and a random share of them up to 3,000) they are
+        # cancelled before any interceptor sees them: no audit record, no reason. A burst
+        # of a few thousand calls (streams opened at once) gets there when the loop is
+        # busy; max_in_flight is the way to shed load, with a proper, audited refusal.
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
     ]
     if keepalive.HasField("max_connection_age"):
         options.append(("grpc.max_connection_age_ms", _ms(keepalive, "max_connection_age", 0)))

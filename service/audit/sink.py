@@ -2,9 +2,10 @@
 
 `submit(record)` never blocks and never awaits: the record goes into a bounded asyncio
 queue, or — when the queue is full, or the sink is closed — is dropped and counted. A
-writer task takes records off the queue in batches and hands each batch to one worker
-thread, which encodes it (chaining it when `hash_chain` is on), appends it to the file
-with one write and fsyncs at most once a second. The event loop never touches the file.
+writer task takes records off the queue in batches (what arrives within a short window,
+DEFAULT_BATCH_WINDOW) and hands each batch to one worker thread, which encodes it
+(chaining it when `hash_chain` is on), appends it to the file with one write and fsyncs
+at most once a second. The event loop never touches the file.
 
 Every record submitted ends up in exactly one counter: `written`, `dropped` (queue full,
 sink closed, write failed, not encodable) or `discarded` (no path configured: records are
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 10000
 DEFAULT_BATCH_SIZE = 256
+# How long the writer lets a batch gather before handing it to its thread: one hand-off
+# (and one wake-up of the thread, which then contends for the GIL with the event loop)
+# per window rather than per call when calls end one at a time.
+DEFAULT_BATCH_WINDOW = 0.02
 DEFAULT_CLOSE_TIMEOUT = 5.0  # each of: waiting for calls, draining the queue
 SYNC_INTERVAL = 1.0  # seconds between two fsyncs while records keep coming
 DROP_LOG_INTERVAL = 10.0
@@ -172,11 +177,13 @@ class AuditSink:
         hash_chain: bool = False,
         batch_size: int = DEFAULT_BATCH_SIZE,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        batch_window: float = DEFAULT_BATCH_WINDOW,
     ) -> None:
         self._output = output
         self.hash_chain = hash_chain
         self.queue_size = max(1, queue_size)  # 0 would make asyncio.Queue unbounded
         self._batch_size = max(1, batch_size)
+        self._batch_window = max(0.0, batch_window)
         self._close_timeout = close_timeout
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.queue_size)
         self._executor: ThreadPoolExecutor | None = None
@@ -360,9 +367,11 @@ class AuditSink:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            while len(batch) < self._batch_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
             try:
+                if self._batch_window and self._queue.qsize() < self._batch_size - 1:
+                    await asyncio.sleep(self._batch_window)
+                while len(batch) < self._batch_size and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
                 written = await loop.run_in_executor(self._executor, self._write_batch, batch)
             except asyncio.CancelledError:
                 self._drop(len(batch), "the audit log closed while they were being written")

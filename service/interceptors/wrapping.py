@@ -11,6 +11,7 @@ Subclasses override `enter` / `leave` (what happens before and after a call), or
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
@@ -80,6 +81,9 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         finally:
             self.leave(entered)
 
+    def _overridden(self, name: str) -> bool:
+        return getattr(type(self), name) is not getattr(WrappingInterceptor, name)
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -91,32 +95,78 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not self.applies(method):
             return handler
+        # grpc asks for the handler on every call, and a method's handler is the same
+        # object every time: it is wrapped once.
+        wrapped = cast(
+            "dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]]",
+            self.__dict__.setdefault("_wrapped_handlers", {}),
+        )
+        known = wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        behaviour = self._wrap(method, handler)
+        wrapped[method] = (handler, behaviour)
+        return behaviour
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
         # The typing stubs describe sync handlers; these are grpc.aio ones. For client-
         # and bidirectional-streaming methods (server reflection is one) the request the
         # hooks see is the iterator of requests.
         inner = cast(Callable[..., Any], getattr(handler, kind))
         streamed_requests = handler.request_streaming
+        # A handler that is an async generator function (the servicer's, or another
+        # interceptor's) is iterated as it is, without a generator of its own around it.
+        generates = inspect.isasyncgenfunction(inner)
 
         def requests_of(request: Any, context: Context) -> Any:
             if streamed_requests:
                 return self.wrap_requests(method, request, context)
             return request
 
-        async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
-            request = requests_of(request, context)
+        def responses(request: Any, context: Context) -> AsyncIterator[Any]:
+            produced = inner(request, context)
+            return cast(AsyncIterator[Any], produced) if generates else _as_stream(produced)
 
-            def proceed() -> AsyncIterator[Any]:
-                return _as_stream(inner(request, context))
+        if self._overridden("around_stream"):
 
-            async for item in self.around_stream(method, request, context, proceed):
-                yield item
+            async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+                request = requests_of(request, context)
+                async for item in self.around_stream(
+                    method, request, context, lambda: responses(request, context)
+                ):
+                    yield item
 
-        async def unary(request: Any, context: Context) -> Any:
-            request = requests_of(request, context)
-            return await self.around_unary(
-                method, request, context, lambda: inner(request, context)
-            )
+        else:  # enter and leave only: one generator for this interceptor, not three
+
+            async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+                request = requests_of(request, context)
+                entered = await self.enter(method, request, context)
+                try:
+                    async for item in responses(request, context):
+                        yield item
+                finally:
+                    self.leave(entered)
+
+        if self._overridden("around_unary"):
+
+            async def unary(request: Any, context: Context) -> Any:
+                request = requests_of(request, context)
+                return await self.around_unary(
+                    method, request, context, lambda: inner(request, context)
+                )
+
+        else:
+
+            async def unary(request: Any, context: Context) -> Any:
+                request = requests_of(request, context)
+                entered = await self.enter(method, request, context)
+                try:
+                    return await inner(request, context)
+                finally:
+                    self.leave(entered)
 
         behaviour = streaming if handler.response_streaming else unary
         make_handler = getattr(grpc, f"{kind}_rpc_method_handler")

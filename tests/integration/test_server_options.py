@@ -12,7 +12,7 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service.config import parse_config
-from service.server import MAX_METADATA_BYTES, server_options
+from service.server import MAX_METADATA_BYTES, MAX_PENDING_CALLS, server_options
 from tests.support import (
     BASE_CONFIG,
     PYTHON,
@@ -174,3 +174,13 @@ async def test_the_metadata_limit_gives_the_same_answer_every_time() -> None:
     options = dict(server_options(parse_config(BASE_CONFIG, {}).config.server))
     assert options["grpc.max_metadata_size"] == MAX_METADATA_BYTES == 96 * 1024
     assert options["grpc.absolute_max_metadata_size"] == MAX_METADATA_BYTES
+
+
+def test_calls_waiting_for_the_event_loop_are_not_cancelled_by_grpc() -> None:
+    """gRPC cancels calls that wait for the application over 1,000 of them (at random
+    up to 3,000), before any interceptor sees them: such a call would leave no audit
+    record. The server raises both limits, as one number (no random share)."""
+    options = dict(server_options(parse_config(BASE_CONFIG, {}).config.server))
+    assert options["grpc.server.max_pending_requests"] == MAX_PENDING_CALLS
+    assert options["grpc.server.max_pending_requests_hard_limit"] == MAX_PENDING_CALLS
+    assert MAX_PENDING_CALLS >= 50_000

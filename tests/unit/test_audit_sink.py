@@ -39,6 +39,7 @@ class MemoryOutput:
         self.opened = 0
         self.closed = 0
         self.syncs = 0
+        self.writes = 0
         self.entered = threading.Event()  # set when write() is entered
         self.release = threading.Event()  # write() waits for it when blocking
         self.blocking = False
@@ -54,6 +55,7 @@ class MemoryOutput:
         return lines[-1] if lines else None
 
     def write(self, data: bytes) -> None:
+        self.writes += 1
         self.entered.set()
         if self.blocking:
             assert self.release.wait(WAIT), "the test never released the writer"
@@ -112,6 +114,23 @@ async def test_a_blocked_writer_makes_the_sink_drop_and_count_never_block() -> N
     assert sink.written == 6 and sink.dropped == 15 and sink.submitted == 21
     _balanced(sink)
     assert [r["request_id"] for r in output.records()] == [f"r{i}" for i in range(6)]
+
+
+async def test_records_of_calls_ending_one_after_another_share_one_write() -> None:
+    """The writer lets a batch gather for its window before handing it to its thread:
+    one hand-off for records that arrive one at a time, not one each."""
+    output = MemoryOutput()
+    sink = AuditSink(output, batch_window=2.0)
+    await sink.start()
+    sink.submit(_record(0))
+    for _ in range(5):  # the writer takes record 0 and starts its window
+        await asyncio.sleep(0)
+    sink.submit(_record(1))
+    sink.submit(_record(2))
+    await _until(lambda: len(output.records()) == 3)
+    assert output.writes == 1
+    await sink.close()
+    _balanced(sink)
 
 
 async def test_drops_are_logged_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
