@@ -10,7 +10,7 @@ export LLM_GATEWAY_DEV_SECRET ?= dev-only-insecure-secret-change-me-0123456789
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: run token test test-deps bench bench-check bench-deps lint fmt proto proto-check proto-lint clean
+.PHONY: run token test test-deps bench bench-check bench-deps lint fmt proto proto-check proto-lint proto-breaking clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ $(BUF):
 
 proto-lint: $(BUF)
 	$(BUF) lint
+
+# The public contract (llmgateway.v1) stays wire- and JSON-compatible with the previous
+# commit (PROTO_BREAKING_AGAINST=<ref> for another); a break needs a new package, v2.
+proto-breaking: $(BUF)
+	BUF=$(BUF) scripts/proto_breaking.sh
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix service clients tests scripts bench

@@ -2219,6 +2219,8 @@ class ModelConfig(_message.Message):
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    DROP_UNSUPPORTED_FIELD_NUMBER: _builtins.int
+    ALLOW_PROVIDER_OPTIONS_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
     """REQUIRED. The name callers use; unique; letters, digits and ".-_:/"."""
     provider: _builtins.str
@@ -2236,6 +2238,16 @@ class ModelConfig(_message.Message):
     """
     balance: Global___BalanceStrategy.ValueType
     """OPTIONAL. How calls are spread over `deployments`."""
+    drop_unsupported: _builtins.bool
+    """OPTIONAL. Leave out request settings the deployment's provider kind cannot
+    take (docs/providers.md, "Request settings") instead of refusing the call
+    with CAPABILITY_UNSUPPORTED; the response's RouteInfo.dropped_settings
+    lists them. Default false.
+    """
+    allow_provider_options: _builtins.bool
+    """OPTIONAL. Accept ChatRequest.provider_options for this alias and merge
+    them into the upstream body. Default false: such requests are refused.
+    """
     @_builtins.property
     def capabilities(self) -> Global___CapabilitiesConfig:
         """OPTIONAL. Capability overrides."""
@@ -2289,10 +2301,12 @@ class ModelConfig(_message.Message):
         deployments: _abc.Iterable[Global___DeploymentTarget] | None = ...,
         balance: Global___BalanceStrategy.ValueType = ...,
         cache: Global___ModelCacheConfig | None = ...,
+        drop_unsupported: _builtins.bool = ...,
+        allow_provider_options: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "capabilities", b"capabilities", "pricing", b"pricing", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "balance", b"balance", "cache", b"cache", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "allow_provider_options", b"allow_provider_options", "balance", b"balance", "cache", b"cache", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "drop_unsupported", b"drop_unsupported", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
