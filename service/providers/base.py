@@ -81,6 +81,10 @@ class Deployment:
     fallbacks: tuple[str, ...] = ()  # aliases tried when this one fails over
     context_fallbacks: tuple[str, ...] = ()  # aliases tried when the context is too long
     cache_ttl: float | None = None  # seconds answers are cached; None: not cached
+    # Leave out request settings the kind cannot take instead of refusing the call
+    # (service/providers/unsupported.py); they are listed in RouteInfo.dropped_settings.
+    drop_unsupported: bool = False
+    allow_provider_options: bool = False  # ChatRequest.provider_options are merged upstream
 
     @property
     def key(self) -> str:

@@ -152,6 +152,8 @@ class Registry:
                     cache_ttl=(
                         seconds_or(model.cache, "ttl", 0.0) if model.HasField("cache") else None
                     ),
+                    drop_unsupported=model.drop_unsupported,
+                    allow_provider_options=model.allow_provider_options,
                 )
                 weight = target.weight if target.HasField("weight") else 1
                 members.append(Member(deployment, weight))

@@ -25,6 +25,7 @@ class CallRecord:
     chunks_delivered: int = 0
     cache_hit: bool = False  # answered from the cache
     coalesced: bool = False  # answered by an identical call in flight
+    dropped_settings: list[str] = field(default_factory=list)  # left out for served_by
 
     def route(self, upstream_request_id: str = "") -> route_pb2.RouteInfo:
         assert self.served_by is not None
@@ -34,6 +35,7 @@ class CallRecord:
             attempts=self.attempts,
             fallback_used=self.fallback_used,
             upstream_request_id=upstream_request_id,
+            dropped_settings=self.dropped_settings,
         )
 
     def annotate(self, error: GatewayError) -> GatewayError:
