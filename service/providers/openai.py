@@ -299,8 +299,9 @@ def _choice_message(
     return out, refusal if isinstance(refusal, str) else ""
 
 
-def _finish(raw: str, refusal: str, provider: str, model: str) -> chat_pb2.FinishReason.ValueType:
-    if refusal:
+def _finish(raw: str, refused: bool, provider: str, model: str) -> chat_pb2.FinishReason.ValueType:
+    """A choice that carries a refusal finished as REFUSAL, whatever its finish_reason."""
+    if refused:
         return chat_pb2.FINISH_REASON_REFUSAL
     return finish_reason_of(raw, provider, model)
 
@@ -312,7 +313,7 @@ def parse_chat_body(body: Mapping[str, Any], provider: str, model: str) -> chat_
     raw = choice.get("finish_reason") or ""
     response = chat_pb2.ChatResponse(
         message=message,
-        finish_reason=_finish(raw, refusal, provider, model),
+        finish_reason=_finish(raw, bool(refusal), provider, model),
         raw_finish_reason=raw,
         usage=usage_from(body.get("usage")),
         refusal=refusal,
@@ -324,7 +325,7 @@ def parse_chat_body(body: Mapping[str, Any], provider: str, model: str) -> chat_
         response.candidates.add(
             index=index,
             message=extra_message,
-            finish_reason=_finish(extra_raw, extra_refusal, provider, model),
+            finish_reason=_finish(extra_raw, bool(extra_refusal), provider, model),
             raw_finish_reason=extra_raw,
             refusal=extra_refusal,
             logprobs=logprobs.from_openai(extra.get("logprobs")),
@@ -529,9 +530,7 @@ class OpenAIStreamParser(StreamParser):
         if raw:
             if self.finish_reason != chat_pb2.FINISH_REASON_UNSPECIFIED:
                 raise ValueError("a second finish_reason in one stream")
-            self.finish_reason = _finish(
-                str(raw), "refused" if self._refused else "", self.provider, self.model
-            )
+            self.finish_reason = _finish(str(raw), self._refused, self.provider, self.model)
             chunk.finish_reason = self.finish_reason
             chunk.raw_finish_reason = str(raw)
         return chunk

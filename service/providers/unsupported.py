@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from llmgateway.v1 import chat_pb2
 
 REFUSED = None
-STREAM_ONLY_REFUSED = "Chat only"  # a suffix: StreamChat refuses the setting everywhere
+CHAT_ONLY_NOTE = "Chat only"  # shown after a CHAT_ONLY setting's cells
 
 # The request settings in the order docs/providers.md lists them, each with the test of
 # whether a request sets it.
@@ -198,7 +198,7 @@ def table_markdown() -> str:
             cell = TABLE[kind][name]
             cell = "refused" if cell is REFUSED else cell
             if name in CHAT_ONLY and TABLE[kind][name] is not REFUSED:
-                cell = f"{cell} ({STREAM_ONLY_REFUSED})"
+                cell = f"{cell} ({CHAT_ONLY_NOTE})"
             cells.append(cell)
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
