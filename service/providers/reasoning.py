@@ -6,8 +6,10 @@ functions; docs/providers.md ("Reasoning") shows the same mapping.
 - Anthropic: extended thinking `{"type": "enabled", "budget_tokens": N}` with N from
   ANTHROPIC_BUDGETS; `reasoning_budget_tokens`, when also set, wins.
 - Gemini: `thinkingConfig.thinkingLevel` ("low" | "medium" | "high") for Gemini 3
-  models, `thinkingConfig.thinkingBudget` from GEMINI_BUDGETS for earlier ones;
-  `reasoning_budget_tokens`, when also set, wins (always as thinkingBudget).
+  models, `thinkingConfig.thinkingBudget` from GEMINI_BUDGETS for earlier ones (the API
+  refuses both at once); `reasoning_budget_tokens`, when also set, wins (always as
+  thinkingBudget). Gemini 3 Pro models take only "low" and "high": MEDIUM is sent there
+  as "high", their default level.
 - Ollama: `think` "low" | "medium" | "high".
 """
 
@@ -53,5 +55,8 @@ def gemini_thinking(config: chat_pb2.GenerationConfig, model: str) -> dict[str, 
     if effort not in LEVELS:
         return None
     if model.startswith("gemini-3"):
-        return {"thinkingLevel": LEVELS[effort], "includeThoughts": True}
+        level = LEVELS[effort]
+        if level == "medium" and "-pro" in model:
+            level = "high"
+        return {"thinkingLevel": level, "includeThoughts": True}
     return {"thinkingBudget": GEMINI_BUDGETS[effort], "includeThoughts": True}

@@ -31,22 +31,27 @@ server: {{host: 127.0.0.1, port: 0, shutdown_grace: 1s}}
 routing: {{retry: {{max_attempts: 1}}, breaker: {{disabled: true}}, quota_cool_down: 0s}}
 providers:
   - {{name: openai, api_key_env: OPENAI_TEST_KEY, base_url: "{openai}/v1", openai: {{}}}}
+  - {{name: vllm, api_key_env: OPENAI_TEST_KEY, base_url: "{openai}/v1", openai_compatible: {{}}}}
+  - {{name: azure, api_key_env: AZURE_TEST_KEY, base_url: "{azure}", azure_openai: {{api_version: 2024-10-21}}}}
   - {{name: claude, api_key_env: ANTHROPIC_TEST_KEY, base_url: "{anthropic}/v1", anthropic: {{}}}}
   - {{name: gemini, api_key_env: GEMINI_TEST_KEY, base_url: "{gemini}", gemini: {{}}}}
   - {{name: ollama, base_url: "{ollama}", ollama: {{}}}}
 models:
   - {{alias: gpt, provider: openai, upstream_model: gpt-4o-mini}}
   - {{alias: gpt-open, provider: openai, upstream_model: gpt-4o-mini, allow_provider_options: true}}
+  - {{alias: local, provider: vllm, upstream_model: qwen2.5-7b}}
+  - {{alias: azure-gpt, provider: azure, upstream_model: gpt-4o-deploy}}
   - {{alias: claude, provider: claude, upstream_model: claude-sonnet-4-5}}
   - {{alias: claude-lenient, provider: claude, upstream_model: claude-sonnet-4-5, drop_unsupported: true}}
   - {{alias: claude-then-gpt, provider: claude, upstream_model: claude-sonnet-4-5, fallbacks: [gpt]}}
   - {{alias: gemini, provider: gemini, upstream_model: gemini-2.5-flash}}
-  - {{alias: gemini3, provider: gemini, upstream_model: gemini-3-pro-preview}}
+  - {{alias: gemini3, provider: gemini, upstream_model: gemini-3-flash-preview}}
   - {{alias: gemini-open, provider: gemini, upstream_model: gemini-2.5-flash, allow_provider_options: true}}
   - {{alias: llama, provider: ollama, upstream_model: llama3.2}}
 """
 ENVIRON = {
     "OPENAI_TEST_KEY": "sk-test",
+    "AZURE_TEST_KEY": "az-key",
     "ANTHROPIC_TEST_KEY": ANTHROPIC_KEY,
     "GEMINI_TEST_KEY": GEMINI_KEY,
 }
@@ -56,33 +61,38 @@ ENVIRON = {
 class World:
     gateway: Gateway
     openai: FakeHttpServer
+    azure: FakeHttpServer
     anthropic: AnthropicFake
     gemini: GeminiFake
     ollama: OllamaFake
 
     def upstream_requests(self) -> int:
         return sum(
-            len(fake.requests) for fake in (self.openai, self.anthropic, self.gemini, self.ollama)
+            len(fake.requests)
+            for fake in (self.openai, self.azure, self.anthropic, self.gemini, self.ollama)
         )
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def world() -> AsyncIterator[World]:
     openai_handler = OpenAIFake(OpenAIFakeConfig(key="sk-test"))
+    azure_handler = OpenAIFake(OpenAIFakeConfig(key="az-key", auth="azure", azure_annotations=True))
     async with (
         FakeHttpServer(openai_handler.handle) as openai,
+        FakeHttpServer(azure_handler.handle) as azure,
         AnthropicFake() as anthropic,
         GeminiFake(api_key=GEMINI_KEY) as gemini,
         OllamaFake() as ollama,
     ):
         config = CONFIG.format(
             openai=openai.url,
+            azure=azure.url,
             anthropic=anthropic.url,
             gemini=gemini.base_url,
             ollama=ollama.url,
         )
         async with running_gateway(config, environ=ENVIRON) as gateway:
-            yield World(gateway, openai, anthropic, gemini, ollama)
+            yield World(gateway, openai, azure, anthropic, gemini, ollama)
 
 
 def settings(**fields: Any) -> chat_pb2.GenerationConfig:
@@ -192,6 +202,11 @@ async def test_reasoning_effort_reaches_each_provider_in_its_own_form(world: Wor
     )
     assert world.openai.requests[-1].json()["reasoning_effort"] == "high"
     assert response.usage.reasoning_tokens == 16
+    local = await world.gateway.stub.Chat(
+        chat_request("think", model="local", generation_config=high), timeout=10
+    )
+    assert world.openai.requests[-1].json()["reasoning_effort"] == "high"
+    assert local.usage.reasoning_tokens == 16
     chunks = await stream(world, chat_request("think", model="gpt", generation_config=high))
     assert chunks[-1].usage.reasoning_tokens == 16
 
@@ -314,6 +329,15 @@ async def test_provider_metadata_on_the_response_and_the_final_chunk(world: Worl
     chunks = await stream(world, request)
     assert json_format.MessageToDict(chunks[-1].provider_metadata) == {"stop_sequence": "STOP"}
 
+    azure = await world.gateway.stub.Chat(chat_request("hi", model="azure-gpt"), timeout=10)
+    filtered = json_format.MessageToDict(azure.provider_metadata)
+    assert filtered["prompt_filter_results"][0]["prompt_index"] == 0
+    assert filtered["content_filter_results"]["hate"] == {"filtered": False, "severity": "safe"}
+    chunks = await stream(world, chat_request("hi", model="azure-gpt"))
+    streamed = json_format.MessageToDict(chunks[-1].provider_metadata)
+    assert streamed["prompt_filter_results"] == filtered["prompt_filter_results"]
+    assert streamed["content_filter_results"] == filtered["content_filter_results"]
+
     cited = await world.gateway.stub.Chat(chat_request("cite me", model="gemini"), timeout=10)
     metadata = json_format.MessageToDict(cited.provider_metadata)
     assert metadata["safety_ratings"][0]["category"] == "HARM_CATEGORY_HARASSMENT"
@@ -325,7 +349,7 @@ async def test_provider_metadata_on_the_response_and_the_final_chunk(world: Worl
 
 async def test_logprobs_in_both_rpcs(world: World) -> None:
     config = settings(logprobs=True, top_logprobs=2)
-    for model in ("gpt", "gemini"):
+    for model in ("gpt", "local", "azure-gpt", "gemini"):
         request = chat_request("alpha beta", model=model, generation_config=config)
         response = await world.gateway.stub.Chat(request, timeout=10)
         assert "".join(t.token for t in response.logprobs) == "alpha beta"
@@ -342,7 +366,7 @@ async def test_logprobs_in_both_rpcs(world: World) -> None:
 
 async def test_candidates_for_chat(world: World) -> None:
     config = settings(candidate_count=3)
-    for model in ("gpt", "gemini"):
+    for model in ("gpt", "local", "azure-gpt", "gemini"):
         request = chat_request("echo", model=model, generation_config=config)
         response = await world.gateway.stub.Chat(request, timeout=10)
         assert response.message.parts[0].text == "echo"

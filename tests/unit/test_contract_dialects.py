@@ -386,11 +386,14 @@ def test_gemini_effort_is_a_level_for_gemini_3_and_a_budget_before(
         "thinkingBudget": budgets[level],
         "includeThoughts": True,
     }
-    sent = body(GeminiDialect("p"), "gemini", "gemini-3-pro-preview", chat, False)
+    sent = body(GeminiDialect("p"), "gemini", "gemini-3-flash-preview", chat, False)
     assert sent["generationConfig"]["thinkingConfig"] == {
         "thinkingLevel": level,
         "includeThoughts": True,
     }
+    sent = body(GeminiDialect("p"), "gemini", "gemini-3-pro-preview", chat, False)
+    pro = "high" if level == "medium" else level  # Gemini 3 Pro has no medium level
+    assert sent["generationConfig"]["thinkingConfig"]["thinkingLevel"] == pro
     chat.generation_config.reasoning_budget_tokens = 300
     sent = body(GeminiDialect("p"), "gemini", "gemini-3-pro-preview", chat, False)
     assert sent["generationConfig"]["thinkingConfig"]["thinkingBudget"] == 300
