@@ -53,6 +53,7 @@ SETTINGS: dict[str, _Present] = {
     "generation_config.candidate_count": lambda r: (
         r.generation_config.HasField("candidate_count") and r.generation_config.candidate_count > 1
     ),
+    "messages[].name": lambda r: any(m.name for m in r.messages),
     "tools": lambda r: bool(r.tools),
     "tool_choice": lambda r: r.tool_choice.WhichOneof("choice") is not None,
     "provider_options": lambda r: bool(r.provider_options.fields),
@@ -76,6 +77,7 @@ _OPENAI: dict[str, str | None] = {
     "generation_config.logprobs": "`logprobs`",
     "generation_config.top_logprobs": "`top_logprobs`",
     "generation_config.candidate_count": "`n`",
+    "messages[].name": "`messages[].name`",
     "tools": "`tools`",
     "tool_choice": "`tool_choice`",
     "provider_options": "merged into the body",
@@ -104,6 +106,7 @@ TABLE: dict[str, dict[str, str | None]] = {
         "generation_config.logprobs": REFUSED,
         "generation_config.top_logprobs": REFUSED,
         "generation_config.candidate_count": REFUSED,
+        "messages[].name": REFUSED,
         "tools": "`tools`",
         "tool_choice": "`tool_choice`",
         "provider_options": "merged into the body",
@@ -123,6 +126,7 @@ TABLE: dict[str, dict[str, str | None]] = {
         "generation_config.logprobs": "`generationConfig.responseLogprobs`",
         "generation_config.top_logprobs": "`generationConfig.logprobs`",
         "generation_config.candidate_count": "`generationConfig.candidateCount`",
+        "messages[].name": REFUSED,
         "tools": "`tools[].functionDeclarations`",
         "tool_choice": "`toolConfig.functionCallingConfig`",
         "provider_options": "merged into the body",
@@ -142,6 +146,7 @@ TABLE: dict[str, dict[str, str | None]] = {
         "generation_config.logprobs": REFUSED,
         "generation_config.top_logprobs": REFUSED,
         "generation_config.candidate_count": REFUSED,
+        "messages[].name": REFUSED,
         "tools": "`tools` (AUTO and NONE only)",
         "tool_choice": "no field: AUTO, NONE",
         "provider_options": "merged into the body",
@@ -170,6 +175,15 @@ def unsupported(request: chat_pb2.ChatRequest, kind: str, streaming: bool) -> li
     ]
 
 
+def field_path(request: chat_pb2.ChatRequest, name: str) -> str:
+    """The request field a refusal of setting `name` names: the setting itself, or for
+    per-message settings the first message that sets it."""
+    if name == "messages[].name":
+        first = next(i for i, m in enumerate(request.messages) if m.name)
+        return f"messages[{first}].name"
+    return name
+
+
 def without(request: chat_pb2.ChatRequest, names: list[str]) -> chat_pb2.ChatRequest:
     """A copy of `request` with the settings `names` cleared (the request as a
     `drop_unsupported` alias sends it)."""
@@ -178,6 +192,10 @@ def without(request: chat_pb2.ChatRequest, names: list[str]) -> chat_pb2.ChatReq
     copy = chat_pb2.ChatRequest()
     copy.CopyFrom(request)
     for name in names:
+        if name == "messages[].name":
+            for message in copy.messages:
+                message.ClearField("name")
+            continue
         holder: Message = copy
         if name.startswith("generation_config."):
             holder = copy.generation_config

@@ -55,13 +55,15 @@ def check_chat(request: chat_pb2.ChatRequest, deployment: Deployment, streaming:
     if dropped and not deployment.drop_unsupported:
         name = dropped[0]
         what = name.rpartition(".")[2]
-        if name == "provider_options":
+        if name == "messages[].name":
+            what = f"participant names ({deployment.provider_type} provider)"
+        elif name == "provider_options":
             what = "provider_options (allow_provider_options is off)"
         elif streaming and name in unsupported.CHAT_ONLY:
             what = f"{what} in StreamChat"
         else:
             what = f"{what} ({deployment.provider_type} provider)"
-        raise unsupported_capability(name, alias, what)
+        raise unsupported_capability(unsupported.field_path(request, name), alias, what)
     if request.provider_options.fields and "provider_options" not in dropped:
         provider_options.check(request.provider_options, deployment.provider_type)
 

@@ -15,7 +15,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from google.protobuf import json_format, struct_pb2
-from llmgateway.v1 import chat_pb2
+from llmgateway.v1 import chat_pb2, content_pb2
 
 from tests.fakes.anthropic_fake import API_KEY as ANTHROPIC_KEY
 from tests.fakes.anthropic_fake import AnthropicFake, overloaded
@@ -141,6 +141,26 @@ async def test_unsupported_setting_is_refused_before_any_upstream_call(
         assert details.error_info.reason == "CAPABILITY_UNSUPPORTED"
         assert list(details.violations) == [field]
     assert world.upstream_requests() == before
+
+
+async def test_participant_names_are_refused_where_they_cannot_go(world: World) -> None:
+    before = world.upstream_requests()
+    named = content_pb2.Message(
+        role=content_pb2.ROLE_USER, name="alice", parts=[content_pb2.Part(text="hello")]
+    )
+    for model in ("claude", "gemini", "llama"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await world.gateway.stub.Chat(
+                chat_pb2.ChatRequest(model=model, messages=[named]), timeout=10
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert list(details_of(caught.value).violations) == ["messages[0].name"]
+    assert world.upstream_requests() == before
+    response = await world.gateway.stub.Chat(
+        chat_pb2.ChatRequest(model="gpt", messages=[named]), timeout=10
+    )
+    assert response.message.parts[0].text == "hello"
+    assert world.openai.requests[-1].json()["messages"][0]["name"] == "alice"
 
 
 async def test_candidates_are_refused_for_streams_everywhere(world: World) -> None:

@@ -31,7 +31,11 @@ NOT_SETTINGS = {"model", "messages", "labels"}
 # One request that sets every setting in the table.
 EVERYTHING = chat_pb2.ChatRequest(
     model="m",
-    messages=[content_pb2.Message(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="hi")])],
+    messages=[
+        content_pb2.Message(
+            role=content_pb2.ROLE_USER, name="alice", parts=[content_pb2.Part(text="hi")]
+        )
+    ],
     generation_config=chat_pb2.GenerationConfig(
         temperature=0.5,
         top_p=0.9,
@@ -52,6 +56,9 @@ EVERYTHING = chat_pb2.ChatRequest(
     tool_choice=content_pb2.ToolChoice(mode=content_pb2.TOOL_CHOICE_MODE_AUTO),
 )
 EVERYTHING.provider_options.update({"x_extra": 1})
+BARE_MESSAGES = [
+    content_pb2.Message(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="hi")])
+]
 
 
 def deployment(kind: str, **fields: Any) -> Deployment:
@@ -63,7 +70,7 @@ def test_the_table_covers_every_chatrequest_field_and_generation_setting() -> No
     generation = {
         f"generation_config.{f.name}" for f in chat_pb2.GenerationConfig.DESCRIPTOR.fields
     }
-    expected = (top - {"generation_config"}) | generation
+    expected = (top - {"generation_config"}) | generation | {"messages[].name"}
     assert set(unsupported.SETTINGS) == expected
     for kind, row in unsupported.TABLE.items():
         assert set(row) == expected, kind
@@ -82,7 +89,7 @@ def test_every_setting_of_the_everything_request_is_set() -> None:
 
 
 def test_nothing_is_refused_for_an_empty_request() -> None:
-    bare = chat_pb2.ChatRequest(model="m", messages=EVERYTHING.messages)
+    bare = chat_pb2.ChatRequest(model="m", messages=BARE_MESSAGES)
     for kind in unsupported.TABLE:
         assert unsupported.unsupported(bare, kind, streaming=True) == []
 
@@ -146,6 +153,7 @@ def test_what_the_table_refuses_is_never_sent_and_what_it_takes_is(kind: str) ->
     request = chat_pb2.ChatRequest()
     request.CopyFrom(EVERYTHING)
     request.ClearField("provider_options")
+    request.messages[0].ClearField("name")
     request.generation_config.ClearField("reasoning_effort")  # the budget stands for both
     target = deployment(kind, drop_unsupported=True)
     sent = as_sent(request, target, CallRecord(), streaming=False)
@@ -164,7 +172,7 @@ def _refusal(request: chat_pb2.ChatRequest, target: Deployment, streaming: bool)
 def test_check_refuses_the_first_unsupported_setting_with_its_field() -> None:
     request = chat_pb2.ChatRequest(
         model="m",
-        messages=EVERYTHING.messages,
+        messages=BARE_MESSAGES,
         generation_config=chat_pb2.GenerationConfig(seed=1, frequency_penalty=0.5),
     )
     error = _refusal(request, deployment("anthropic"), streaming=False)
@@ -179,7 +187,7 @@ def test_check_refuses_the_first_unsupported_setting_with_its_field() -> None:
 def test_drop_unsupported_passes_the_check_and_notes_what_was_left_out() -> None:
     request = chat_pb2.ChatRequest(
         model="m",
-        messages=EVERYTHING.messages,
+        messages=BARE_MESSAGES,
         generation_config=chat_pb2.GenerationConfig(seed=1, temperature=0.3),
     )
     target = deployment("anthropic", drop_unsupported=True)
@@ -195,7 +203,7 @@ def test_drop_unsupported_passes_the_check_and_notes_what_was_left_out() -> None
 def test_candidates_are_chat_only() -> None:
     request = chat_pb2.ChatRequest(
         model="m",
-        messages=EVERYTHING.messages,
+        messages=BARE_MESSAGES,
         generation_config=chat_pb2.GenerationConfig(candidate_count=2),
     )
     check_chat(request, deployment("openai"), streaming=False)
@@ -204,7 +212,7 @@ def test_candidates_are_chat_only() -> None:
 
 
 def test_provider_options_need_the_alias_to_allow_them() -> None:
-    request = chat_pb2.ChatRequest(model="m", messages=EVERYTHING.messages)
+    request = chat_pb2.ChatRequest(model="m", messages=BARE_MESSAGES)
     request.provider_options.update({"service_tier": "flex"})
     error = _refusal(request, deployment("openai"), streaming=False)
     assert [v.field for v in error.field_violations] == ["provider_options"]
@@ -212,6 +220,23 @@ def test_provider_options_need_the_alias_to_allow_them() -> None:
     request.provider_options.update({"messages": []})
     error = _refusal(request, deployment("openai", allow_provider_options=True), False)
     assert [v.field for v in error.field_violations] == ["provider_options.messages"]
+
+
+def test_participant_names_are_refused_where_no_name_goes_upstream() -> None:
+    request = chat_pb2.ChatRequest(model="m")
+    request.messages.add(role=content_pb2.ROLE_USER, parts=[content_pb2.Part(text="a")])
+    request.messages.add(role=content_pb2.ROLE_USER, name="bob", parts=[content_pb2.Part(text="b")])
+    for kind in ("anthropic", "gemini", "ollama"):
+        error = _refusal(request, deployment(kind), streaming=False)
+        assert [v.field for v in error.field_violations] == ["messages[1].name"]
+    check_chat(request, deployment("openai"), streaming=False)
+    sent = OpenAIDialect("p").chat_request(request, deployment("openai"), False).json_body
+    assert sent["messages"][1] == {"role": "user", "content": "b", "name": "bob"}
+    target = deployment("gemini", drop_unsupported=True)
+    record = CallRecord(served_by=target)
+    dropped = as_sent(request, target, record, streaming=False)
+    assert [m.name for m in dropped.messages] == ["", ""]
+    assert list(record.route().dropped_settings) == ["messages[].name"]
 
 
 def test_custom_kinds_decide_for_themselves() -> None:

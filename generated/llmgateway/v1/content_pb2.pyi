@@ -96,7 +96,10 @@ class Message(_message.Message):
     role: Global___Role.ValueType
     """REQUIRED. Who wrote this message."""
     name: _builtins.str
-    """OPTIONAL. A participant name, passed to providers that accept one."""
+    """OPTIONAL. A participant name, for providers that take one (OpenAI, Azure,
+    compatible servers); refused by the others with CAPABILITY_UNSUPPORTED
+    unless the alias drops unsupported settings (docs/providers.md).
+    """
     @_builtins.property
     def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Part]:
         """REQUIRED. At least one part. The parts allowed depend on the role:
