@@ -11,7 +11,7 @@ export LLM_GATEWAY_DEV_SECRET ?= dev-only-insecure-secret-change-me-0123456789
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: run token lock lock-check test test-deps go-deps go-client bench bench-check bench-deps soak profile lint fmt proto proto-check proto-lint clean
+.PHONY: run token lock lock-check test test-deps go-deps go-client bench bench-check bench-deps soak profile lint fmt proto proto-check proto-lint proto-breaking clean
 
 $(STAMP): pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -111,6 +111,11 @@ $(BUF):
 
 proto-lint: $(BUF)
 	$(BUF) lint
+
+# The public contract (llmgateway.v1) stays wire- and JSON-compatible with the previous
+# commit (PROTO_BREAKING_AGAINST=<ref> for another); a break needs a new package, v2.
+proto-breaking: $(BUF)
+	BUF=$(BUF) scripts/proto_breaking.sh
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix service clients tests scripts bench

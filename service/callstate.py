@@ -36,6 +36,7 @@ class CallState:
     first_chunk_at: float | None = None  # event-loop clock
     usage: route_pb2.Usage | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    provider_option_keys: list[str] = field(default_factory=list)  # keys only, sorted
     span: Any = None  # the call's OpenTelemetry server span, when traced
 
     def note_route(self, route: route_pb2.RouteInfo) -> None:

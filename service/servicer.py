@@ -190,6 +190,7 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
 
         async def run() -> chat_pb2.ChatResponse:
             _note_request(state, request.model, request.labels)
+            _note_options(state, request)
             validate_chat(request)
             identity = self._authorize(f"/{_SERVICE}/Chat", request.model)
             reservation = await self._admit(identity, request)
@@ -219,6 +220,7 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
         usage: route_pb2.Usage | None = None
         try:
             _note_request(state, request.model, request.labels)
+            _note_options(state, request)
             validate_chat(request)
             identity = self._authorize(f"/{_SERVICE}/StreamChat", request.model)
             reservation = await self._admit(identity, request)
@@ -417,6 +419,12 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             return response
 
         return await self._unary(context, run)
+
+
+def _note_options(state: CallState | None, request: chat_pb2.ChatRequest) -> None:
+    """The audit's provider_options: their keys, never their values."""
+    if state is not None and request.provider_options.fields:
+        state.provider_option_keys = sorted(request.provider_options.fields)
 
 
 def _note_request(state: CallState | None, model: str, labels: Mapping[str, str]) -> None:

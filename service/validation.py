@@ -144,6 +144,12 @@ def _check_generation(config: chat_pb2.GenerationConfig, path: str, out: _Violat
     _in_range(config, "reasoning_budget_tokens", path, out, lambda v: v >= 1, "must be at least 1")
     for name in ("presence_penalty", "frequency_penalty"):
         _in_range(config, name, path, out, lambda v: -2 <= v <= 2, "must be -2 to 2")
+    _in_range(config, "top_logprobs", path, out, lambda v: 0 <= v <= 20, "must be 0 to 20")
+    if config.HasField("top_logprobs") and not config.logprobs:
+        out.add(f"{path}.top_logprobs", "needs logprobs: true")
+    _in_range(config, "candidate_count", path, out, lambda v: 1 <= v <= 8, "must be 1 to 8")
+    if config.reasoning_effort not in chat_pb2.ReasoningEffort.values():
+        out.add(f"{path}.reasoning_effort", "is not a known reasoning effort")
     if len(config.stop_sequences) > MAX_STOP_SEQUENCES:
         out.add(f"{path}.stop_sequences", f"at most {MAX_STOP_SEQUENCES} are allowed")
     for k, stop in enumerate(config.stop_sequences):

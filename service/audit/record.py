@@ -3,7 +3,8 @@
 Only the fields listed in FIELDS are written, each taken from a known place: never a
 token, an API key, authorization metadata, nor any prompt or completion text. Strings
 that a caller chooses (the method of an unknown RPC, a model name, labels, the user
-agent, the token's `jti`) are bounded.
+agent, the token's `jti`, provider_options keys) are bounded; of provider_options only
+the keys are written.
 
 The caller is named by `issuer` and `subject` together (a subject means something only
 with its issuer), with the `kid` of the key that verified its token and the token's
@@ -44,6 +45,7 @@ FIELDS = (
     "output_tokens",
     "cost_usd",
     "labels",
+    "provider_options",
 )
 # Added by the sink when a record is submitted: 1, 2, 3, ... in this process, in the
 # order records are written; a gap is a record lost (and counted as dropped).
@@ -124,4 +126,6 @@ def build_record(
         "output_tokens": int(usage.output_tokens) if usage is not None else 0,
         "cost_usd": cost,
         "labels": _labels(state.labels),
+        # The keys a caller merged into the upstream body, never their values.
+        "provider_options": [_text(k) for k in state.provider_option_keys[:MAX_LABELS]],
     }

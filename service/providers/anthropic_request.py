@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from llmgateway.v1 import chat_pb2, content_pb2
 
 from service.errors import FieldViolation, invalid_argument
+from service.providers import reasoning
 from service.validation import IMAGE_MIME_TYPES
 
 MAX_TEMPERATURE = 1.0
@@ -100,6 +101,9 @@ def _blocks(message: content_pb2.Message, path: str) -> list[dict[str, Any]]:
             if result.is_error:
                 block["is_error"] = True
             blocks.append(block)
+        elif kind == "reasoning" and part.reasoning.redacted:
+            # Anthropic requires redacted thinking back unchanged in the next turns.
+            blocks.append({"type": "redacted_thinking", "data": part.reasoning.redacted})
         elif kind == "reasoning" and part.reasoning.signature:
             # Unsigned reasoning (from another provider) cannot be verified upstream.
             blocks.append(
@@ -181,9 +185,14 @@ def chat_body(
     """The `messages` body for a chat request; `default_max_tokens` stands in for an unset
     `max_output_tokens`, which Anthropic requires."""
     config = request.generation_config
-    max_tokens = (
-        config.max_output_tokens if config.HasField("max_output_tokens") else default_max_tokens
-    )
+    budget = reasoning.anthropic_budget(config)
+    if config.HasField("max_output_tokens"):
+        max_tokens = config.max_output_tokens
+    elif budget is not None and not config.HasField("reasoning_budget_tokens"):
+        # An effort's budget comes on top of the default answer length.
+        max_tokens = budget + default_max_tokens
+    else:
+        max_tokens = default_max_tokens
     system, messages = _conversation(request)
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
     if system:
@@ -210,14 +219,19 @@ def chat_body(
         choice = _tool_choice(request)
         if choice is not None:
             body["tool_choice"] = choice
-    if config.HasField("reasoning_budget_tokens"):
-        budget = config.reasoning_budget_tokens
+    if budget is not None:
+        field = (
+            "generation_config.reasoning_budget_tokens"
+            if config.HasField("reasoning_budget_tokens")
+            else "generation_config.reasoning_effort"
+        )
         if budget >= max_tokens:
             raise invalid_argument(
                 [
                     FieldViolation(
-                        "generation_config.reasoning_budget_tokens",
-                        f"must be less than the output token limit ({max_tokens})",
+                        field,
+                        f"needs a thinking budget ({budget}) below the output token limit"
+                        f" ({max_tokens})",
                     )
                 ]
             )
@@ -225,7 +239,8 @@ def chat_body(
     output_format = _output_format(config)
     if output_format is not None:
         body["output_config"] = {"format": output_format}
-    # seed, presence_penalty and frequency_penalty have no Anthropic equivalent.
+    # seed, the penalties, logprobs and candidate_count have no Anthropic equivalent:
+    # routing refuses them (service/providers/unsupported.py) before this is called.
     if stream:
         body["stream"] = True
     return body

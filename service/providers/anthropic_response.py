@@ -15,6 +15,7 @@ from typing import Any
 
 from llmgateway.v1 import chat_pb2, content_pb2, route_pb2
 
+from service.providers import provider_metadata
 from service.providers.anthropic_errors import error_status, upstream_failure
 from service.providers.dialect import StreamParser, usage
 from service.providers.framing import SseEvent
@@ -27,8 +28,13 @@ _FINISH: dict[str, chat_pb2.FinishReason.ValueType] = {
     "max_tokens": chat_pb2.FINISH_REASON_LENGTH,
     "model_context_window_exceeded": chat_pb2.FINISH_REASON_LENGTH,
     "tool_use": chat_pb2.FINISH_REASON_TOOL_CALLS,
-    "refusal": chat_pb2.FINISH_REASON_CONTENT_FILTER,
+    "refusal": chat_pb2.FINISH_REASON_REFUSAL,
 }
+
+
+# Anthropic gives no explanation with `stop_reason: refusal`: ChatResponse.refusal stays
+# empty, the finish reason says it, and any text before the refusal stays in the message.
+_METADATA_KEYS = {"stop_sequence": "stop_sequence"}
 
 
 def finish_reason(raw: str) -> chat_pb2.FinishReason.ValueType:
@@ -74,15 +80,22 @@ def parse_chat_body(body: Any) -> chat_pb2.ChatResponse:
                 text=str(block["thinking"]), signature=str(block.get("signature") or "")
             )
             parts.append(content_pb2.Part(reasoning=reasoning))
+        elif kind == "redacted_thinking":
+            redacted = content_pb2.Reasoning(redacted=str(block["data"]))
+            parts.append(content_pb2.Part(reasoning=redacted))
     raw = body["stop_reason"]
     if not isinstance(raw, str) or not raw:
         raise ValueError("an Anthropic message without stop_reason")
-    return chat_pb2.ChatResponse(
+    response = chat_pb2.ChatResponse(
         message=content_pb2.Message(role=content_pb2.ROLE_ASSISTANT, parts=parts),
         finish_reason=finish_reason(raw),
         raw_finish_reason=raw,
         usage=usage_from(body.get("usage") or {}),
     )
+    metadata = provider_metadata.to_struct(provider_metadata.pick(body, _METADATA_KEYS))
+    if metadata is not None:
+        response.provider_metadata.CopyFrom(metadata)
+    return response
 
 
 class AnthropicStreamParser(StreamParser):
@@ -94,6 +107,7 @@ class AnthropicStreamParser(StreamParser):
         self._tool_of_block: dict[int, int] = {}  # content-block index → tool call index
         self._tool_has_arguments: dict[int, bool] = {}
         self._tools = 0
+        self._metadata: dict[str, Any] = {}
 
     def parse(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
         if self.terminated:
@@ -133,6 +147,13 @@ class AnthropicStreamParser(StreamParser):
             raise from_upstream(failure)
         return []  # ping and event types added after this was written
 
+    def finish(self) -> list[chat_pb2.StreamChatResponse]:
+        chunks = super().finish()
+        metadata = provider_metadata.to_struct(self._metadata)
+        if metadata is not None:
+            chunks[-1].provider_metadata.CopyFrom(metadata)
+        return chunks
+
     def _take_usage(self, fields: Mapping[str, Any]) -> None:
         # Counts are cumulative: the latest value of each field wins, never a sum.
         self._usage_fields.update({k: v for k, v in fields.items() if v is not None})
@@ -146,6 +167,8 @@ class AnthropicStreamParser(StreamParser):
             return [chat_pb2.StreamChatResponse(text_delta=str(block["text"]))]
         if kind == "thinking" and block.get("thinking"):
             return [chat_pb2.StreamChatResponse(reasoning_delta=str(block["thinking"]))]
+        if kind == "redacted_thinking":
+            return [chat_pb2.StreamChatResponse(reasoning_redacted=str(block["data"]))]
         if kind == "tool_use":
             tool_index = self._tools
             self._tools += 1
@@ -194,6 +217,7 @@ class AnthropicStreamParser(StreamParser):
     def _message_delta(self, data: Mapping[str, Any]) -> list[chat_pb2.StreamChatResponse]:
         if data.get("usage"):
             self._take_usage(data["usage"])
+        self._metadata.update(provider_metadata.pick(data.get("delta"), _METADATA_KEYS))
         raw = (data.get("delta") or {}).get("stop_reason")
         if not raw or self.finish_reason != chat_pb2.FINISH_REASON_UNSPECIFIED:
             return []

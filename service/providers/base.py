@@ -100,6 +100,10 @@ class Deployment:
     # The provider's rate limit for this deployment (service/routing/quotas.py); None: none.
     rate_limit: RateQuota | None = None
     batch: EmbedBatching | None = None  # Embed calls batched (routing/batching.py); None: not
+    # Leave out request settings the kind cannot take instead of refusing the call
+    # (service/providers/unsupported.py); they are listed in RouteInfo.dropped_settings.
+    drop_unsupported: bool = False
+    allow_provider_options: bool = False  # ChatRequest.provider_options are merged upstream
 
     @property
     def key(self) -> str:

@@ -44,6 +44,8 @@ def has_output(chunk: chat_pb2.StreamChatResponse) -> bool:
         chunk.text_delta
         or chunk.reasoning_delta
         or chunk.reasoning_signature
+        or chunk.reasoning_redacted
+        or chunk.refusal_delta
         or chunk.tool_call_deltas
         or chunk.finish_reason
     )

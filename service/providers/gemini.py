@@ -58,7 +58,7 @@ class GeminiDialect(Dialect):
     def chat_request(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, stream: bool
     ) -> HttpRequestSpec:
-        body = chat_body(request)
+        body = chat_body(request, deployment.upstream_model, stream)
         model = model_path(deployment.upstream_model)
         url = f"{model}:streamGenerateContent?alt=sse" if stream else f"{model}:generateContent"
         return HttpRequestSpec("POST", url, json_body=body)

@@ -22,7 +22,7 @@ from google.protobuf import json_format, struct_pb2
 from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2
 
 from service.errors import FieldViolation, invalid_argument
-from service.providers import model_names
+from service.providers import model_names, reasoning
 
 # batchEmbedContents takes at most this many requests.
 MAX_BATCH_EMBED = 100
@@ -191,7 +191,9 @@ class _Contents:
         return {"functionResponse": {"name": name, "response": response}}
 
 
-def _generation_config(config: chat_pb2.GenerationConfig) -> dict[str, Any]:
+def _generation_config(
+    config: chat_pb2.GenerationConfig, model: str, stream: bool
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field, name in (
         ("temperature", "temperature"),
@@ -216,11 +218,15 @@ def _generation_config(config: chat_pb2.GenerationConfig) -> dict[str, Any]:
     elif response_format.type == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
         out["responseMimeType"] = "application/json"
         out["responseJsonSchema"] = _struct(response_format.json_schema)
-    if config.HasField("reasoning_budget_tokens"):
-        out["thinkingConfig"] = {
-            "thinkingBudget": config.reasoning_budget_tokens,
-            "includeThoughts": True,
-        }
+    thinking = reasoning.gemini_thinking(config, model)
+    if thinking is not None:
+        out["thinkingConfig"] = thinking
+    if config.logprobs:
+        out["responseLogprobs"] = True
+    if config.HasField("top_logprobs"):
+        out["logprobs"] = config.top_logprobs
+    if config.HasField("candidate_count") and not stream:
+        out["candidateCount"] = config.candidate_count
     return out
 
 
@@ -248,7 +254,9 @@ def _tools(request: chat_pb2.ChatRequest) -> dict[str, Any]:
     return out
 
 
-def chat_body(request: chat_pb2.ChatRequest) -> dict[str, Any]:
+def chat_body(
+    request: chat_pb2.ChatRequest, model: str = "", stream: bool = False
+) -> dict[str, Any]:
     """The `generateContent` / `streamGenerateContent` body for a chat request; raises
     INVALID_ARGUMENT naming every field Gemini cannot take."""
     contents = _Contents(request)
@@ -258,7 +266,7 @@ def chat_body(request: chat_pb2.ChatRequest) -> dict[str, Any]:
     if contents.system:
         body["systemInstruction"] = {"parts": contents.system}
     body["contents"] = contents.contents
-    generation = _generation_config(request.generation_config)
+    generation = _generation_config(request.generation_config, model, stream)
     if generation:
         body["generationConfig"] = generation
     body.update(_tools(request))

@@ -1,8 +1,12 @@
 """Google Gemini API: responses and `alt=sse` stream chunks, from Gemini JSON to the
 gateway's protos.
 
-Reference §5.3, §5.4 and §8. The first candidate is the answer; a prompt blocked before any
-candidate finishes as CONTENT_FILTER with the block reason as the raw reason.
+Reference §5.3, §5.4 and §8. The first candidate is the answer (the others, when
+candidateCount asked for more, are ChatResponse.candidates); a prompt blocked before any
+candidate is a refusal: FINISH_REASON_REFUSAL, the block reason as the raw reason and in
+the refusal text. An answer cut by a safety filter (finishReason SAFETY and the like)
+stays CONTENT_FILTER. Safety ratings, citations, grounding and prompt feedback travel
+in provider_metadata.
 
 - Gemini sends no tool-call ids; ids are derived from `responseId` and the call's
   position in the turn (`call_<responseId>_<n>`), or a digest of the call without one, so
@@ -23,6 +27,7 @@ from typing import Any
 
 from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2, route_pb2
 
+from service.providers import logprobs, provider_metadata
 from service.providers.dialect import StreamParser, has_content, usage
 from service.providers.gemini_errors import error_envelope, upstream_error
 
@@ -156,6 +161,19 @@ def _block_reason(body: Mapping[str, Any]) -> str:
     return str(feedback.get("blockReason") or "")
 
 
+def blocked_refusal(block: str) -> str:
+    """The refusal text for a prompt Gemini blocked."""
+    return f"the provider blocked the prompt ({block})"
+
+
+def metadata_of(body: Mapping[str, Any]) -> dict[str, Any]:
+    """provider_metadata entries of one response or stream chunk."""
+    return {
+        **provider_metadata.pick(body, provider_metadata.GEMINI_KEYS),
+        **provider_metadata.pick(_candidate(body), provider_metadata.GEMINI_CANDIDATE_KEYS),
+    }
+
+
 def parse_chat_body(body: Mapping[str, Any], upstream_request_id: str) -> chat_pb2.ChatResponse:
     """The ChatResponse for a `generateContent` body; the route names `upstream_request_id`
     (the upstream's request-id header) when there is one, else the body's `responseId`."""
@@ -165,9 +183,11 @@ def parse_chat_body(body: Mapping[str, Any], upstream_request_id: str) -> chat_p
     block = _block_reason(body)
     if candidate is None and not block:
         raise ValueError("the response has neither candidates nor a block reason")
+    refusal = ""
     if candidate is None:
         raw = block
-        reason = chat_pb2.FINISH_REASON_CONTENT_FILTER
+        reason = chat_pb2.FINISH_REASON_REFUSAL
+        refusal = blocked_refusal(block)
     else:
         raw = str(candidate.get("finishReason") or "")
         reason = finish_reason(raw, calls > 0)
@@ -176,7 +196,23 @@ def parse_chat_body(body: Mapping[str, Any], upstream_request_id: str) -> chat_p
         finish_reason=reason,
         raw_finish_reason=raw,
         usage=usage_from(body.get("usageMetadata")),
+        refusal=refusal,
     )
+    if candidate is not None:
+        result.logprobs.extend(logprobs.from_gemini(candidate.get("logprobsResult")))
+    for index, extra in enumerate((body.get("candidates") or [])[1:], start=1):
+        extra_parts, extra_calls = _response_parts(_parts(extra), f"{response_id}_{index}", 0)
+        extra_raw = str(extra.get("finishReason") or "")
+        result.candidates.add(
+            index=index,
+            message=content_pb2.Message(role=content_pb2.ROLE_ASSISTANT, parts=extra_parts),
+            finish_reason=finish_reason(extra_raw, extra_calls > 0),
+            raw_finish_reason=extra_raw,
+            logprobs=logprobs.from_gemini(extra.get("logprobsResult")),
+        )
+    metadata = provider_metadata.to_struct(metadata_of(body))
+    if metadata is not None:
+        result.provider_metadata.CopyFrom(metadata)
     result.route.upstream_request_id = upstream_request_id or response_id
     return result
 
@@ -201,6 +237,14 @@ class GeminiStreamParser(StreamParser):
         super().__init__(provider, model)
         self._calls = 0
         self._request_id_sent = False
+        self._metadata: dict[str, Any] = {}
+
+    def finish(self) -> list[chat_pb2.StreamChatResponse]:
+        chunks = super().finish()
+        metadata = provider_metadata.to_struct(self._metadata)
+        if metadata is not None:
+            chunks[-1].provider_metadata.CopyFrom(metadata)
+        return chunks
 
     def parse(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
         data = event.data
@@ -223,15 +267,19 @@ class GeminiStreamParser(StreamParser):
             self.usage = usage_from(body["usageMetadata"])
         response_id = str(body.get("responseId") or "")
         candidate = _candidate(body)
+        self._metadata.update(metadata_of(body))
         chunks = [c for part in _parts(candidate) for c in self._part(part, response_id)]
         chunks = [c for c in chunks if has_content(c)]
+        if candidate is not None and chunks:
+            chunks[-1].logprobs.extend(logprobs.from_gemini(candidate.get("logprobsResult")))
         if chunks and self.finished:
             raise ValueError("content arrived after the finish reason")
         raw = str(candidate.get("finishReason") or "") if candidate is not None else ""
         reason = finish_reason(raw, self._calls > 0) if raw else None
         block = _block_reason(body)
         if reason is None and block and candidate is None:
-            raw, reason = block, chat_pb2.FINISH_REASON_CONTENT_FILTER
+            raw, reason = block, chat_pb2.FINISH_REASON_REFUSAL
+            chunks.append(chat_pb2.StreamChatResponse(refusal_delta=blocked_refusal(block)))
         if reason is not None and not self.finished:
             self.finished = True
             self.finish_reason = reason

@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 from llmgateway.v1 import chat_pb2, embed_pb2
 
 from service.errors import GatewayError
+from service.providers import provider_options
 from service.providers.base import CallContext, Deployment, Provider, Timeouts
 from service.providers.dialect import Dialect, StreamParser, has_content
 from service.providers.framing import FramingError, NdjsonDecoder, SseDecoder
@@ -129,16 +130,28 @@ class HttpProvider(Provider):
         )
         return result
 
+    def _chat_spec(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment, stream: bool
+    ) -> HttpRequestSpec:
+        """The dialect's request, with the caller's provider_options merged into its body
+        (routing has checked that the alias allows them)."""
+        spec = self.dialect.chat_request(request, deployment, stream)
+        if not request.provider_options.fields:
+            return spec
+        return replace(
+            spec, json_body=provider_options.merged(spec.json_body, request.provider_options)
+        )
+
     async def chat(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
     ) -> chat_pb2.ChatResponse:
-        spec = self.dialect.chat_request(request, deployment, stream=False)
+        spec = self._chat_spec(request, deployment, stream=False)
         return await self._unary(spec, deployment, ctx, self.dialect.parse_chat)
 
     async def stream_chat(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
     ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
-        spec = await self._authorized(self.dialect.chat_request(request, deployment, stream=True))
+        spec = await self._authorized(self._chat_spec(request, deployment, stream=True))
         model = deployment.upstream_model
         async with self.client.stream(spec, ctx.deadline, model, deployment.timeouts) as upstream:
             if ctx.observe_headers is not None:

@@ -20,7 +20,8 @@ Request mapping (§6.2):
 - `format` is "json" for JSON_OBJECT and the schema object for JSON_SCHEMA. `options`
   carries temperature, top_p, top_k, num_predict (max_output_tokens), stop, seed and
   the penalties. `keep_alive` comes from the provider's config. Ollama has no reasoning
-  token budget: a set `reasoning_budget_tokens` sends `think: true`.
+  token budget: a set `reasoning_effort` sends `think: "low" | "medium" | "high"`, else a
+  set `reasoning_budget_tokens` sends `think: true`.
 
 Embeddings (§6.4) send `input` as a list (and `dimensions` when asked); Ollama's default
 `truncate: true` is kept, so over-long inputs are truncated by Ollama, not refused.
@@ -38,6 +39,7 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2
 
 from service.errors import FieldViolation, invalid_argument, unsupported_capability
+from service.providers import reasoning
 from service.providers.base import Deployment
 
 _ROLES = {
@@ -230,7 +232,10 @@ def chat_body(
     options = _options(config)
     if options:
         body["options"] = options
-    if config.HasField("reasoning_budget_tokens"):
+    effort = reasoning.level(config)
+    if effort is not None:
+        body["think"] = effort
+    elif config.HasField("reasoning_budget_tokens"):
         body["think"] = True
     if keep_alive is not None:
         body["keep_alive"] = keep_alive

@@ -20,7 +20,7 @@ from llmgateway.config.v1 import config_pb2
 from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2, route_pb2
 
 from service.errors import GatewayError
-from service.providers import factory
+from service.providers import factory, logprobs, provider_metadata, reasoning
 from service.providers.base import Capabilities, Deployment, Provider
 from service.providers.dialect import Dialect, StreamParser, usage
 from service.providers.framing import SseEvent
@@ -187,6 +187,15 @@ def chat_body(
     response_format = _response_format(config)
     if response_format is not None:
         body["response_format"] = response_format
+    effort = reasoning.level(config)
+    if effort is not None:
+        body["reasoning_effort"] = effort
+    if config.logprobs:
+        body["logprobs"] = True
+    if config.HasField("top_logprobs"):
+        body["top_logprobs"] = config.top_logprobs
+    if config.HasField("candidate_count") and not stream:
+        body["n"] = config.candidate_count
     if request.tools:
         body["tools"] = [
             {
@@ -261,18 +270,18 @@ def tool_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def parse_chat_body(body: Mapping[str, Any], provider: str, model: str) -> chat_pb2.ChatResponse:
-    choice = body["choices"][0]
+def _choice_message(
+    choice: Mapping[str, Any],
+) -> tuple[content_pb2.Message, str]:
+    """The assistant message of one choice, and its refusal text ("" when none)."""
     message = choice["message"]
     out = content_pb2.Message(role=content_pb2.ROLE_ASSISTANT)
-    reasoning = _reasoning_text(message)
-    if reasoning:
-        out.parts.add(reasoning=content_pb2.Reasoning(text=reasoning))
+    reasoning_text = _reasoning_text(message)
+    if reasoning_text:
+        out.parts.add(reasoning=content_pb2.Reasoning(text=reasoning_text))
     text = message.get("content")
     if isinstance(text, str) and text:
         out.parts.add(text=text)
-    elif not message.get("tool_calls") and message.get("refusal"):
-        out.parts.add(text=str(message["refusal"]))
     for call in message.get("tool_calls") or []:
         function = call["function"]
         name = str(function["name"])
@@ -286,13 +295,51 @@ def parse_chat_body(body: Mapping[str, Any], provider: str, model: str) -> chat_
         )
     if not out.parts:
         out.parts.add(text="")
+    refusal = message.get("refusal")
+    return out, refusal if isinstance(refusal, str) else ""
+
+
+def _finish(raw: str, refused: bool, provider: str, model: str) -> chat_pb2.FinishReason.ValueType:
+    """A choice that carries a refusal finished as REFUSAL, whatever its finish_reason."""
+    if refused:
+        return chat_pb2.FINISH_REASON_REFUSAL
+    return finish_reason_of(raw, provider, model)
+
+
+def parse_chat_body(body: Mapping[str, Any], provider: str, model: str) -> chat_pb2.ChatResponse:
+    choices = sorted(body["choices"], key=lambda c: int(c.get("index", 0)))
+    choice = choices[0]
+    message, refusal = _choice_message(choice)
     raw = choice.get("finish_reason") or ""
-    return chat_pb2.ChatResponse(
-        message=out,
-        finish_reason=finish_reason_of(raw, provider, model),
+    response = chat_pb2.ChatResponse(
+        message=message,
+        finish_reason=_finish(raw, bool(refusal), provider, model),
         raw_finish_reason=raw,
         usage=usage_from(body.get("usage")),
+        refusal=refusal,
+        logprobs=logprobs.from_openai(choice.get("logprobs")),
     )
+    for index, extra in enumerate(choices[1:], start=1):
+        extra_message, extra_refusal = _choice_message(extra)
+        extra_raw = extra.get("finish_reason") or ""
+        response.candidates.add(
+            index=index,
+            message=extra_message,
+            finish_reason=_finish(extra_raw, bool(extra_refusal), provider, model),
+            raw_finish_reason=extra_raw,
+            refusal=extra_refusal,
+            logprobs=logprobs.from_openai(extra.get("logprobs")),
+        )
+    metadata = provider_metadata.to_struct(
+        {
+            **provider_metadata.pick(body, provider_metadata.OPENAI_KEYS),
+            **provider_metadata.pick(body, provider_metadata.OPENAI_AZURE_KEYS),
+            **provider_metadata.pick(choice, provider_metadata.OPENAI_CHOICE_KEYS),
+        }
+    )
+    if metadata is not None:
+        response.provider_metadata.CopyFrom(metadata)
+    return response
 
 
 def parse_embed_body(body: Mapping[str, Any]) -> embed_pb2.EmbedResponse:
@@ -416,6 +463,8 @@ class OpenAIStreamParser(StreamParser):
     def __init__(self, provider: str, model: str) -> None:
         super().__init__(provider, model)
         self._tool_index: dict[int, int] = {}  # upstream index → position in this turn
+        self._refused = False  # a refusal delta was seen
+        self._metadata: dict[str, Any] = {}  # provider_metadata for the final chunk
 
     def parse(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
         assert isinstance(event, SseEvent)
@@ -430,11 +479,23 @@ class OpenAIStreamParser(StreamParser):
             raise _stream_error(data["error"], self.provider, self.model)
         if data.get("usage"):
             self.usage = usage_from(data["usage"])
+        self._metadata.update(provider_metadata.pick(data, provider_metadata.OPENAI_KEYS))
+        self._metadata.update(provider_metadata.pick(data, provider_metadata.OPENAI_AZURE_KEYS))
         chunks = []
         for choice in data.get("choices") or []:
             if int(choice.get("index", 0)) != 0:
                 continue
+            self._metadata.update(
+                provider_metadata.pick(choice, provider_metadata.OPENAI_CHOICE_KEYS)
+            )
             chunks.append(self._choice(choice))
+        return chunks
+
+    def finish(self) -> list[chat_pb2.StreamChatResponse]:
+        chunks = super().finish()
+        metadata = provider_metadata.to_struct(self._metadata)
+        if metadata is not None:
+            chunks[-1].provider_metadata.CopyFrom(metadata)
         return chunks
 
     def _choice(self, choice: Mapping[str, Any]) -> chat_pb2.StreamChatResponse:
@@ -443,9 +504,14 @@ class OpenAIStreamParser(StreamParser):
         text = delta.get("content")
         if isinstance(text, str):
             chunk.text_delta = text
-        reasoning = _reasoning_text(delta)
-        if reasoning:
-            chunk.reasoning_delta = reasoning
+        reasoning_text = _reasoning_text(delta)
+        if reasoning_text:
+            chunk.reasoning_delta = reasoning_text
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            chunk.refusal_delta = refusal
+            self._refused = True
+        chunk.logprobs.extend(logprobs.from_openai(choice.get("logprobs")))
         for call in delta.get("tool_calls") or []:
             upstream_index = int(call.get("index", 0))
             function = call.get("function") or {}
@@ -464,7 +530,7 @@ class OpenAIStreamParser(StreamParser):
         if raw:
             if self.finish_reason != chat_pb2.FINISH_REASON_UNSPECIFIED:
                 raise ValueError("a second finish_reason in one stream")
-            self.finish_reason = finish_reason_of(str(raw), self.provider, self.model)
+            self.finish_reason = _finish(str(raw), self._refused, self.provider, self.model)
             chunk.finish_reason = self.finish_reason
             chunk.raw_finish_reason = str(raw)
         return chunk

@@ -240,6 +240,8 @@ class Registry:
                         if model.HasField("batch")
                         else None
                     ),
+                    drop_unsupported=model.drop_unsupported,
+                    allow_provider_options=model.allow_provider_options,
                 )
                 quotas.setdefault(deployment.key, deployment.rate_limit)
                 weight = target.weight if target.HasField("weight") else 1

@@ -29,6 +29,7 @@ class CallRecord:
     # The rate-limit reservation of the request that served, until it is settled with
     # the usage (service/routing/quotas.py).
     quota_hold: QuotaHold | None = None
+    dropped_settings: list[str] = field(default_factory=list)  # left out for served_by
 
     def route(self, upstream_request_id: str = "") -> route_pb2.RouteInfo:
         assert self.served_by is not None
@@ -38,6 +39,7 @@ class CallRecord:
             attempts=self.attempts,
             fallback_used=self.fallback_used,
             upstream_request_id=upstream_request_id,
+            dropped_settings=self.dropped_settings,
         )
 
     def annotate(self, error: GatewayError) -> GatewayError:

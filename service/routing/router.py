@@ -31,7 +31,7 @@ from service.routing.balancer import Balancer
 from service.routing.batching import EmbedBatcher
 from service.routing.cache import Cache
 from service.routing.cached import CachedCalls
-from service.routing.capabilities import check_chat, check_embed
+from service.routing.capabilities import as_sent, check_chat, check_embed
 from service.routing.coalesce import Coalescer
 from service.routing.discovery import Discovery
 from service.routing.executor import Executor
@@ -109,7 +109,8 @@ class Router:
             check_chat(request, d, streaming=False)
 
         async def attempt(d: Deployment, actx: CallContext) -> chat_pb2.ChatResponse:
-            return await self.registry.provider(d.provider).chat(request, d, actx)
+            sent = as_sent(request, d, record, streaming=False)
+            return await self.registry.provider(d.provider).chat(sent, d, actx)
 
         return await self._unary(
             request, ctx, record, check, attempt, chat_pb2.ChatResponse, prompt=request

@@ -23,7 +23,7 @@ from service.providers.base import CallContext, Deployment
 from service.providers.registry import Registry
 from service.providers.upstream_errors import transport_failure
 from service.routing.balancer import Balancer
-from service.routing.capabilities import check_chat
+from service.routing.capabilities import as_sent, check_chat
 from service.routing.executor import Executor
 from service.routing.planner import Planner
 from service.routing.pricing import apply_cost
@@ -64,6 +64,7 @@ class Streams:
         self, request: chat_pb2.ChatRequest, ctx: CallContext, record: CallRecord | None = None
     ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
         record = record or CallRecord()
+        noted: CallRecord = record
         loop = asyncio.get_running_loop()
 
         def check(d: Deployment) -> None:
@@ -72,7 +73,8 @@ class Streams:
         async def open_stream(
             d: Deployment, actx: CallContext
         ) -> _Opened[chat_pb2.StreamChatResponse]:
-            stream = self.registry.provider(d.provider).stream_chat(request, d, actx)
+            sent = as_sent(request, d, noted, streaming=True)
+            stream = self.registry.provider(d.provider).stream_chat(sent, d, actx)
             started = loop.time()
             try:
                 first = await _next_chunk(

@@ -368,6 +368,9 @@ class AnthropicFake(FakeUpstream):
             thought = f"The user wrote: {text}"
             thinking_words = count_words(thought)
             content.append({"type": "thinking", "thinking": thought, "signature": "Eq" + digest})
+            if "redact" in text:
+                # Reasoning the safety systems encrypted (§4.3): opaque `data`.
+                content.append({"type": "redacted_thinking", "data": "EmwK" + digest[:24]})
         tools = body.get("tools") or []
         choice = body.get("tool_choice") or {"type": "auto"}
         output_format = (body.get("output_config") or {}).get("format") or {}
@@ -453,6 +456,9 @@ class AnthropicFake(FakeUpstream):
             if kind == "text":
                 empty = {"type": "text", "text": ""}
                 deltas = [{"type": "text_delta", "text": w} for w in split_words(block["text"])]
+            elif kind == "redacted_thinking":
+                empty = dict(block)  # arrives whole in its start event, no deltas
+                deltas = []
             elif kind == "thinking":
                 empty = {"type": "thinking", "thinking": "", "signature": ""}
                 deltas = [

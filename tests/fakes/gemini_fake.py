@@ -17,6 +17,11 @@ What it answers (deterministic):
   `responseJsonSchema`, or {"echo": text};
 - `thinkingConfig.includeThoughts`: a thought part first;
 - `maxOutputTokens` cuts the reply (finishReason MAX_TOKENS), `stopSequences` cut it;
+- `candidateCount` N: N candidates (the n-th says "<text> (n)"); `responseLogprobs`: a
+  `logprobsResult` per candidate (and per stream chunk), with `logprobs` alternatives;
+- a last user text starting with "unsafe" is a blocked prompt (`promptFeedback` with
+  blockReason SAFETY and safetyRatings, no candidates); every candidate carries
+  `safetyRatings`, and one whose text mentions "cite" `citationMetadata`;
 - models whose name contains "missing" are 404 NOT_FOUND; embedding models ("embed" in
   the name) only embed and chat models only chat, as upstream.
 
@@ -209,6 +214,53 @@ def chunk(
     return body
 
 
+SAFETY_RATINGS = [
+    {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"},
+    {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "NEGLIGIBLE"},
+]
+
+
+def candidate_facts(text: str, logprobs: int | None) -> dict[str, Any]:
+    """safetyRatings, and citationMetadata and logprobsResult where they apply (§5.3)."""
+    facts: dict[str, Any] = {"safetyRatings": SAFETY_RATINGS}
+    if "cite" in text:
+        facts["citationMetadata"] = {
+            "citationSources": [{"startIndex": 0, "endIndex": 4, "uri": "https://example.org/"}]
+        }
+    if logprobs is not None:
+        tokens = words(text)
+        facts["logprobsResult"] = {
+            "topCandidates": [
+                {
+                    "candidates": [
+                        {"token": f"{t}~{k}", "logProbability": -1.0 * (k + 1)}
+                        for k in range(logprobs)
+                    ]
+                }
+                for t in tokens
+            ],
+            "chosenCandidates": [
+                {"token": t, "logProbability": -0.25 * (n + 1)} for n, t in enumerate(tokens)
+            ],
+        }
+    return facts
+
+
+def blocked_prompt(prompt: int, model: str, response_id: str) -> dict[str, Any]:
+    """A prompt blocked before any candidate (§5.3): HTTP 200, no candidates."""
+    return {
+        "promptFeedback": {
+            "blockReason": "SAFETY",
+            "safetyRatings": [
+                {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}
+            ],
+        },
+        "usageMetadata": {"promptTokenCount": prompt, "totalTokenCount": prompt},
+        "modelVersion": model,
+        "responseId": response_id,
+    }
+
+
 def usage_metadata(prompt: int, candidates: int = 0, thoughts: int = 0) -> dict[str, int]:
     meta = {"promptTokenCount": prompt}
     if candidates:
@@ -290,6 +342,9 @@ class Answer:
     calls: list[dict[str, Any]] = field(default_factory=list)
     finish: str = "STOP"
     prompt_tokens: int = 0
+    blocked: bool = False
+    candidates: int = 1
+    logprobs: int | None = None  # None: not asked; else the alternatives per position
 
     @property
     def candidate_tokens(self) -> int:
@@ -445,6 +500,9 @@ class GeminiFake(FakeHttpServer):
         )
         answer = Answer(prompt_tokens=sum(count(t) for t in texts) + images)
         config = body.get("generationConfig") or {}
+        answer.candidates = int(config.get("candidateCount") or 1)
+        if config.get("responseLogprobs"):
+            answer.logprobs = int(config.get("logprobs") or 0)
         if (config.get("thinkingConfig") or {}).get("includeThoughts"):
             answer.thought = "Thinking it over."
         last = contents[-1]
@@ -455,6 +513,9 @@ class GeminiFake(FakeHttpServer):
                 f"{r['name']} returned {json.dumps(r['response'], separators=(',', ':'))}"
                 for r in results
             )
+            return answer
+        if user_text.startswith("unsafe"):
+            answer.blocked = True
             return answer
         answer.calls = self._calls(body, user_text)
         if answer.calls:
@@ -522,6 +583,8 @@ class GeminiFake(FakeHttpServer):
         return parts
 
     def _whole(self, answer: Answer, model: str, response_id: str) -> FakeResponse:
+        if answer.blocked:
+            return FakeResponse.json(blocked_prompt(answer.prompt_tokens, model, response_id))
         extra: dict[str, Any] = {}
         if answer.calls:
             extra["finishMessage"] = "Model generated function call(s)."
@@ -532,12 +595,25 @@ class GeminiFake(FakeHttpServer):
             response_id,
             model,
             **extra,
+            **candidate_facts(answer.text, answer.logprobs),
         )
+        for index in range(1, answer.candidates):
+            text = f"{answer.text} ({index})"
+            body["candidates"].append(
+                {
+                    "content": {"role": "model", "parts": [{"text": text}]},
+                    "finishReason": answer.finish,
+                    "index": index,
+                    **candidate_facts(text, answer.logprobs),
+                }
+            )
         return FakeResponse.json(body)
 
     def _chunks(self, answer: Answer, model: str, response_id: str) -> list[dict[str, Any]]:
         prompt, thoughts = answer.prompt_tokens, count(answer.thought)
         out: list[dict[str, Any]] = []
+        if answer.blocked:
+            return [blocked_prompt(prompt, model, response_id)]
         if answer.thought:
             out.append(
                 chunk(
@@ -572,6 +648,7 @@ class GeminiFake(FakeHttpServer):
                     usage_metadata(prompt, produced, thoughts),
                     response_id,
                     model,
+                    **candidate_facts(token, answer.logprobs),
                 )
             )
         return out

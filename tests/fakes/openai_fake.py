@@ -113,37 +113,83 @@ def plan(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     return user_text, []
 
 
+REFUSAL = "I can't help with that."
+# Reasoning tokens a reasoning model spends per `reasoning_effort`.
+REASONING_TOKENS = {"low": 4, "medium": 8, "high": 16}
+
+
+def refuses(body: dict[str, Any]) -> bool:
+    """The model refuses when the last user text starts with "refuse"."""
+    return _last_user_text(body["messages"]).startswith("refuse")
+
+
+def token_logprobs(text: str, top: int) -> list[dict[str, Any]]:
+    """`logprobs.content` entries (§2.3) for the words of `text`, deterministic."""
+    out = []
+    for n, token in enumerate(re.findall(r"\s*\S+", text)):
+        entry: dict[str, Any] = {
+            "token": token,
+            "logprob": -0.5 * (n + 1),
+            "bytes": list(token.encode()),
+            "top_logprobs": [
+                {"token": f"{token}~{k}", "logprob": -1.0 * (k + 1), "bytes": None}
+                for k in range(top)
+            ],
+        }
+        out.append(entry)
+    return out
+
+
+def logprobs_for(body: dict[str, Any], text: str) -> dict[str, Any] | None:
+    if not body.get("logprobs"):
+        return None
+    return {"content": token_logprobs(text, int(body.get("top_logprobs") or 0)), "refusal": None}
+
+
 def usage_for(body: dict[str, Any], text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
     prompt = sum(words(_content_text(m.get("content"))) for m in body["messages"])
     completion = words(text) + sum(words(c["function"]["arguments"]) for c in calls)
+    reasoning = REASONING_TOKENS.get(str(body.get("reasoning_effort")), 0)
+    completion += reasoning
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0},
     }
 
 
 def completion(body: dict[str, Any]) -> dict[str, Any]:
     text, calls = plan(body)
+    refused = refuses(body)
     message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
+    if refused:
+        text, calls = "", []
+        message = {"role": "assistant", "content": None, "refusal": REFUSAL}
     if calls:
         message["tool_calls"] = calls
+    choices = []
+    for index in range(int(body.get("n") or 1)):
+        choice_message = dict(message)
+        if index and message["content"]:
+            choice_message["content"] = f"{text} ({index})"
+        choices.append(
+            {
+                "index": index,
+                "message": choice_message,
+                "logprobs": logprobs_for(body, choice_message["content"] or ""),
+                "finish_reason": "tool_calls" if calls else "stop",
+            }
+        )
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": CREATED,
         "model": body["model"],
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": "tool_calls" if calls else "stop",
-            }
-        ],
+        "choices": choices,
         "usage": usage_for(body, text, calls),
+        "service_tier": "default",
         "system_fingerprint": "fp_fake",
     }
 
@@ -161,6 +207,8 @@ def chunk(
         "object": "chat.completion.chunk",
         "created": CREATED,
         "model": model,
+        "service_tier": "default",
+        "system_fingerprint": "fp_fake",
         "choices": choices,
         **extra,
     }
@@ -173,8 +221,16 @@ def stream_chunks(body: dict[str, Any], fragment: int = 5) -> list[dict[str, Any
     chunks = [
         chunk(model, {"role": "assistant", "content": "" if not calls else None, "refusal": None})
     ]
+    if refuses(body):
+        text, calls = "", []
+        for piece in re.findall(r"\s*\S+", REFUSAL):
+            chunks.append(chunk(model, {"refusal": piece}))
     for piece in re.findall(r"\s*\S+", text) or ([text] if text else []):
-        chunks.append(chunk(model, {"content": piece}))
+        piece_chunk = chunk(model, {"content": piece})
+        logprobs = logprobs_for(body, piece)
+        if logprobs is not None:
+            piece_chunk["choices"][0]["logprobs"] = logprobs
+        chunks.append(piece_chunk)
     for index, call in enumerate(calls):
         arguments = call["function"]["arguments"]
         opening = {

@@ -445,6 +445,7 @@ def test_response_with_thinking_cache_and_reasoning_usage() -> None:
         content_pb2.Part(
             reasoning=content_pb2.Reasoning(text="Paris is in France.", signature="EqQBCgIYAhIM")
         ),
+        content_pb2.Part(reasoning=content_pb2.Reasoning(redacted="EmwKAhgBEgy")),
         content_pb2.Part(text="Sunny, "),
         content_pb2.Part(text="21 °C ☀️"),
     ]
@@ -467,7 +468,7 @@ def test_response_with_thinking_cache_and_reasoning_usage() -> None:
         ("max_tokens", chat_pb2.FINISH_REASON_LENGTH),
         ("model_context_window_exceeded", chat_pb2.FINISH_REASON_LENGTH),
         ("tool_use", chat_pb2.FINISH_REASON_TOOL_CALLS),
-        ("refusal", chat_pb2.FINISH_REASON_CONTENT_FILTER),
+        ("refusal", chat_pb2.FINISH_REASON_REFUSAL),
         ("a_reason_from_the_future", chat_pb2.FINISH_REASON_OTHER),
     ],
 )
@@ -708,6 +709,7 @@ def test_stream_ignores_pings_unknown_events_and_what_follows_message_stop() -> 
     assert parser.feed(SseEvent("content_block_delta", "not even json")) == []
     assert [c for c in chunks if c.ByteSize()] == [
         chat_pb2.StreamChatResponse(text_delta="hi"),
+        chat_pb2.StreamChatResponse(reasoning_redacted="Em=="),
         chat_pb2.StreamChatResponse(
             finish_reason=chat_pb2.FINISH_REASON_STOP, raw_finish_reason="end_turn"
         ),

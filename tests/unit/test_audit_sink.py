@@ -428,6 +428,7 @@ def test_a_record_has_exactly_the_agreed_fields() -> None:
         "output_tokens": 34,
         "cost_usd": 0.25,
         "labels": {"team": "search"},
+        "provider_options": [],
     }
 
 

@@ -429,11 +429,12 @@ def test_finish_reasons(raw: str, expected: int) -> None:
     assert result.message.role == content_pb2.ROLE_ASSISTANT
 
 
-def test_blocked_prompt_is_a_content_filter_finish_not_an_error() -> None:
+def test_blocked_prompt_is_a_refusal_not_an_error() -> None:
     body = """{"promptFeedback": {"blockReason": "PROHIBITED_CONTENT", "safetyRatings": []},
   "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9}, "modelVersion": "gemini-2.5-flash"}"""
     result = DIALECT.parse_chat(response(body), CHAT)
-    assert result.finish_reason == chat_pb2.FINISH_REASON_CONTENT_FILTER
+    assert result.finish_reason == chat_pb2.FINISH_REASON_REFUSAL
+    assert result.refusal == "the provider blocked the prompt (PROHIBITED_CONTENT)"
     assert result.raw_finish_reason == "PROHIBITED_CONTENT"
     assert (result.usage.input_tokens, result.usage.total_tokens) == (9, 9)
 
@@ -576,8 +577,9 @@ def test_stream_blocked_prompt_and_safety_finish() -> None:
     blocked = b'data: {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 4}}\r\n\r\n'
     chunks, _ = run_stream(blocked)
     assert [(c.finish_reason, c.raw_finish_reason) for c in chunks[:-1]] == [
-        (chat_pb2.FINISH_REASON_CONTENT_FILTER, "SAFETY")
+        (chat_pb2.FINISH_REASON_REFUSAL, "SAFETY")
     ]
+    assert chunks[0].refusal_delta == "the provider blocked the prompt (SAFETY)"
     assert chunks[-1].usage.input_tokens == 4
     safety = b'data: {"candidates": [{"content": {"role": "model", "parts": [{"text": "Sure"}]}, "index": 0}]}\n\ndata: {"candidates": [{"finishReason": "SAFETY", "index": 0}]}\n\n'
     chunks, _ = run_stream(safety)

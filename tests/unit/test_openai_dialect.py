@@ -176,6 +176,7 @@ def test_parse_non_streaming_response() -> None:
             "cachedInputTokens": "12",
             "reasoningTokens": "5",
         },
+        "providerMetadata": {"system_fingerprint": "fp_x"},
     }
 
 

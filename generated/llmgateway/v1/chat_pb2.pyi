@@ -22,6 +22,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ReasoningEffort:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReasoningEffortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasoningEffort.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REASONING_EFFORT_UNSPECIFIED: _ReasoningEffort.ValueType  # 0
+    """The provider's default."""
+    REASONING_EFFORT_LOW: _ReasoningEffort.ValueType  # 1
+    """Little reasoning: fast and cheap."""
+    REASONING_EFFORT_MEDIUM: _ReasoningEffort.ValueType  # 2
+    """A balance of speed and depth."""
+    REASONING_EFFORT_HIGH: _ReasoningEffort.ValueType  # 3
+    """Thorough reasoning: slower, more output tokens."""
+
+class ReasoningEffort(_ReasoningEffort, metaclass=_ReasoningEffortEnumTypeWrapper):
+    """How much a model reasons before it answers."""
+
+REASONING_EFFORT_UNSPECIFIED: ReasoningEffort.ValueType  # 0
+"""The provider's default."""
+REASONING_EFFORT_LOW: ReasoningEffort.ValueType  # 1
+"""Little reasoning: fast and cheap."""
+REASONING_EFFORT_MEDIUM: ReasoningEffort.ValueType  # 2
+"""A balance of speed and depth."""
+REASONING_EFFORT_HIGH: ReasoningEffort.ValueType  # 3
+"""Thorough reasoning: slower, more output tokens."""
+Global___ReasoningEffort: _TypeAlias = ReasoningEffort  # noqa: Y015
+
 class _ResponseFormatType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -68,6 +96,10 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     """The provider withheld or cut the output by policy."""
     FINISH_REASON_OTHER: _FinishReason.ValueType  # 5
     """Any other reason; see raw_finish_reason."""
+    FINISH_REASON_REFUSAL: _FinishReason.ValueType  # 80
+    """The model or the provider declined to answer; the explanation, when one
+    was given, is ChatResponse.refusal (StreamChatResponse.refusal_delta).
+    """
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
     """Why the model stopped."""
@@ -84,6 +116,10 @@ FINISH_REASON_CONTENT_FILTER: FinishReason.ValueType  # 4
 """The provider withheld or cut the output by policy."""
 FINISH_REASON_OTHER: FinishReason.ValueType  # 5
 """Any other reason; see raw_finish_reason."""
+FINISH_REASON_REFUSAL: FinishReason.ValueType  # 80
+"""The model or the provider declined to answer; the explanation, when one
+was given, is ChatResponse.refusal (StreamChatResponse.refusal_delta).
+"""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 @_typing.final
@@ -104,6 +140,10 @@ class GenerationConfig(_message.Message):
     FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
     RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     REASONING_BUDGET_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_EFFORT_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_COUNT_FIELD_NUMBER: _builtins.int
     temperature: _builtins.float
     """OPTIONAL. Sampling temperature, 0 to 2."""
     top_p: _builtins.float
@@ -121,7 +161,29 @@ class GenerationConfig(_message.Message):
     frequency_penalty: _builtins.float
     """OPTIONAL. -2 to 2."""
     reasoning_budget_tokens: _builtins.int
-    """OPTIONAL. Token budget for reasoning on models that reason; at least 1."""
+    """OPTIONAL. Token budget for reasoning on models that reason; at least 1.
+    Wins over `reasoning_effort` where the provider takes a budget (Anthropic,
+    Gemini). OpenAI and Azure take no budget: refused there (docs/providers.md).
+    """
+    reasoning_effort: Global___ReasoningEffort.ValueType
+    """OPTIONAL. How much the model should reason before it answers. Sent as
+    OpenAI and Azure `reasoning_effort`, Anthropic `thinking.budget_tokens`,
+    Gemini `thinkingConfig` and Ollama `think` (mapping in docs/providers.md).
+    """
+    logprobs: _builtins.bool
+    """OPTIONAL. Return the log probability of each output token (per-token
+    entries on ChatResponse.logprobs and StreamChatResponse.logprobs).
+    Refused for providers that do not return them.
+    """
+    top_logprobs: _builtins.int
+    """OPTIONAL. With `logprobs`: also return the 0 to 20 most likely
+    alternatives at each position.
+    """
+    candidate_count: _builtins.int
+    """OPTIONAL. Chat only: how many candidate answers to generate, 1 to 8. The
+    first is ChatResponse.message, the others ChatResponse.candidates.
+    Refused for StreamChat and for providers that cannot generate several.
+    """
     @_builtins.property
     def stop_sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """OPTIONAL. Up to 16 strings that end generation when produced."""
@@ -143,13 +205,21 @@ class GenerationConfig(_message.Message):
         frequency_penalty: _builtins.float | None = ...,
         response_format: Global___ResponseFormat | None = ...,
         reasoning_budget_tokens: _builtins.int | None = ...,
+        reasoning_effort: Global___ReasoningEffort.ValueType = ...,
+        logprobs: _builtins.bool | None = ...,
+        top_logprobs: _builtins.int | None = ...,
+        candidate_count: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_output_tokens", b"_max_output_tokens", "_presence_penalty", b"_presence_penalty", "_reasoning_budget_tokens", b"_reasoning_budget_tokens", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_output_tokens", b"max_output_tokens", "presence_penalty", b"presence_penalty", "reasoning_budget_tokens", b"reasoning_budget_tokens", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_candidate_count", b"_candidate_count", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_output_tokens", b"_max_output_tokens", "_presence_penalty", b"_presence_penalty", "_reasoning_budget_tokens", b"_reasoning_budget_tokens", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "candidate_count", b"candidate_count", "frequency_penalty", b"frequency_penalty", "logprobs", b"logprobs", "max_output_tokens", b"max_output_tokens", "presence_penalty", b"presence_penalty", "reasoning_budget_tokens", b"reasoning_budget_tokens", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_output_tokens", b"_max_output_tokens", "_presence_penalty", b"_presence_penalty", "_reasoning_budget_tokens", b"_reasoning_budget_tokens", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "max_output_tokens", b"max_output_tokens", "presence_penalty", b"presence_penalty", "reasoning_budget_tokens", b"reasoning_budget_tokens", "response_format", b"response_format", "seed", b"seed", "stop_sequences", b"stop_sequences", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_candidate_count", b"_candidate_count", "_frequency_penalty", b"_frequency_penalty", "_logprobs", b"_logprobs", "_max_output_tokens", b"_max_output_tokens", "_presence_penalty", b"_presence_penalty", "_reasoning_budget_tokens", b"_reasoning_budget_tokens", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_logprobs", b"_top_logprobs", "_top_p", b"_top_p", "candidate_count", b"candidate_count", "frequency_penalty", b"frequency_penalty", "logprobs", b"logprobs", "max_output_tokens", b"max_output_tokens", "presence_penalty", b"presence_penalty", "reasoning_budget_tokens", b"reasoning_budget_tokens", "reasoning_effort", b"reasoning_effort", "response_format", b"response_format", "seed", b"seed", "stop_sequences", b"stop_sequences", "temperature", b"temperature", "top_k", b"top_k", "top_logprobs", b"top_logprobs", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__candidate_count: _TypeAlias = _typing.Literal["candidate_count"]  # noqa: Y015
+    _WhichOneofArgType__candidate_count: _TypeAlias = _typing.Literal["_candidate_count", b"_candidate_count"]  # noqa: Y015
     _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
     _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__logprobs: _TypeAlias = _typing.Literal["logprobs"]  # noqa: Y015
+    _WhichOneofArgType__logprobs: _TypeAlias = _typing.Literal["_logprobs", b"_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__max_output_tokens: _TypeAlias = _typing.Literal["max_output_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_output_tokens: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens"]  # noqa: Y015
     _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
@@ -162,10 +232,16 @@ class GenerationConfig(_message.Message):
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
     _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
+    _WhichOneofReturnType__top_logprobs: _TypeAlias = _typing.Literal["top_logprobs"]  # noqa: Y015
+    _WhichOneofArgType__top_logprobs: _TypeAlias = _typing.Literal["_top_logprobs", b"_top_logprobs"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__candidate_count) -> _WhichOneofReturnType__candidate_count | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logprobs) -> _WhichOneofReturnType__logprobs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_output_tokens) -> _WhichOneofReturnType__max_output_tokens | None: ...
     @_typing.overload
@@ -178,6 +254,8 @@ class GenerationConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_logprobs) -> _WhichOneofReturnType__top_logprobs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
@@ -254,6 +332,7 @@ class ChatRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    PROVIDER_OPTIONS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """REQUIRED. A configured model alias, or "provider/model" where the
     configuration allows direct addressing.
@@ -280,6 +359,16 @@ class ChatRequest(_message.Message):
         upstream. At most 16 entries.
         """
 
+    @_builtins.property
+    def provider_options(self) -> _struct_pb2.Struct:
+        """OPTIONAL. Provider-specific request fields the contract does not model,
+        merged into the upstream request body as given (keys in the provider's
+        own spelling). Only for aliases configured with `allow_provider_options`;
+        never able to set the model, the messages or system prompt, the tools, the
+        stream flag, or a field the gateway already sets (INVALID_ARGUMENT naming
+        `provider_options.<key>`). Only the keys are audited, never the values.
+        """
+
     def __init__(
         self,
         *,
@@ -289,14 +378,121 @@ class ChatRequest(_message.Message):
         tools: _abc.Iterable[_content_pb2.Tool] | None = ...,
         tool_choice: _content_pb2.ToolChoice | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        provider_options: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config", "provider_options", b"provider_options", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config", "labels", b"labels", "messages", b"messages", "model", b"model", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation_config", b"generation_config", "labels", b"labels", "messages", b"messages", "model", b"model", "provider_options", b"provider_options", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatRequest: _TypeAlias = ChatRequest  # noqa: Y015
+
+@_typing.final
+class LogprobToken(_message.Message):
+    """One output token and how likely the model found it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """OUTPUT_ONLY. The token as text."""
+    logprob: _builtins.float
+    """OUTPUT_ONLY. Its natural-log probability."""
+    @_builtins.property
+    def top_logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogprobAlternative]:
+        """OUTPUT_ONLY. The most likely alternatives at this position, most likely
+        first; empty unless GenerationConfig.top_logprobs was set.
+        """
+
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        logprob: _builtins.float = ...,
+        top_logprobs: _abc.Iterable[Global___LogprobAlternative] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprob", b"logprob", "token", b"token", "top_logprobs", b"top_logprobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogprobToken: _TypeAlias = LogprobToken  # noqa: Y015
+
+@_typing.final
+class LogprobAlternative(_message.Message):
+    """An alternative token at one position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    LOGPROB_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """OUTPUT_ONLY. The token as text."""
+    logprob: _builtins.float
+    """OUTPUT_ONLY. Its natural-log probability."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        logprob: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logprob", b"logprob", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogprobAlternative: _TypeAlias = LogprobAlternative  # noqa: Y015
+
+@_typing.final
+class ChatCandidate(_message.Message):
+    """One more candidate answer, when GenerationConfig.candidate_count is above 1."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    RAW_FINISH_REASON_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """OUTPUT_ONLY. Position among the candidates; ChatResponse.message is 0."""
+    finish_reason: Global___FinishReason.ValueType
+    """OUTPUT_ONLY. Why this candidate ended."""
+    raw_finish_reason: _builtins.str
+    """OUTPUT_ONLY. The provider's own finish reason string."""
+    refusal: _builtins.str
+    """OUTPUT_ONLY. The refusal text, with FINISH_REASON_REFUSAL."""
+    @_builtins.property
+    def message(self) -> _content_pb2.Message:
+        """OUTPUT_ONLY. The candidate's message."""
+
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogprobToken]:
+        """OUTPUT_ONLY. Per-token log probabilities, when asked for."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        message: _content_pb2.Message | None = ...,
+        finish_reason: Global___FinishReason.ValueType = ...,
+        raw_finish_reason: _builtins.str = ...,
+        refusal: _builtins.str = ...,
+        logprobs: _abc.Iterable[Global___LogprobToken] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "index", b"index", "logprobs", b"logprobs", "message", b"message", "raw_finish_reason", b"raw_finish_reason", "refusal", b"refusal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatCandidate: _TypeAlias = ChatCandidate  # noqa: Y015
 
 @_typing.final
 class ChatResponse(_message.Message):
@@ -311,6 +507,10 @@ class ChatResponse(_message.Message):
     RAW_FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    PROVIDER_METADATA_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """OUTPUT_ONLY. Unique id of this response, assigned by the gateway."""
     model: _builtins.str
@@ -319,6 +519,12 @@ class ChatResponse(_message.Message):
     """OUTPUT_ONLY. Why generation ended; never FINISH_REASON_UNSPECIFIED."""
     raw_finish_reason: _builtins.str
     """OUTPUT_ONLY. The provider's own finish reason string, for debugging."""
+    refusal: _builtins.str
+    """OUTPUT_ONLY. Why the model declined to answer, set with
+    FINISH_REASON_REFUSAL (OpenAI `message.refusal`; Anthropic
+    `stop_reason: refusal`; a Gemini prompt block names its `blockReason`).
+    Never also in `message`.
+    """
     @_builtins.property
     def message(self) -> _content_pb2.Message:
         """OUTPUT_ONLY. The assistant's message: text, tool_call and reasoning parts."""
@@ -331,6 +537,27 @@ class ChatResponse(_message.Message):
     def route(self) -> _route_pb2.RouteInfo:
         """OUTPUT_ONLY. Which deployment served the call and how."""
 
+    @_builtins.property
+    def provider_metadata(self) -> _struct_pb2.Struct:
+        """OUTPUT_ONLY. Facts the provider reported that the contract does not
+        model, key by key as documented in docs/providers.md (for example
+        `system_fingerprint`, `service_tier`, `stop_sequence`, `safety_ratings`,
+        `citation_metadata`, `grounding_metadata`, `prompt_filter_results`,
+        `content_filter_results`). Absent when there are none.
+        """
+
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogprobToken]:
+        """OUTPUT_ONLY. Log probabilities of `message`'s tokens, in order, when
+        GenerationConfig.logprobs was set.
+        """
+
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatCandidate]:
+        """OUTPUT_ONLY. The candidates after the first, when
+        GenerationConfig.candidate_count is above 1.
+        """
+
     def __init__(
         self,
         *,
@@ -341,10 +568,14 @@ class ChatResponse(_message.Message):
         raw_finish_reason: _builtins.str = ...,
         usage: _route_pb2.Usage | None = ...,
         route: _route_pb2.RouteInfo | None = ...,
+        refusal: _builtins.str = ...,
+        provider_metadata: _struct_pb2.Struct | None = ...,
+        logprobs: _abc.Iterable[Global___LogprobToken] | None = ...,
+        candidates: _abc.Iterable[Global___ChatCandidate] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "route", b"route", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "provider_metadata", b"provider_metadata", "route", b"route", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "id", b"id", "message", b"message", "model", b"model", "raw_finish_reason", b"raw_finish_reason", "route", b"route", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "finish_reason", b"finish_reason", "id", b"id", "logprobs", b"logprobs", "message", b"message", "model", b"model", "provider_metadata", b"provider_metadata", "raw_finish_reason", b"raw_finish_reason", "refusal", b"refusal", "route", b"route", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -405,6 +636,10 @@ class StreamChatResponse(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     REASONING_SIGNATURE_FIELD_NUMBER: _builtins.int
+    REFUSAL_DELTA_FIELD_NUMBER: _builtins.int
+    PROVIDER_METADATA_FIELD_NUMBER: _builtins.int
+    LOGPROBS_FIELD_NUMBER: _builtins.int
+    REASONING_REDACTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """OUTPUT_ONLY. Same for every chunk of one stream."""
     text_delta: _builtins.str
@@ -417,6 +652,15 @@ class StreamChatResponse(_message.Message):
     """OUTPUT_ONLY. The provider's own finish reason, with finish_reason."""
     reasoning_signature: _builtins.str
     """OUTPUT_ONLY. Signature that closes a reasoning block (Anthropic)."""
+    refusal_delta: _builtins.str
+    """OUTPUT_ONLY. The next piece of a refusal (OpenAI `delta.refusal`); the
+    stream's finish_reason is then FINISH_REASON_REFUSAL.
+    """
+    reasoning_redacted: _builtins.str
+    """OUTPUT_ONLY. A whole redacted reasoning block (Anthropic
+    `redacted_thinking` `data`): opaque, to be sent back unchanged as a
+    Reasoning part with `redacted` set.
+    """
     @_builtins.property
     def tool_call_deltas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCallDelta]:
         """OUTPUT_ONLY. Tool-call fragments, keyed by index."""
@@ -428,6 +672,18 @@ class StreamChatResponse(_message.Message):
     @_builtins.property
     def route(self) -> _route_pb2.RouteInfo:
         """OUTPUT_ONLY. Set on the first chunk and again on the final chunk."""
+
+    @_builtins.property
+    def provider_metadata(self) -> _struct_pb2.Struct:
+        """OUTPUT_ONLY. Set on the final chunk only, when the provider reported
+        facts the contract does not model (see ChatResponse.provider_metadata).
+        """
+
+    @_builtins.property
+    def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogprobToken]:
+        """OUTPUT_ONLY. Log probabilities of this chunk's text tokens, when
+        GenerationConfig.logprobs was set.
+        """
 
     def __init__(
         self,
@@ -441,10 +697,14 @@ class StreamChatResponse(_message.Message):
         usage: _route_pb2.Usage | None = ...,
         route: _route_pb2.RouteInfo | None = ...,
         reasoning_signature: _builtins.str = ...,
+        refusal_delta: _builtins.str = ...,
+        provider_metadata: _struct_pb2.Struct | None = ...,
+        logprobs: _abc.Iterable[Global___LogprobToken] | None = ...,
+        reasoning_redacted: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider_metadata", b"provider_metadata", "route", b"route", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "id", b"id", "raw_finish_reason", b"raw_finish_reason", "reasoning_delta", b"reasoning_delta", "reasoning_signature", b"reasoning_signature", "route", b"route", "text_delta", b"text_delta", "tool_call_deltas", b"tool_call_deltas", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "id", b"id", "logprobs", b"logprobs", "provider_metadata", b"provider_metadata", "raw_finish_reason", b"raw_finish_reason", "reasoning_delta", b"reasoning_delta", "reasoning_redacted", b"reasoning_redacted", "reasoning_signature", b"reasoning_signature", "refusal_delta", b"refusal_delta", "route", b"route", "text_delta", b"text_delta", "tool_call_deltas", b"tool_call_deltas", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

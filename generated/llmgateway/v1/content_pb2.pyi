@@ -96,7 +96,10 @@ class Message(_message.Message):
     role: Global___Role.ValueType
     """REQUIRED. Who wrote this message."""
     name: _builtins.str
-    """OPTIONAL. A participant name, passed to providers that accept one."""
+    """OPTIONAL. A participant name, for providers that take one (OpenAI, Azure,
+    compatible servers); refused by the others with CAPABILITY_UNSUPPORTED
+    unless the alias drops unsupported settings (docs/providers.md).
+    """
     @_builtins.property
     def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Part]:
         """REQUIRED. At least one part. The parts allowed depend on the role:
@@ -279,21 +282,28 @@ class Reasoning(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    REDACTED_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """OUTPUT_ONLY in responses; send back as received. The reasoning text."""
     signature: _builtins.str
     """OUTPUT_ONLY in responses; send back as received. An opaque provider
     signature that proves the text was not altered (Anthropic).
     """
+    redacted: _builtins.str
+    """OUTPUT_ONLY in responses; send back as received. Reasoning the provider
+    encrypted (Anthropic `redacted_thinking` `data`): opaque, with no `text`.
+    Providers that require it (Anthropic) get it back in later turns.
+    """
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         signature: _builtins.str = ...,
+        redacted: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["redacted", b"redacted", "signature", b"signature", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

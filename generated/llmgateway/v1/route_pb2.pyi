@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -89,6 +91,7 @@ class RouteInfo(_message.Message):
     CACHE_HIT_FIELD_NUMBER: _builtins.int
     UPSTREAM_REQUEST_ID_FIELD_NUMBER: _builtins.int
     COALESCED_FIELD_NUMBER: _builtins.int
+    DROPPED_SETTINGS_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """OUTPUT_ONLY. Name of the configured provider that served the call."""
     upstream_model: _builtins.str
@@ -110,6 +113,14 @@ class RouteInfo(_message.Message):
     in flight at the same time (request coalescing); no upstream call was made
     for this one.
     """
+    @_builtins.property
+    def dropped_settings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """OUTPUT_ONLY. Request settings that the serving deployment cannot take and
+        that were left out because its alias is configured with
+        `drop_unsupported` (field paths such as "generation_config.top_k"). Empty
+        otherwise: without that setting such a request is refused instead.
+        """
+
     def __init__(
         self,
         *,
@@ -120,10 +131,11 @@ class RouteInfo(_message.Message):
         cache_hit: _builtins.bool = ...,
         upstream_request_id: _builtins.str = ...,
         coalesced: _builtins.bool = ...,
+        dropped_settings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_hit", b"cache_hit", "coalesced", b"coalesced", "fallback_used", b"fallback_used", "provider", b"provider", "upstream_model", b"upstream_model", "upstream_request_id", b"upstream_request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cache_hit", b"cache_hit", "coalesced", b"coalesced", "dropped_settings", b"dropped_settings", "fallback_used", b"fallback_used", "provider", b"provider", "upstream_model", b"upstream_model", "upstream_request_id", b"upstream_request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2413,6 +2413,8 @@ class ModelConfig(_message.Message):
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    DROP_UNSUPPORTED_FIELD_NUMBER: _builtins.int
+    ALLOW_PROVIDER_OPTIONS_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     alias: _builtins.str
@@ -2432,6 +2434,16 @@ class ModelConfig(_message.Message):
     """
     balance: Global___BalanceStrategy.ValueType
     """OPTIONAL. How calls are spread over `deployments`."""
+    drop_unsupported: _builtins.bool
+    """OPTIONAL. Leave out request settings the deployment's provider kind cannot
+    take (docs/providers.md, "Request settings") instead of refusing the call
+    with CAPABILITY_UNSUPPORTED; the response's RouteInfo.dropped_settings
+    lists them. Default false.
+    """
+    allow_provider_options: _builtins.bool
+    """OPTIONAL. Accept ChatRequest.provider_options for this alias and merge
+    them into the upstream body. Default false: such requests are refused.
+    """
     @_builtins.property
     def capabilities(self) -> Global___CapabilitiesConfig:
         """OPTIONAL. Capability overrides."""
@@ -2499,12 +2511,14 @@ class ModelConfig(_message.Message):
         deployments: _abc.Iterable[Global___DeploymentTarget] | None = ...,
         balance: Global___BalanceStrategy.ValueType = ...,
         cache: Global___ModelCacheConfig | None = ...,
+        drop_unsupported: _builtins.bool = ...,
+        allow_provider_options: _builtins.bool = ...,
         rate_limit: Global___UpstreamRateLimitConfig | None = ...,
         batch: Global___EmbedBatchConfig | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "cache", b"cache", "capabilities", b"capabilities", "pricing", b"pricing", "rate_limit", b"rate_limit", "timeouts", b"timeouts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "balance", b"balance", "batch", b"batch", "cache", b"cache", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "rate_limit", b"rate_limit", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "allow_provider_options", b"allow_provider_options", "balance", b"balance", "batch", b"batch", "cache", b"cache", "capabilities", b"capabilities", "context_fallbacks", b"context_fallbacks", "context_window", b"context_window", "deployments", b"deployments", "drop_unsupported", b"drop_unsupported", "fallbacks", b"fallbacks", "pricing", b"pricing", "provider", b"provider", "rate_limit", b"rate_limit", "timeouts", b"timeouts", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
