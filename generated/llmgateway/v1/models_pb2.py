@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmgateway/v1/models.proto\x12\rllmgateway.v1\x1a\x1egoogle/protobuf/duration.proto\"n\n\x11ModelCapabilities\x12\x11\n\tstreaming\x18\x01 \x01(\x08\x12\r\n\x05tools\x18\x02 \x01(\x08\x12\x0e\n\x06vision\x18\x03 \x01(\x08\x12\x13\n\x0bjson_output\x18\x04 \x01(\x08\x12\x12\n\nembeddings\x18\x05 \x01(\x08\"\xe0\x01\n\tModelInfo\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x15\n\rprovider_type\x18\x03 \x01(\t\x12\x16\n\x0eupstream_model\x18\x04 \x01(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32 .llmgateway.v1.ModelCapabilities\x12\x16\n\x0e\x63ontext_window\x18\x06 \x01(\x05\x12\x33\n\x0b\x64\x65ployments\x18\x07 \x03(\x0b\x32\x1e.llmgateway.v1.ModelDeployment\"b\n\x0fModelDeployment\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x15\n\rprovider_type\x18\x02 \x01(\t\x12\x16\n\x0eupstream_model\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\r\"%\n\x11ListModelsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.llmgateway.v1.ModelInfo\"+\n\x17GetProviderStatsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"\x94\x02\n\rProviderStats\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x15\n\rprovider_type\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x11\n\tsuccesses\x18\x04 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x03\x12\x32\n\x0f\x61verage_latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tcancelled\x18\x07 \x01(\x03\x12\x0f\n\x07retries\x18\x08 \x01(\x03\x12\x16\n\x0eretries_denied\x18\t \x01(\x03\x12\x33\n\x0b\x64\x65ployments\x18\n \x03(\x0b\x32\x1e.llmgateway.v1.DeploymentStats\"\x97\x02\n\x0f\x44\x65ploymentStats\x12\x16\n\x0eupstream_model\x18\x01 \x01(\t\x12\x32\n\rcircuit_state\x18\x02 \x01(\x0e\x32\x1b.llmgateway.v1.CircuitState\x12\x1c\n\x14\x63onsecutive_failures\x18\x03 \x01(\x05\x12\x31\n\x0eopen_remaining\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0ctimes_opened\x18\x05 \x01(\x03\x12\x13\n\x0btransitions\x18\x06 \x03(\t\x12<\n\x19quota_cool_down_remaining\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"K\n\x18GetProviderStatsResponse\x12/\n\tproviders\x18\x01 \x03(\x0b\x32\x1c.llmgateway.v1.ProviderStats*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmgateway/v1/models.proto\x12\rllmgateway.v1\x1a\x1egoogle/protobuf/duration.proto\"\x81\x01\n\x11ModelCapabilities\x12\x11\n\tstreaming\x18\x01 \x01(\x08\x12\r\n\x05tools\x18\x02 \x01(\x08\x12\x0e\n\x06vision\x18\x03 \x01(\x08\x12\x13\n\x0bjson_output\x18\x04 \x01(\x08\x12\x12\n\nembeddings\x18\x05 \x01(\x08\x12\x11\n\tdocuments\x18Z \x01(\x08\"\xe0\x01\n\tModelInfo\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x15\n\rprovider_type\x18\x03 \x01(\t\x12\x16\n\x0eupstream_model\x18\x04 \x01(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32 .llmgateway.v1.ModelCapabilities\x12\x16\n\x0e\x63ontext_window\x18\x06 \x01(\x05\x12\x33\n\x0b\x64\x65ployments\x18\x07 \x03(\x0b\x32\x1e.llmgateway.v1.ModelDeployment\"b\n\x0fModelDeployment\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x15\n\rprovider_type\x18\x02 \x01(\t\x12\x16\n\x0eupstream_model\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\r\"%\n\x11ListModelsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.llmgateway.v1.ModelInfo\"+\n\x17GetProviderStatsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"\x94\x02\n\rProviderStats\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x15\n\rprovider_type\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x11\n\tsuccesses\x18\x04 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x03\x12\x32\n\x0f\x61verage_latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tcancelled\x18\x07 \x01(\x03\x12\x0f\n\x07retries\x18\x08 \x01(\x03\x12\x16\n\x0eretries_denied\x18\t \x01(\x03\x12\x33\n\x0b\x64\x65ployments\x18\n \x03(\x0b\x32\x1e.llmgateway.v1.DeploymentStats\"\x97\x02\n\x0f\x44\x65ploymentStats\x12\x16\n\x0eupstream_model\x18\x01 \x01(\t\x12\x32\n\rcircuit_state\x18\x02 \x01(\x0e\x32\x1b.llmgateway.v1.CircuitState\x12\x1c\n\x14\x63onsecutive_failures\x18\x03 \x01(\x05\x12\x31\n\x0eopen_remaining\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0ctimes_opened\x18\x05 \x01(\x03\x12\x13\n\x0btransitions\x18\x06 \x03(\t\x12<\n\x19quota_cool_down_remaining\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"K\n\x18GetProviderStatsResponse\x12/\n\tproviders\x18\x01 \x03(\x0b\x32\x1c.llmgateway.v1.ProviderStats*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmgateway.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CIRCUITSTATE']._serialized_start=1302
-  _globals['_CIRCUITSTATE']._serialized_end=1426
-  _globals['_MODELCAPABILITIES']._serialized_start=77
-  _globals['_MODELCAPABILITIES']._serialized_end=187
-  _globals['_MODELINFO']._serialized_start=190
-  _globals['_MODELINFO']._serialized_end=414
-  _globals['_MODELDEPLOYMENT']._serialized_start=416
-  _globals['_MODELDEPLOYMENT']._serialized_end=514
-  _globals['_LISTMODELSREQUEST']._serialized_start=516
-  _globals['_LISTMODELSREQUEST']._serialized_end=553
-  _globals['_LISTMODELSRESPONSE']._serialized_start=555
-  _globals['_LISTMODELSRESPONSE']._serialized_end=617
-  _globals['_GETPROVIDERSTATSREQUEST']._serialized_start=619
-  _globals['_GETPROVIDERSTATSREQUEST']._serialized_end=662
-  _globals['_PROVIDERSTATS']._serialized_start=665
-  _globals['_PROVIDERSTATS']._serialized_end=941
-  _globals['_DEPLOYMENTSTATS']._serialized_start=944
-  _globals['_DEPLOYMENTSTATS']._serialized_end=1223
-  _globals['_GETPROVIDERSTATSRESPONSE']._serialized_start=1225
-  _globals['_GETPROVIDERSTATSRESPONSE']._serialized_end=1300
+  _globals['_CIRCUITSTATE']._serialized_start=1322
+  _globals['_CIRCUITSTATE']._serialized_end=1446
+  _globals['_MODELCAPABILITIES']._serialized_start=78
+  _globals['_MODELCAPABILITIES']._serialized_end=207
+  _globals['_MODELINFO']._serialized_start=210
+  _globals['_MODELINFO']._serialized_end=434
+  _globals['_MODELDEPLOYMENT']._serialized_start=436
+  _globals['_MODELDEPLOYMENT']._serialized_end=534
+  _globals['_LISTMODELSREQUEST']._serialized_start=536
+  _globals['_LISTMODELSREQUEST']._serialized_end=573
+  _globals['_LISTMODELSRESPONSE']._serialized_start=575
+  _globals['_LISTMODELSRESPONSE']._serialized_end=637
+  _globals['_GETPROVIDERSTATSREQUEST']._serialized_start=639
+  _globals['_GETPROVIDERSTATSREQUEST']._serialized_end=682
+  _globals['_PROVIDERSTATS']._serialized_start=685
+  _globals['_PROVIDERSTATS']._serialized_end=961
+  _globals['_DEPLOYMENTSTATS']._serialized_start=964
+  _globals['_DEPLOYMENTSTATS']._serialized_end=1243
+  _globals['_GETPROVIDERSTATSRESPONSE']._serialized_start=1245
+  _globals['_GETPROVIDERSTATSRESPONSE']._serialized_end=1320
 # @@protoc_insertion_point(module_scope)
