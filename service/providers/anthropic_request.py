@@ -13,10 +13,11 @@ import binascii
 import json
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 from llmgateway.v1 import chat_pb2, content_pb2
 
-from service.errors import FieldViolation, invalid_argument
+from service.errors import FieldViolation, GatewayError, invalid_argument
 from service.validation import IMAGE_MIME_TYPES
 
 MAX_TEMPERATURE = 1.0
@@ -171,7 +172,23 @@ def _output_format(config: chat_pb2.GenerationConfig) -> dict[str, Any] | None:
         schema = json_format.MessageToDict(response_format.json_schema)
         return {"type": "json_schema", "schema": schema}
     if response_format.type == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT:
-        return {"type": "json_schema", "schema": {"type": "object"}}
+        # Anthropic's structured outputs take a schema only, and treat an object schema
+        # without `additionalProperties: false` as an error or as "no properties" (`{}`):
+        # there is no "any JSON object" mode to map this to.
+        raise GatewayError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "CAPABILITY_UNSUPPORTED",
+            "generation_config.response_format.type: Anthropic models have no JSON-object"
+            " mode; give RESPONSE_FORMAT_TYPE_JSON_SCHEMA with a schema",
+            metadata={"capability": "json_object"},
+            field_violations=[
+                FieldViolation(
+                    "generation_config.response_format.type",
+                    "RESPONSE_FORMAT_TYPE_JSON_OBJECT is not supported by Anthropic models;"
+                    " use RESPONSE_FORMAT_TYPE_JSON_SCHEMA",
+                )
+            ],
+        )
     return None
 
 

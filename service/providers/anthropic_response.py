@@ -77,12 +77,15 @@ def parse_chat_body(body: Any) -> chat_pb2.ChatResponse:
     raw = body["stop_reason"]
     if not isinstance(raw, str) or not raw:
         raise ValueError("an Anthropic message without stop_reason")
-    return chat_pb2.ChatResponse(
+    result = chat_pb2.ChatResponse(
         message=content_pb2.Message(role=content_pb2.ROLE_ASSISTANT, parts=parts),
         finish_reason=finish_reason(raw),
         raw_finish_reason=raw,
         usage=usage_from(body.get("usage") or {}),
     )
+    # The message's id (`msg_…`): the route's id when no request-id header names one.
+    result.route.upstream_request_id = str(body.get("id") or "")
+    return result
 
 
 class AnthropicStreamParser(StreamParser):
@@ -107,6 +110,7 @@ class AnthropicStreamParser(StreamParser):
             raise ValueError("an Anthropic stream event is not a JSON object")
         name = event.event or str(data.get("type") or "")
         if name == "message_start":
+            self.response_id = str(data["message"].get("id") or "")
             self._take_usage(data["message"].get("usage") or {})
             return []
         if name == "content_block_start":

@@ -68,6 +68,14 @@ def _validate_provider_kind(provider: config_pb2.ProviderConfig, path: str) -> N
         if authority and not (authority.startswith("https://") or _is_loopback_http(authority)):
             # The client secret goes there: plain HTTP only to this machine itself.
             raise ConfigError(f"{where}.authority", "must be an https URL")
+    if kind == "gemini" and provider.base_url and provider.gemini.api_version:
+        # The version is a path segment of the default host's URL; a base_url replaces
+        # that URL whole, so the version would silently not be used.
+        raise ConfigError(
+            f"{path}.gemini.api_version",
+            "is not used with base_url: end base_url with the version instead "
+            "(for example .../v1beta)",
+        )
     if kind == "custom" and not _CLASS_PATH.match(provider.custom.class_path):
         raise ConfigError(f"{path}.custom.class_path", 'must look like "package.module:ClassName"')
     if kind == "mock":

@@ -72,6 +72,9 @@ class StreamParser(abc.ABC):
         self.usage: route_pb2.Usage | None = None
         self.finish_reason: chat_pb2.FinishReason.ValueType = chat_pb2.FINISH_REASON_UNSPECIFIED
         self.output_seen = False  # a chunk said something beyond usage
+        # The response's own id from the body (`chatcmpl-…`, `msg_…`): the route's
+        # upstream_request_id when the upstream sent no request-id header.
+        self.response_id = ""
 
     def feed(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
         """Chunks for one event; raises GatewayError for an error sent in the stream."""

@@ -40,6 +40,12 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
                     return
 
 
+def _name_request(chunk: chat_pb2.StreamChatResponse, request_id: str) -> None:
+    """The first chunk names the upstream request: the header's id, else the body's."""
+    if request_id:
+        chunk.route.upstream_request_id = request_id
+
+
 class TokenSource(Protocol):
     """Credentials that change over time (Entra ID tokens), added to each request."""
 
@@ -65,6 +71,16 @@ class HttpProvider(Provider):
         self.default_context_window = dialect.default_context_window
         self.dialect = dialect
         self.client = client
+
+    @staticmethod
+    def _local(build: Callable[[], T]) -> T:
+        """A request transform's result; its refusal is marked as made before any
+        upstream request (no attempt, no deployment tried)."""
+        try:
+            return build()
+        except GatewayError as error:
+            error.local = True
+            raise
 
     def _parsed(self, deployment: Deployment, parse: Callable[[], T]) -> T:
         try:
@@ -129,13 +145,15 @@ class HttpProvider(Provider):
     async def chat(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
     ) -> chat_pb2.ChatResponse:
-        spec = self.dialect.chat_request(request, deployment, stream=False)
+        spec = self._local(lambda: self.dialect.chat_request(request, deployment, stream=False))
         return await self._unary(spec, deployment, ctx, self.dialect.parse_chat)
 
     async def stream_chat(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
     ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
-        spec = await self._authorized(self.dialect.chat_request(request, deployment, stream=True))
+        spec = await self._authorized(
+            self._local(lambda: self.dialect.chat_request(request, deployment, stream=True))
+        )
         model = deployment.upstream_model
         async with self.client.stream(spec, ctx.deadline, model, deployment.timeouts) as upstream:
             content_type = upstream.headers.get("content-type", "")
@@ -157,8 +175,8 @@ class HttpProvider(Provider):
                         raise transport_failure(self.name, model, "too_large", "stream")
                     for event in decoder.feed(raw):
                         for chunk in self._feed(parser, event, deployment):
-                            if first and request_id:
-                                chunk.route.upstream_request_id = request_id
+                            if first:
+                                _name_request(chunk, request_id or parser.response_id)
                             first = False
                             yield chunk
                     if parser.terminated:
@@ -177,7 +195,7 @@ class HttpProvider(Provider):
     async def embed(
         self, request: embed_pb2.EmbedRequest, deployment: Deployment, ctx: CallContext
     ) -> embed_pb2.EmbedResponse:
-        spec = self.dialect.embed_request(request, deployment)
+        spec = self._local(lambda: self.dialect.embed_request(request, deployment))
         return await self._unary(spec, deployment, ctx, self.dialect.parse_embed)
 
     async def aclose(self) -> None:

@@ -287,12 +287,15 @@ def parse_chat_body(body: Mapping[str, Any], provider: str, model: str) -> chat_
     if not out.parts:
         out.parts.add(text="")
     raw = choice.get("finish_reason") or ""
-    return chat_pb2.ChatResponse(
+    result = chat_pb2.ChatResponse(
         message=out,
         finish_reason=finish_reason_of(raw, provider, model),
         raw_finish_reason=raw,
         usage=usage_from(body.get("usage")),
     )
+    # The completion's id (`chatcmpl-…`): the route's id when no header names one.
+    result.route.upstream_request_id = str(body.get("id") or "")
+    return result
 
 
 def parse_embed_body(body: Mapping[str, Any]) -> embed_pb2.EmbedResponse:
@@ -430,6 +433,8 @@ class OpenAIStreamParser(StreamParser):
             raise _stream_error(data["error"], self.provider, self.model)
         if data.get("usage"):
             self.usage = usage_from(data["usage"])
+        if not self.response_id and data.get("id"):
+            self.response_id = str(data["id"])
         chunks = []
         for choice in data.get("choices") or []:
             if int(choice.get("index", 0)) != 0:

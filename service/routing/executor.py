@@ -128,6 +128,11 @@ class Executor:
                         deployment, ctx, record, attempt, count_success, operation
                     )
                 except GatewayError as error:
+                    if error.local:
+                        # Refused before any upstream request: no attempt was made.
+                        record.attempts -= 1
+                        breaker.release()
+                        raise record.annotate(error) from None
                     record.tried.append(f"{deployment.key}:{error.reason}")
                     if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                         breaker.release()

@@ -176,6 +176,8 @@ def test_parse_non_streaming_response() -> None:
             "cachedInputTokens": "12",
             "reasoningTokens": "5",
         },
+        # The completion's id names the request when no header does.
+        "route": {"upstreamRequestId": "chatcmpl-9x1"},
     }
 
 
