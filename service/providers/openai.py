@@ -338,6 +338,15 @@ def _error_fields(body: Any) -> tuple[str, str, str, int | None]:
     )
 
 
+def _error_param(body: Any) -> str:
+    """The request field an OpenAI-style error names (`error.param`), or ""."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    error = body.get("error") if isinstance(body, dict) else None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) else ""
+
+
 def _reset_hint(headers: Mapping[str, str]) -> float | None:
     """x-ratelimit-reset-* for whichever budget is exhausted."""
     for kind in ("requests", "tokens"):
@@ -376,6 +385,8 @@ def failure_from(
         http_status=status,
         upstream_type=error_type,
         upstream_code=code,
+        upstream_message=message,
+        upstream_param=_error_param(parsed),
         request_id=headers.get(request_id_header, ""),
         retry_after=retry_after,
         context_length_exceeded=any(m in lowered for m in _CONTEXT_MARKERS),
@@ -401,6 +412,8 @@ def _stream_error(error: Any, provider: str, model: str) -> GatewayError:
             http_status=status,
             upstream_type=error_type,
             upstream_code=code,
+            upstream_message=message,
+            upstream_param=_error_param({"error": error}),
             retry_after=text_hint_seconds(message) if status == 429 else None,
             context_length_exceeded=any(
                 m in f"{lowered} {message.lower()}" for m in _CONTEXT_MARKERS
