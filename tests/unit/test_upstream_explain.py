@@ -10,9 +10,9 @@ import pytest
 
 from service.providers.anthropic_errors import upstream_failure as anthropic_failure
 from service.providers.gemini_errors import upstream_error as gemini_error
+from service.providers.http import HttpResponse
 from service.providers.ollama_errors import http_error as ollama_error
 from service.providers.openai import failure_from as openai_failure
-from service.providers.http import HttpResponse
 from service.providers.upstream_errors import UpstreamFailure, from_upstream
 from service.providers.upstream_explain import MAX_EXPLANATION_CHARS, explanation
 
