@@ -35,7 +35,7 @@ class AnthropicDialect(Dialect):
     framing = "sse"
     request_id_header = "request-id"
     default_capabilities = Capabilities(
-        streaming=True, tools=True, vision=True, json_output=True, embeddings=False
+        streaming=True, tools=True, vision=True, json_output=True, embeddings=False, documents=True
     )
     default_context_window = 200_000
 

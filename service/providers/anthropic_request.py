@@ -18,6 +18,8 @@ from google.protobuf import json_format
 from llmgateway.v1 import chat_pb2, content_pb2
 
 from service.errors import FieldViolation, GatewayError, invalid_argument
+from service.providers import anthropic_cache
+from service.providers.anthropic_documents import document_block
 from service.validation import IMAGE_MIME_TYPES
 
 MAX_TEMPERATURE = 1.0
@@ -77,8 +79,9 @@ def _blocks(message: content_pb2.Message, path: str) -> list[dict[str, Any]]:
         part_path = f"{path}.parts[{j}]"
         kind = part.WhichOneof("kind")
         if kind == "text":
-            if part.text:  # Anthropic rejects empty text blocks
-                blocks.append({"type": "text", "text": part.text})
+            if not part.text:  # Anthropic rejects empty text blocks
+                continue
+            blocks.append({"type": "text", "text": part.text})
         elif kind == "image":
             blocks.append(_image_block(part.image, f"{part_path}.image"))
         elif kind == "tool_call":
@@ -110,18 +113,31 @@ def _blocks(message: content_pb2.Message, path: str) -> list[dict[str, Any]]:
                     "signature": part.reasoning.signature,
                 }
             )
+        elif kind == "document":
+            blocks.append(document_block(part.document, f"{part_path}.document"))
+        else:
+            continue
+        if part.HasField("cache_control"):
+            anthropic_cache.mark(blocks[-1], part.cache_control)
+    if blocks and message.HasField("cache_control"):
+        anthropic_cache.mark(blocks[-1], message.cache_control)
     return blocks
 
 
-def _conversation(request: chat_pb2.ChatRequest) -> tuple[str, list[dict[str, Any]]]:
-    """The top-level system text and the user/assistant turns."""
+def _conversation(
+    request: chat_pb2.ChatRequest,
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+    """The top-level system prompt (one string, or text blocks when a system message
+    carries a cache breakpoint) and the user/assistant turns."""
     system: list[str] = []
+    system_messages: list[content_pb2.Message] = []
     messages: list[dict[str, Any]] = []
     previous_tool = False
     for i, message in enumerate(request.messages):
         path = f"messages[{i}]"
         if message.role == content_pb2.ROLE_SYSTEM:
             system.extend(p.text for p in message.parts if p.text)
+            system_messages.append(message)
             continue
         blocks = _blocks(message, path)
         if message.role == content_pb2.ROLE_TOOL:
@@ -134,6 +150,8 @@ def _conversation(request: chat_pb2.ChatRequest) -> tuple[str, list[dict[str, An
         previous_tool = False
         role = "assistant" if message.role == content_pb2.ROLE_ASSISTANT else "user"
         messages.append({"role": role, "content": blocks})
+    if any(anthropic_cache.has_breakpoint(m) for m in system_messages):
+        return anthropic_cache.system_blocks(system_messages), messages
     return "\n\n".join(system), messages
 
 
@@ -163,6 +181,8 @@ def _tool(tool: content_pb2.Tool) -> dict[str, Any]:
     if tool.description:
         out["description"] = tool.description
     out["input_schema"] = schema
+    if tool.HasField("cache_control"):
+        anthropic_cache.mark(out, tool.cache_control)
     return out
 
 
@@ -201,6 +221,7 @@ def chat_body(
     max_tokens = (
         config.max_output_tokens if config.HasField("max_output_tokens") else default_max_tokens
     )
+    anthropic_cache.check_breakpoints(request)
     system, messages = _conversation(request)
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
     if system:

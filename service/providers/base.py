@@ -26,6 +26,7 @@ class Capabilities:
     vision: bool = False
     json_output: bool = True
     embeddings: bool = False
+    documents: bool = False  # document (PDF) parts
 
     def to_proto(self) -> models_pb2.ModelCapabilities:
         return models_pb2.ModelCapabilities(
@@ -34,6 +35,7 @@ class Capabilities:
             vision=self.vision,
             json_output=self.json_output,
             embeddings=self.embeddings,
+            documents=self.documents,
         )
 
 

@@ -50,7 +50,7 @@ class GeminiDialect(Dialect):
     framing = "sse"
     request_id_header = REQUEST_ID_HEADER
     default_capabilities = Capabilities(
-        streaming=True, tools=True, vision=True, json_output=True, embeddings=False
+        streaming=True, tools=True, vision=True, json_output=True, embeddings=False, documents=True
     )
     default_context_window = 1_048_576
 

@@ -25,6 +25,7 @@ from service.providers.base import Capabilities, Deployment, Provider
 from service.providers.dialect import Dialect, StreamParser, usage
 from service.providers.framing import SseEvent
 from service.providers.http import HttpRequestSpec, HttpResponse
+from service.providers.openai_documents import file_part
 from service.providers.retry_hints import (
     go_duration_seconds,
     retry_after_seconds,
@@ -77,16 +78,18 @@ def _image_url(image: content_pb2.Image) -> str:
     return f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode()}"
 
 
-def _user_content(message: content_pb2.Message) -> str | list[dict[str, Any]]:
+def _user_content(message: content_pb2.Message, path: str) -> str | list[dict[str, Any]]:
     parts = list(message.parts)
     if all(p.WhichOneof("kind") == "text" for p in parts):
         return "".join(p.text for p in parts)
     content: list[dict[str, Any]] = []
-    for part in parts:
+    for j, part in enumerate(parts):
         if part.WhichOneof("kind") == "text":
             content.append({"type": "text", "text": part.text})
         elif part.WhichOneof("kind") == "image":
             content.append({"type": "image_url", "image_url": {"url": _image_url(part.image)}})
+        elif part.WhichOneof("kind") == "document":
+            content.append(file_part(part.document, f"{path}.parts[{j}].document"))
     return content
 
 
@@ -109,7 +112,7 @@ def _assistant(message: content_pb2.Message) -> dict[str, Any]:
 
 def messages_to_wire(messages: list[content_pb2.Message]) -> list[dict[str, Any]]:
     wire: list[dict[str, Any]] = []
-    for message in messages:
+    for i, message in enumerate(messages):
         if message.role == content_pb2.ROLE_TOOL:
             wire.extend(
                 {
@@ -125,7 +128,7 @@ def messages_to_wire(messages: list[content_pb2.Message]) -> list[dict[str, Any]
         elif message.role == content_pb2.ROLE_SYSTEM:
             entry = {"role": "system", "content": "".join(p.text for p in message.parts)}
         else:
-            entry = {"role": "user", "content": _user_content(message)}
+            entry = {"role": "user", "content": _user_content(message, f"messages[{i}]")}
         if message.name:
             entry["name"] = message.name
         wire.append(entry)
@@ -493,6 +496,7 @@ class OpenAIStreamParser(StreamParser):
 
 class OpenAIDialect(Dialect):
     kind = "openai"
+    default_capabilities = Capabilities(vision=True, documents=True)
     default_context_window = 128_000
 
     def __init__(self, provider: str, options: OpenAIOptions | None = None) -> None:

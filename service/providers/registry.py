@@ -53,7 +53,7 @@ def capabilities_for(provider: Provider, overrides: config_pb2.CapabilitiesConfi
         base = EMBEDDINGS_ONLY
     changes = {
         name: getattr(overrides, name)
-        for name in ("streaming", "tools", "vision", "json_output", "embeddings")
+        for name in ("streaming", "tools", "vision", "json_output", "embeddings", "documents")
         if overrides.HasField(name)
     }
     return replace(base, **changes)
