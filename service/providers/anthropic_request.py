@@ -267,3 +267,16 @@ def chat_body(
     if stream:
         body["stream"] = True
     return body
+
+
+# The fields of a Messages body that `messages/count_tokens` takes; sampling settings and
+# `max_tokens` are refused there.
+_COUNTED_FIELDS = ("model", "system", "messages", "tools", "tool_choice", "thinking")
+
+
+def count_tokens_body(
+    request: chat_pb2.ChatRequest, model: str, default_max_tokens: int
+) -> dict[str, Any]:
+    """The `messages/count_tokens` body: the chat body's prompt fields only."""
+    body = chat_body(request, model, default_max_tokens, stream=False)
+    return {name: body[name] for name in _COUNTED_FIELDS if name in body}

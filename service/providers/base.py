@@ -130,5 +130,15 @@ class Provider(abc.ABC):
     ) -> embed_pb2.EmbedResponse:
         """Embeddings in input order; `model` and `route` are filled in by the caller."""
 
+    # True when the provider has an endpoint that counts a chat request's input tokens.
+    counts_tokens: bool = False
+
+    async def count_tokens(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
+    ) -> tuple[int, str]:
+        """The provider's own count of the request's input tokens, and the upstream
+        request id. Only called when `counts_tokens` is True."""
+        raise NotImplementedError(f"{self.kind} providers do not count tokens")
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook; most transports override
         """Releases connections. Called once at shutdown."""

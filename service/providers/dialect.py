@@ -133,6 +133,18 @@ class Dialect(abc.ABC):
     ) -> HttpRequestSpec:
         raise unsupported_capability("model", deployment.alias, "embeddings")
 
+    # Token counting: dialects whose provider has a counting endpoint set `counts_tokens`
+    # and implement both methods.
+    counts_tokens: ClassVar[bool] = False
+
+    def count_tokens_request(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment
+    ) -> HttpRequestSpec:
+        raise NotImplementedError(f"{self.kind} has no token counting endpoint")
+
+    def parse_count_tokens(self, response: HttpResponse, deployment: Deployment) -> int:
+        raise NotImplementedError(f"{self.kind} has no token counting endpoint")
+
     def parse_embed(
         self, response: HttpResponse, deployment: Deployment
     ) -> embed_pb2.EmbedResponse:

@@ -292,3 +292,9 @@ def embed_body(request: embed_pb2.EmbedRequest, model: str) -> dict[str, Any]:
         return one(request.inputs[0])
     resource = model_resource(model)
     return {"requests": [{"model": resource, **one(text)} for text in request.inputs]}
+
+
+def count_tokens_body(request: chat_pb2.ChatRequest, model: str) -> dict[str, Any]:
+    """The Gemini API's `countTokens` body: the whole `generateContentRequest`, so that
+    the system instruction and the tools are counted too."""
+    return {"generateContentRequest": {"model": model_resource(model), **chat_body(request)}}

@@ -69,6 +69,7 @@ class HttpProvider(Provider):
         self.kind = dialect.kind
         self.default_capabilities = dialect.default_capabilities
         self.default_context_window = dialect.default_context_window
+        self.counts_tokens = dialect.counts_tokens
         self.dialect = dialect
         self.client = client
 
@@ -191,6 +192,21 @@ class HttpProvider(Provider):
                 await _drain(chunks)
             for chunk in self._parsed(deployment, parser.finish):
                 yield chunk
+
+    async def count_tokens(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
+    ) -> tuple[int, str]:
+        spec = self._local(lambda: self.dialect.count_tokens_request(request, deployment))
+        spec = await self._authorized(spec)
+        response = await self.client.request(
+            spec, ctx.deadline, deployment.upstream_model, deployment.timeouts
+        )
+        if not 200 <= response.status < 300:
+            raise self._error(response, deployment, spec)
+        tokens = self._parsed(
+            deployment, lambda: self.dialect.parse_count_tokens(response, deployment)
+        )
+        return tokens, self._request_id(response.headers)
 
     async def embed(
         self, request: embed_pb2.EmbedRequest, deployment: Deployment, ctx: CallContext

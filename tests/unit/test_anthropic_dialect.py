@@ -1105,7 +1105,12 @@ async def test_factory_builds_the_provider_with_its_headers() -> None:
         assert isinstance(provider, HttpProvider)
         assert provider.kind == "anthropic"
         assert provider.default_capabilities == Capabilities(
-            streaming=True, tools=True, vision=True, json_output=True, embeddings=False, documents=True
+            streaming=True,
+            tools=True,
+            vision=True,
+            json_output=True,
+            embeddings=False,
+            documents=True,
         )
         assert provider.client.settings.base_url == "https://api.anthropic.com/v1/"
         assert dict(provider.client.settings.headers) == {
