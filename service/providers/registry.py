@@ -31,6 +31,7 @@ FACTORIES: dict[str, str] = {
     "azure_openai": "service.providers.azure:create_azure",
     "anthropic": "service.providers.anthropic:create_anthropic",
     "gemini": "service.providers.gemini:create_gemini",
+    "vertex_ai": "service.providers.vertex:create_vertex",
     "ollama": "service.providers.ollama:create_ollama",
     "custom": "service.providers.custom:create_custom",
 }
