@@ -15,7 +15,7 @@ import re
 
 from llmgateway.v1 import content_pb2
 
-from service.errors import FieldViolation, invalid_argument
+from service.errors import FieldViolation, GatewayError, invalid_argument
 
 PDF = "application/pdf"
 MIME_TYPES = frozenset({PDF})
@@ -30,7 +30,7 @@ def mime_type(document: content_pb2.Document) -> str:
     return document.mime_type or PDF
 
 
-def _too_large(field: str, size: int, limit: int, provider: str) -> Exception:
+def _too_large(field: str, size: int, limit: int, provider: str) -> GatewayError:
     return invalid_argument(
         [
             FieldViolation(
