@@ -48,6 +48,8 @@ class GatewayError(Exception):
     `upstream_fault`: the failure says something about the deployment's health, so a
     failover counts against its circuit breaker. False for failures of the gateway's
     own making (no free pooled connection) or of the caller's request shape.
+    `local`: raised before any upstream request was sent (a provider's request
+    transform refused the call): it counts as no attempt and tried no deployment.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class GatewayError(Exception):
         self.retryable = retryable
         self.failover = failover
         self.upstream_fault = upstream_fault
+        self.local = False
 
     def with_metadata(self, **entries: str) -> GatewayError:
         """Adds ErrorInfo metadata (keys in lowerCamelCase) and returns self."""
@@ -84,7 +87,7 @@ class GatewayError(Exception):
     def copy(self) -> GatewayError:
         """The same error as a new object, for one failure reported to several calls
         (each may add its own metadata)."""
-        return GatewayError(
+        copied = GatewayError(
             self.code,
             self.reason,
             self.message,
@@ -96,6 +99,8 @@ class GatewayError(Exception):
             failover=self.failover,
             upstream_fault=self.upstream_fault,
         )
+        copied.local = self.local
+        return copied
 
     def __repr__(self) -> str:
         return f"GatewayError({self.code.name}, {self.reason!r}, {self.message!r})"

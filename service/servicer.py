@@ -17,6 +17,7 @@ import grpc
 from llmgateway.config.v1 import config_pb2
 from llmgateway.v1 import (
     chat_pb2,
+    count_tokens_pb2,
     embed_pb2,
     models_pb2,
     provider_service_pb2,
@@ -42,6 +43,7 @@ _SERVICE = provider_service_pb2.DESCRIPTOR.services_by_name["ProviderService"].f
 DEFAULT_METHOD_SCOPES = {
     f"/{_SERVICE}/Chat": "chat",
     f"/{_SERVICE}/StreamChat": "chat",
+    f"/{_SERVICE}/CountTokens": "chat",
     f"/{_SERVICE}/Embed": "embed",
     f"/{_SERVICE}/ListModels": "models:read",
     f"/{_SERVICE}/GetProviderStats": "stats:read",
@@ -271,6 +273,31 @@ class ProviderServicer(provider_service_pb2_grpc.ProviderServiceServicer):
             if state is not None:
                 state.usage = response.usage
             return response
+
+        return await self._unary(context, run)
+
+    async def CountTokens(
+        self, request: chat_pb2.ChatRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> count_tokens_pb2.CountTokensResponse:
+        state = call_state()
+
+        async def run() -> count_tokens_pb2.CountTokensResponse:
+            _note_request(state, request.model, request.labels)
+            validate_chat(request)
+            identity = self._authorize(f"/{_SERVICE}/CountTokens", request.model)
+            # Counted against the caller's requests per minute; no tokens are charged,
+            # since nothing is generated.
+            reservation = None
+            if self._limiter is not None and self._limiter.enabled:
+                reservation = await self._limiter.admit(identity, 0)
+            ctx = self._call_context(context, identity)
+            record = CallRecord()
+            try:
+                return await self._router.count_tokens(request, ctx, record)
+            finally:
+                _note_record(state, record)
+                if reservation is not None:
+                    await reservation.settle(None)
 
         return await self._unary(context, run)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from google.protobuf import struct_pb2
 from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2
 
+from service.document_checks import check_document
 from service.errors import FieldViolation, invalid_argument, printable
 from service.schema_check import schema_problem
 
@@ -27,7 +28,7 @@ MAX_EMBED_INPUTS = 2048
 # Which part kinds each role may carry.
 _ALLOWED_PARTS: dict[int, frozenset[str]] = {
     content_pb2.ROLE_SYSTEM: frozenset({"text"}),
-    content_pb2.ROLE_USER: frozenset({"text", "image"}),
+    content_pb2.ROLE_USER: frozenset({"text", "image", "document"}),
     content_pb2.ROLE_ASSISTANT: frozenset({"text", "tool_call", "reasoning"}),
     content_pb2.ROLE_TOOL: frozenset({"tool_result"}),
 }
@@ -94,6 +95,8 @@ def _check_message(message: content_pb2.Message, path: str, out: _Violations) ->
             out.add(f"{part_path}.{kind}", f"is not allowed in a {role} message")
         if kind == "image":
             _check_image(part.image, f"{part_path}.image", out)
+        elif kind == "document":
+            check_document(part.document, f"{part_path}.document", out.add)
         elif kind == "tool_call":
             _check_tool_call(part.tool_call, f"{part_path}.tool_call", out)
         elif kind == "tool_result" and not part.tool_result.tool_call_id:

@@ -4,7 +4,8 @@ before the call and reconciled with the real usage after it. Pure.
 Input: UTF-8 bytes / 4, rounded up, of every text the provider reads: message text,
 names, tool calls and results, reasoning, tool definitions (name, description and
 parameters as JSON) and a JSON response schema; plus MESSAGE_OVERHEAD tokens per
-message (role markers) and IMAGE_TOKENS per image, whatever its size. Bytes rather
+message (role markers), IMAGE_TOKENS per image and DOCUMENT_TOKENS per document
+(a PDF of a few pages), whatever their size. Bytes rather
 than characters: the same as characters for English (about 4 per token) and closer
 for scripts that take more tokens per character (CJK is 3 bytes a character).
 
@@ -23,6 +24,7 @@ from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2
 BYTES_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4
 IMAGE_TOKENS = 1000
+DOCUMENT_TOKENS = 3000
 DEFAULT_OUTPUT_TOKENS = 256
 
 
@@ -49,6 +51,8 @@ def _part_tokens(part: content_pb2.Part) -> int:
         return text_tokens(part.tool_result.name) + text_tokens(part.tool_result.content)
     if kind == "reasoning":
         return text_tokens(part.reasoning.text)
+    if kind == "document":
+        return DOCUMENT_TOKENS + text_tokens(part.document.title)
     return 0
 
 

@@ -18,7 +18,7 @@ from llmgateway.v1 import chat_pb2
 from service.errors import GatewayError
 from service.providers import factory
 from service.providers.anthropic_errors import upstream_failure
-from service.providers.anthropic_request import chat_body
+from service.providers.anthropic_request import chat_body, count_tokens_body
 from service.providers.anthropic_response import AnthropicStreamParser, parse_chat_body
 from service.providers.base import Capabilities, Deployment, Provider
 from service.providers.dialect import Dialect, StreamParser
@@ -35,7 +35,7 @@ class AnthropicDialect(Dialect):
     framing = "sse"
     request_id_header = "request-id"
     default_capabilities = Capabilities(
-        streaming=True, tools=True, vision=True, json_output=True, embeddings=False
+        streaming=True, tools=True, vision=True, json_output=True, embeddings=False, documents=True
     )
     default_context_window = 200_000
 
@@ -51,6 +51,17 @@ class AnthropicDialect(Dialect):
 
     def parse_chat(self, response: HttpResponse, deployment: Deployment) -> chat_pb2.ChatResponse:
         return parse_chat_body(json.loads(response.body))
+
+    counts_tokens = True
+
+    def count_tokens_request(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment
+    ) -> HttpRequestSpec:
+        body = count_tokens_body(request, deployment.upstream_model, self.default_max_tokens)
+        return HttpRequestSpec("POST", "messages/count_tokens", json_body=body)
+
+    def parse_count_tokens(self, response: HttpResponse, deployment: Deployment) -> int:
+        return int(json.loads(response.body)["input_tokens"])
 
     def stream_parser(self, deployment: Deployment) -> StreamParser:
         return AnthropicStreamParser(self.provider, deployment.upstream_model)

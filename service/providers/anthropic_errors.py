@@ -98,6 +98,7 @@ def upstream_failure(
         status,
         upstream_type=error_type,
         upstream_code=error_code,
+        upstream_message=message,
         request_id=headers.get("request-id", "") or request_id,
         retry_after=retry_after,
         context_length_exceeded=context,

@@ -13,11 +13,13 @@ import binascii
 import json
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 from llmgateway.v1 import chat_pb2, content_pb2
 
-from service.errors import FieldViolation, invalid_argument
-from service.providers import reasoning
+from service.errors import FieldViolation, GatewayError, invalid_argument
+from service.providers import anthropic_cache, reasoning
+from service.providers.anthropic_documents import document_block
 from service.validation import IMAGE_MIME_TYPES
 
 MAX_TEMPERATURE = 1.0
@@ -77,8 +79,9 @@ def _blocks(message: content_pb2.Message, path: str) -> list[dict[str, Any]]:
         part_path = f"{path}.parts[{j}]"
         kind = part.WhichOneof("kind")
         if kind == "text":
-            if part.text:  # Anthropic rejects empty text blocks
-                blocks.append({"type": "text", "text": part.text})
+            if not part.text:  # Anthropic rejects empty text blocks
+                continue
+            blocks.append({"type": "text", "text": part.text})
         elif kind == "image":
             blocks.append(_image_block(part.image, f"{part_path}.image"))
         elif kind == "tool_call":
@@ -113,18 +116,31 @@ def _blocks(message: content_pb2.Message, path: str) -> list[dict[str, Any]]:
                     "signature": part.reasoning.signature,
                 }
             )
+        elif kind == "document":
+            blocks.append(document_block(part.document, f"{part_path}.document"))
+        else:
+            continue
+        if part.HasField("cache_control"):
+            anthropic_cache.mark(blocks[-1], part.cache_control)
+    if blocks and message.HasField("cache_control"):
+        anthropic_cache.mark(blocks[-1], message.cache_control)
     return blocks
 
 
-def _conversation(request: chat_pb2.ChatRequest) -> tuple[str, list[dict[str, Any]]]:
-    """The top-level system text and the user/assistant turns."""
+def _conversation(
+    request: chat_pb2.ChatRequest,
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+    """The top-level system prompt (one string, or text blocks when a system message
+    carries a cache breakpoint) and the user/assistant turns."""
     system: list[str] = []
+    system_messages: list[content_pb2.Message] = []
     messages: list[dict[str, Any]] = []
     previous_tool = False
     for i, message in enumerate(request.messages):
         path = f"messages[{i}]"
         if message.role == content_pb2.ROLE_SYSTEM:
             system.extend(p.text for p in message.parts if p.text)
+            system_messages.append(message)
             continue
         blocks = _blocks(message, path)
         if message.role == content_pb2.ROLE_TOOL:
@@ -137,6 +153,8 @@ def _conversation(request: chat_pb2.ChatRequest) -> tuple[str, list[dict[str, An
         previous_tool = False
         role = "assistant" if message.role == content_pb2.ROLE_ASSISTANT else "user"
         messages.append({"role": role, "content": blocks})
+    if any(anthropic_cache.has_breakpoint(m) for m in system_messages):
+        return anthropic_cache.system_blocks(system_messages), messages
     return "\n\n".join(system), messages
 
 
@@ -166,6 +184,8 @@ def _tool(tool: content_pb2.Tool) -> dict[str, Any]:
     if tool.description:
         out["description"] = tool.description
     out["input_schema"] = schema
+    if tool.HasField("cache_control"):
+        anthropic_cache.mark(out, tool.cache_control)
     return out
 
 
@@ -175,7 +195,23 @@ def _output_format(config: chat_pb2.GenerationConfig) -> dict[str, Any] | None:
         schema = json_format.MessageToDict(response_format.json_schema)
         return {"type": "json_schema", "schema": schema}
     if response_format.type == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT:
-        return {"type": "json_schema", "schema": {"type": "object"}}
+        # Anthropic's structured outputs take a schema only, and treat an object schema
+        # without `additionalProperties: false` as an error or as "no properties" (`{}`):
+        # there is no "any JSON object" mode to map this to.
+        raise GatewayError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "CAPABILITY_UNSUPPORTED",
+            "generation_config.response_format.type: Anthropic models have no JSON-object"
+            " mode; give RESPONSE_FORMAT_TYPE_JSON_SCHEMA with a schema",
+            metadata={"capability": "json_object"},
+            field_violations=[
+                FieldViolation(
+                    "generation_config.response_format.type",
+                    "RESPONSE_FORMAT_TYPE_JSON_OBJECT is not supported by Anthropic models;"
+                    " use RESPONSE_FORMAT_TYPE_JSON_SCHEMA",
+                )
+            ],
+        )
     return None
 
 
@@ -193,6 +229,7 @@ def chat_body(
         max_tokens = budget + default_max_tokens
     else:
         max_tokens = default_max_tokens
+    anthropic_cache.check_breakpoints(request)
     system, messages = _conversation(request)
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
     if system:
@@ -244,3 +281,16 @@ def chat_body(
     if stream:
         body["stream"] = True
     return body
+
+
+# The fields of a Messages body that `messages/count_tokens` takes; sampling settings and
+# `max_tokens` are refused there.
+_COUNTED_FIELDS = ("model", "system", "messages", "tools", "tool_choice", "thinking")
+
+
+def count_tokens_body(
+    request: chat_pb2.ChatRequest, model: str, default_max_tokens: int
+) -> dict[str, Any]:
+    """The `messages/count_tokens` body: the chat body's prompt fields only."""
+    body = chat_body(request, model, default_max_tokens, stream=False)
+    return {name: body[name] for name in _COUNTED_FIELDS if name in body}

@@ -95,6 +95,8 @@ def parse_chat_body(body: Any) -> chat_pb2.ChatResponse:
     metadata = provider_metadata.to_struct(provider_metadata.pick(body, _METADATA_KEYS))
     if metadata is not None:
         response.provider_metadata.CopyFrom(metadata)
+    # The message's id (`msg_…`): the route's id when no request-id header names one.
+    response.route.upstream_request_id = str(body.get("id") or "")
     return response
 
 
@@ -121,6 +123,7 @@ class AnthropicStreamParser(StreamParser):
             raise ValueError("an Anthropic stream event is not a JSON object")
         name = event.event or str(data.get("type") or "")
         if name == "message_start":
+            self.response_id = str(data["message"].get("id") or "")
             self._take_usage(data["message"].get("usage") or {})
             return []
         if name == "content_block_start":

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from llmgateway.config.v1 import config_pb2
 
 from service.providers import factory, model_names
-from service.providers.base import Deployment, Provider
+from service.providers.base import Capabilities, Deployment, Provider
 from service.providers.entra import DEFAULT_AUTHORITY, DEFAULT_SCOPE, EntraTokenSource
 from service.providers.openai import OpenAIDialect
 
@@ -22,6 +22,8 @@ DEFAULT_API_VERSION = "2024-10-21"
 class AzureOpenAIDialect(OpenAIDialect):
     kind = "azure_openai"
     request_id_header = "apim-request-id"
+    # File inputs depend on the deployment's model and API version: opted into per alias.
+    default_capabilities = Capabilities(vision=True)
 
     def __init__(self, provider: str, api_version: str, v1_api: bool) -> None:
         super().__init__(provider)

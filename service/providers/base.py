@@ -26,6 +26,7 @@ class Capabilities:
     vision: bool = False
     json_output: bool = True
     embeddings: bool = False
+    documents: bool = False  # document (PDF) parts
 
     def to_proto(self) -> models_pb2.ModelCapabilities:
         return models_pb2.ModelCapabilities(
@@ -34,6 +35,7 @@ class Capabilities:
             vision=self.vision,
             json_output=self.json_output,
             embeddings=self.embeddings,
+            documents=self.documents,
         )
 
 
@@ -159,6 +161,16 @@ class Provider(abc.ABC):
         """The upstream's model names, for discovery; None when it offers no list.
         Raises GatewayError when the upstream fails."""
         return None
+
+    # True when the provider has an endpoint that counts a chat request's input tokens.
+    counts_tokens: bool = False
+
+    async def count_tokens(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
+    ) -> tuple[int, str]:
+        """The provider's own count of the request's input tokens, and the upstream
+        request id. Only called when `counts_tokens` is True."""
+        raise NotImplementedError(f"{self.kind} providers do not count tokens")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook; most transports override
         """Releases connections. Called once at shutdown."""

@@ -69,6 +69,22 @@ def _validate_provider_kind(provider: config_pb2.ProviderConfig, path: str) -> N
         if authority and not (authority.startswith("https://") or _is_loopback_http(authority)):
             # The client secret goes there: plain HTTP only to this machine itself.
             raise ConfigError(f"{where}.authority", "must be an https URL")
+    if kind == "vertex_ai":
+        _validate_vertex(provider, f"{path}.vertex_ai")
+        if provider.api_key_env:
+            raise ConfigError(
+                f"{path}.api_key_env",
+                "is not used by vertex_ai providers: vertex_ai.credentials_file_env names"
+                " the service account key file",
+            )
+    if kind == "gemini" and provider.base_url and provider.gemini.api_version:
+        # The version is a path segment of the default host's URL; a base_url replaces
+        # that URL whole, so the version would silently not be used.
+        raise ConfigError(
+            f"{path}.gemini.api_version",
+            "is not used with base_url: end base_url with the version instead "
+            "(for example .../v1beta)",
+        )
     if kind == "custom" and not _CLASS_PATH.match(provider.custom.class_path):
         raise ConfigError(f"{path}.custom.class_path", 'must look like "package.module:ClassName"')
     if kind == "mock":
@@ -91,6 +107,29 @@ def _validate_discovery(provider: config_pb2.ProviderConfig, path: str) -> None:
         raise ConfigError(f"{path}.discovery", f"{kind} providers offer no model list to discover")
     if provider.discovery.HasField("refresh") and seconds_or(provider.discovery, "refresh", 0) < 1:
         raise ConfigError(f"{path}.discovery.refresh", "must be at least 1s")
+
+
+_VERTEX_PROJECT = re.compile(r"^[a-z0-9][a-z0-9.:-]{0,62}$")
+_VERTEX_LOCATION = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_VERTEX_VERSION = re.compile(r"^v[0-9][a-z0-9]{0,15}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _validate_vertex(provider: config_pb2.ProviderConfig, where: str) -> None:
+    vertex = provider.vertex_ai
+    if not _VERTEX_PROJECT.match(vertex.project):
+        raise ConfigError(f"{where}.project", "is required: a Google Cloud project id")
+    if not _VERTEX_LOCATION.match(vertex.location):
+        raise ConfigError(
+            f"{where}.location", 'is required: a region such as "us-central1", or "global"'
+        )
+    if not _ENV_NAME.match(vertex.credentials_file_env):
+        raise ConfigError(
+            f"{where}.credentials_file_env",
+            "is required: the environment variable that names the service account key file",
+        )
+    if vertex.api_version and not _VERTEX_VERSION.match(vertex.api_version):
+        raise ConfigError(f"{where}.api_version", 'must look like "v1" or "v1beta1"')
 
 
 def _validate_transport(provider: config_pb2.ProviderConfig, path: str) -> None:

@@ -74,6 +74,9 @@ class StreamParser(abc.ABC):
         self.usage: route_pb2.Usage | None = None
         self.finish_reason: chat_pb2.FinishReason.ValueType = chat_pb2.FINISH_REASON_UNSPECIFIED
         self.output_seen = False  # a chunk said something beyond usage
+        # The response's own id from the body (`chatcmpl-…`, `msg_…`): the route's
+        # upstream_request_id when the upstream sent no request-id header.
+        self.response_id = ""
 
     def feed(self, event: Any) -> list[chat_pb2.StreamChatResponse]:
         """Chunks for one event; raises GatewayError for an error sent in the stream."""
@@ -140,6 +143,18 @@ class Dialect(abc.ABC):
     def parse_models(self, response: HttpResponse) -> list[str]:
         """Model names from a model-list response (models_request's)."""
         return []
+
+    # Token counting: dialects whose provider has a counting endpoint set `counts_tokens`
+    # and implement both methods.
+    counts_tokens: ClassVar[bool] = False
+
+    def count_tokens_request(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment
+    ) -> HttpRequestSpec:
+        raise NotImplementedError(f"{self.kind} has no token counting endpoint")
+
+    def parse_count_tokens(self, response: HttpResponse, deployment: Deployment) -> int:
+        raise NotImplementedError(f"{self.kind} has no token counting endpoint")
 
     def parse_embed(
         self, response: HttpResponse, deployment: Deployment

@@ -24,7 +24,13 @@ from service.providers import factory
 from service.providers.base import Capabilities, Deployment, Provider
 from service.providers.dialect import Dialect, StreamParser
 from service.providers.gemini_errors import REQUEST_ID_HEADER, error_envelope, upstream_error
-from service.providers.gemini_request import MAX_BATCH_EMBED, chat_body, embed_body, model_path
+from service.providers.gemini_request import (
+    MAX_BATCH_EMBED,
+    chat_body,
+    count_tokens_body,
+    embed_body,
+    model_path,
+)
 from service.providers.gemini_response import (
     GeminiStreamParser,
     parse_chat_body,
@@ -50,7 +56,7 @@ class GeminiDialect(Dialect):
     framing = "sse"
     request_id_header = REQUEST_ID_HEADER
     default_capabilities = Capabilities(
-        streaming=True, tools=True, vision=True, json_output=True, embeddings=False
+        streaming=True, tools=True, vision=True, json_output=True, embeddings=False, documents=True
     )
     default_context_window = 1_048_576
     max_embed_inputs = MAX_BATCH_EMBED  # batchEmbedContents' limit
@@ -65,6 +71,18 @@ class GeminiDialect(Dialect):
 
     def parse_chat(self, response: HttpResponse, deployment: Deployment) -> chat_pb2.ChatResponse:
         return parse_chat_body(_json_object(response), response.headers.get(REQUEST_ID_HEADER, ""))
+
+    counts_tokens = True
+
+    def count_tokens_request(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment
+    ) -> HttpRequestSpec:
+        model = model_path(deployment.upstream_model)
+        body = count_tokens_body(request, deployment.upstream_model)
+        return HttpRequestSpec("POST", f"{model}:countTokens", json_body=body)
+
+    def parse_count_tokens(self, response: HttpResponse, deployment: Deployment) -> int:
+        return int(_json_object(response).get("totalTokens") or 0)
 
     def stream_parser(self, deployment: Deployment) -> StreamParser:
         return GeminiStreamParser(self.provider, deployment.upstream_model)

@@ -66,6 +66,15 @@ def _detail(details: list[Any], type_name: str) -> Mapping[str, Any] | None:
     return None
 
 
+def _violation_field(details: list[Any]) -> str:
+    """The field the first google.rpc.BadRequest violation names, or ""."""
+    bad_request = _detail(details, "BadRequest")
+    violations = bad_request.get("fieldViolations") if bad_request else None
+    if isinstance(violations, list) and violations and isinstance(violations[0], Mapping):
+        return str(violations[0].get("field") or "")
+    return ""
+
+
 def upstream_error(
     provider: str,
     model: str,
@@ -110,6 +119,8 @@ def upstream_error(
             http_status=status,
             upstream_type=status_name,
             upstream_code=reason,
+            upstream_message=message,
+            upstream_param=_violation_field(details),
             request_id=headers.get(REQUEST_ID_HEADER, ""),
             retry_after=retry_after,
             context_length_exceeded=status == 400 and bool(_CONTEXT_LENGTH.search(message)),

@@ -23,6 +23,7 @@ from llmgateway.v1 import chat_pb2, content_pb2, embed_pb2
 
 from service.errors import FieldViolation, invalid_argument
 from service.providers import model_names, reasoning
+from service.providers.gemini_documents import document_part
 
 # batchEmbedContents takes at most this many requests.
 MAX_BATCH_EMBED = 100
@@ -108,6 +109,8 @@ class _Contents:
                 built = {"text": part.text}
             elif kind == "image":
                 built = self._image(part.image, f"{part_path}.image")
+            elif kind == "document":
+                built = document_part(part.document, f"{part_path}.document")
             elif kind == "tool_call":
                 built = self._tool_call(part.tool_call, f"{part_path}.tool_call")
             elif kind == "tool_result":
@@ -297,3 +300,9 @@ def embed_body(request: embed_pb2.EmbedRequest, model: str) -> dict[str, Any]:
         return one(request.inputs[0])
     resource = model_resource(model)
     return {"requests": [{"model": resource, **one(text)} for text in request.inputs]}
+
+
+def count_tokens_body(request: chat_pb2.ChatRequest, model: str) -> dict[str, Any]:
+    """The Gemini API's `countTokens` body: the whole `generateContentRequest`, so that
+    the system instruction and the tools are counted too."""
+    return {"generateContentRequest": {"model": model_resource(model), **chat_body(request)}}

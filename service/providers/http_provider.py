@@ -41,6 +41,12 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
                     return
 
 
+def _name_request(chunk: chat_pb2.StreamChatResponse, request_id: str) -> None:
+    """The first chunk names the upstream request: the header's id, else the body's."""
+    if request_id:
+        chunk.route.upstream_request_id = request_id
+
+
 class TokenSource(Protocol):
     """Credentials that change over time (Entra ID tokens), added to each request."""
 
@@ -65,8 +71,19 @@ class HttpProvider(Provider):
         self.default_capabilities = dialect.default_capabilities
         self.default_context_window = dialect.default_context_window
         self.max_embed_inputs = dialect.max_embed_inputs
+        self.counts_tokens = dialect.counts_tokens
         self.dialect = dialect
         self.client = client
+
+    @staticmethod
+    def _local(build: Callable[[], T]) -> T:
+        """A request transform's result; its refusal is marked as made before any
+        upstream request (no attempt, no deployment tried)."""
+        try:
+            return build()
+        except GatewayError as error:
+            error.local = True
+            raise
 
     def _parsed(self, deployment: Deployment, parse: Callable[[], T]) -> T:
         try:
@@ -145,13 +162,15 @@ class HttpProvider(Provider):
     async def chat(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
     ) -> chat_pb2.ChatResponse:
-        spec = self._chat_spec(request, deployment, stream=False)
+        spec = self._local(lambda: self._chat_spec(request, deployment, stream=False))
         return await self._unary(spec, deployment, ctx, self.dialect.parse_chat)
 
     async def stream_chat(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
     ) -> AsyncIterator[chat_pb2.StreamChatResponse]:
-        spec = await self._authorized(self._chat_spec(request, deployment, stream=True))
+        spec = await self._authorized(
+            self._local(lambda: self._chat_spec(request, deployment, stream=True))
+        )
         model = deployment.upstream_model
         async with self.client.stream(spec, ctx.deadline, model, deployment.timeouts) as upstream:
             if ctx.observe_headers is not None:
@@ -175,8 +194,8 @@ class HttpProvider(Provider):
                         raise transport_failure(self.name, model, "too_large", "stream")
                     for event in decoder.feed(raw):
                         for chunk in self._feed(parser, event, deployment):
-                            if first and request_id:
-                                chunk.route.upstream_request_id = request_id
+                            if first:
+                                _name_request(chunk, request_id or parser.response_id)
                             first = False
                             yield chunk
                     if parser.terminated:
@@ -192,10 +211,25 @@ class HttpProvider(Provider):
             for chunk in self._parsed(deployment, parser.finish):
                 yield chunk
 
+    async def count_tokens(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
+    ) -> tuple[int, str]:
+        spec = self._local(lambda: self.dialect.count_tokens_request(request, deployment))
+        spec = await self._authorized(spec)
+        response = await self.client.request(
+            spec, ctx.deadline, deployment.upstream_model, deployment.timeouts
+        )
+        if not 200 <= response.status < 300:
+            raise self._error(response, deployment, spec)
+        tokens = self._parsed(
+            deployment, lambda: self.dialect.parse_count_tokens(response, deployment)
+        )
+        return tokens, self._request_id(response.headers)
+
     async def embed(
         self, request: embed_pb2.EmbedRequest, deployment: Deployment, ctx: CallContext
     ) -> embed_pb2.EmbedResponse:
-        spec = self.dialect.embed_request(request, deployment)
+        spec = self._local(lambda: self.dialect.embed_request(request, deployment))
         return await self._unary(spec, deployment, ctx, self.dialect.parse_embed)
 
     async def list_models(self, deadline: float) -> list[str] | None:

@@ -70,6 +70,8 @@ RULES: dict[str, NameRule] = {
     "anthropic": NameRule("._:-", 128),
     # gemini-2.5-flash, models/gemini-2.5-flash, tunedModels/my-model-1
     "gemini": NameRule("._-", 128, prefixes=("models/", "tunedModels/")),
+    # gemini-2.5-flash, text-embedding-005 (Google's publisher models on Vertex AI)
+    "vertex_ai": NameRule("._-", 128, prefixes=("models/",)),
     # llama3.2, llama3.2:3b, library/llama3:8b, hf.co/org/repo:Q4_K_M
     "ollama": NameRule("._:-", 256, namespaces=True),
     # Qwen/Qwen2.5-7B-Instruct, model.gguf, lmstudio-community/model@q4_k_m

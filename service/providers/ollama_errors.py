@@ -70,6 +70,7 @@ def http_error(
             provider=provider,
             model=model,
             http_status=status,
+            upstream_message=message,
             request_id=response.headers.get(request_id_header, ""),
             retry_after=retry_after,
             context_length_exceeded=is_context_length_message(message),
@@ -93,6 +94,7 @@ def stream_error(provider: str, model: str, message: str) -> GatewayError:
             model=model,
             http_status=status,
             upstream_type="stream_error",
+            upstream_message=message,
             retry_after=text_hint_seconds(message) if message else None,
             context_length_exceeded=context,
         )

@@ -25,6 +25,7 @@ from service.providers.base import Capabilities, Deployment, Provider
 from service.providers.dialect import Dialect, StreamParser, usage
 from service.providers.framing import SseEvent
 from service.providers.http import HttpRequestSpec, HttpResponse
+from service.providers.openai_documents import file_part
 from service.providers.retry_hints import (
     go_duration_seconds,
     retry_after_seconds,
@@ -77,16 +78,18 @@ def _image_url(image: content_pb2.Image) -> str:
     return f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode()}"
 
 
-def _user_content(message: content_pb2.Message) -> str | list[dict[str, Any]]:
+def _user_content(message: content_pb2.Message, path: str) -> str | list[dict[str, Any]]:
     parts = list(message.parts)
     if all(p.WhichOneof("kind") == "text" for p in parts):
         return "".join(p.text for p in parts)
     content: list[dict[str, Any]] = []
-    for part in parts:
+    for j, part in enumerate(parts):
         if part.WhichOneof("kind") == "text":
             content.append({"type": "text", "text": part.text})
         elif part.WhichOneof("kind") == "image":
             content.append({"type": "image_url", "image_url": {"url": _image_url(part.image)}})
+        elif part.WhichOneof("kind") == "document":
+            content.append(file_part(part.document, f"{path}.parts[{j}].document"))
     return content
 
 
@@ -109,7 +112,7 @@ def _assistant(message: content_pb2.Message) -> dict[str, Any]:
 
 def messages_to_wire(messages: list[content_pb2.Message]) -> list[dict[str, Any]]:
     wire: list[dict[str, Any]] = []
-    for message in messages:
+    for i, message in enumerate(messages):
         if message.role == content_pb2.ROLE_TOOL:
             wire.extend(
                 {
@@ -125,7 +128,7 @@ def messages_to_wire(messages: list[content_pb2.Message]) -> list[dict[str, Any]
         elif message.role == content_pb2.ROLE_SYSTEM:
             entry = {"role": "system", "content": "".join(p.text for p in message.parts)}
         else:
-            entry = {"role": "user", "content": _user_content(message)}
+            entry = {"role": "user", "content": _user_content(message, f"messages[{i}]")}
         if message.name:
             entry["name"] = message.name
         wire.append(entry)
@@ -339,6 +342,8 @@ def parse_chat_body(body: Mapping[str, Any], provider: str, model: str) -> chat_
     )
     if metadata is not None:
         response.provider_metadata.CopyFrom(metadata)
+    # The completion's id (`chatcmpl-…`): the route's id when no header names one.
+    response.route.upstream_request_id = str(body.get("id") or "")
     return response
 
 
@@ -382,6 +387,15 @@ def _error_fields(body: Any) -> tuple[str, str, str, int | None]:
     )
 
 
+def _error_param(body: Any) -> str:
+    """The request field an OpenAI-style error names (`error.param`), or ""."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    error = body.get("error") if isinstance(body, dict) else None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) else ""
+
+
 def _reset_hint(headers: Mapping[str, str]) -> float | None:
     """x-ratelimit-reset-* for whichever budget is exhausted."""
     for kind in ("requests", "tokens"):
@@ -420,6 +434,8 @@ def failure_from(
         http_status=status,
         upstream_type=error_type,
         upstream_code=code,
+        upstream_message=message,
+        upstream_param=_error_param(parsed),
         request_id=headers.get(request_id_header, ""),
         retry_after=retry_after,
         context_length_exceeded=any(m in lowered for m in _CONTEXT_MARKERS),
@@ -445,6 +461,8 @@ def _stream_error(error: Any, provider: str, model: str) -> GatewayError:
             http_status=status,
             upstream_type=error_type,
             upstream_code=code,
+            upstream_message=message,
+            upstream_param=_error_param({"error": error}),
             retry_after=text_hint_seconds(message) if status == 429 else None,
             context_length_exceeded=any(
                 m in f"{lowered} {message.lower()}" for m in _CONTEXT_MARKERS
@@ -481,6 +499,8 @@ class OpenAIStreamParser(StreamParser):
             self.usage = usage_from(data["usage"])
         self._metadata.update(provider_metadata.pick(data, provider_metadata.OPENAI_KEYS))
         self._metadata.update(provider_metadata.pick(data, provider_metadata.OPENAI_AZURE_KEYS))
+        if not self.response_id and data.get("id"):
+            self.response_id = str(data["id"])
         chunks = []
         for choice in data.get("choices") or []:
             if int(choice.get("index", 0)) != 0:
@@ -541,6 +561,7 @@ class OpenAIStreamParser(StreamParser):
 
 class OpenAIDialect(Dialect):
     kind = "openai"
+    default_capabilities = Capabilities(vision=True, documents=True)
     default_context_window = 128_000
 
     def __init__(self, provider: str, options: OpenAIOptions | None = None) -> None:

@@ -41,6 +41,7 @@ FACTORIES: dict[str, str] = {
     "azure_openai": "service.providers.azure:create_azure",
     "anthropic": "service.providers.anthropic:create_anthropic",
     "gemini": "service.providers.gemini:create_gemini",
+    "vertex_ai": "service.providers.vertex:create_vertex",
     "ollama": "service.providers.ollama:create_ollama",
     "custom": "service.providers.custom:create_custom",
 }
@@ -63,7 +64,7 @@ def capabilities_for(provider: Provider, overrides: config_pb2.CapabilitiesConfi
         base = EMBEDDINGS_ONLY
     changes = {
         name: getattr(overrides, name)
-        for name in ("streaming", "tools", "vision", "json_output", "embeddings")
+        for name in ("streaming", "tools", "vision", "json_output", "embeddings", "documents")
         if overrides.HasField(name)
     }
     return replace(base, **changes)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 
 from service.errors import GatewayError
+from service.providers.upstream_explain import MAX_PARAM_CHARS, explanation, shown_for
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class UpstreamFailure:
     auth_failed: bool = False  # the gateway's own key was refused, whatever the status
     failed_precondition: bool = False  # e.g. billing or region not enabled (Gemini)
     should_retry: bool | None = None  # the x-should-retry header, when sent
+    # The provider's own words, raw: passed on (sanitized) only for the caller's mistakes.
+    upstream_message: str = ""
+    upstream_param: str = ""  # the request field the provider named, when it named one
 
 
 @dataclass(frozen=True)
@@ -218,17 +222,38 @@ def from_upstream(failure: UpstreamFailure) -> GatewayError:
     ):
         if value:
             metadata[key] = value
+    message = f"{failure.provider}: {rule.message} (HTTP {failure.http_status})"
+    said = _explanation(failure)
+    if said:
+        message = f"{message}: {said}"
+        metadata["upstreamMessage"] = said
+        param = explanation(failure.upstream_param, MAX_PARAM_CHARS)
+        if param:
+            metadata["upstreamParam"] = param
     # A wait hint only helps the caller when waiting can succeed.
     retry_after = failure.retry_after if retryable else None
     return GatewayError(
         rule.code,
         rule.reason,
-        f"{failure.provider}: {rule.message} (HTTP {failure.http_status})",
+        message,
         metadata=metadata,
         retry_after=retry_after,
         retryable=retryable,
         failover=rule.failover,
     )
+
+
+def _explanation(failure: UpstreamFailure) -> str:
+    """The provider's explanation, sanitized, when it is the caller's to read."""
+    allowed = shown_for(
+        failure.http_status,
+        auth_failed=failure.auth_failed,
+        quota_exhausted=failure.quota_exhausted,
+        failed_precondition=failure.failed_precondition,
+        context_length_exceeded=failure.context_length_exceeded,
+        content_filtered=failure.content_filtered,
+    )
+    return explanation(failure.upstream_message) if allowed else ""
 
 
 def transport_failure(provider: str, model: str, kind: str, detail: str = "") -> GatewayError:

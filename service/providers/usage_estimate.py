@@ -95,6 +95,12 @@ class EstimatedUsage(Provider):
         self.default_capabilities = inner.default_capabilities
         self.default_context_window = inner.default_context_window
         self.max_embed_inputs = inner.max_embed_inputs
+        self.counts_tokens = inner.counts_tokens
+
+    async def count_tokens(
+        self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext
+    ) -> tuple[int, str]:
+        return await self.inner.count_tokens(request, deployment, ctx)
 
     async def chat(
         self, request: chat_pb2.ChatRequest, deployment: Deployment, ctx: CallContext

@@ -44,6 +44,13 @@ def check_chat(request: chat_pb2.ChatRequest, deployment: Deployment, streaming:
         and not caps.json_output
     ):
         raise unsupported_capability("generation_config.response_format", alias, "JSON output")
+    if not caps.documents:
+        for i, message in enumerate(request.messages):
+            for j, part in enumerate(message.parts):
+                if part.WhichOneof("kind") == "document":
+                    raise unsupported_capability(
+                        f"messages[{i}].parts[{j}].document", alias, "document input"
+                    )
     if not caps.vision:
         for i, message in enumerate(request.messages):
             for j, part in enumerate(message.parts):

@@ -172,6 +172,12 @@ class Executor:
                         deployment, actx, record, attempt, count_success, operation
                     )
                 except GatewayError as error:
+                    if error.local:
+                        # Refused before any upstream request: no attempt was made.
+                        record.attempts -= 1
+                        breaker.release()
+                        await _release(hold)
+                        raise record.annotate(error) from None
                     if never_sent(error):
                         await hold.release()
                     else:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from llmgateway.v1 import chat_pb2, embed_pb2
+from llmgateway.v1 import chat_pb2, count_tokens_pb2, embed_pb2
 from opentelemetry import trace
 
 from service.providers.base import CallContext, Deployment
@@ -42,6 +42,7 @@ from service.routing.record import CallRecord
 from service.routing.resilience import Resilience
 from service.routing.stats import StatsBook
 from service.routing.streams import Streams
+from service.routing.token_counts import TokenCounts
 
 __all__ = ["CallRecord", "Router"]
 
@@ -75,6 +76,7 @@ class Router:
         self.batcher = EmbedBatcher()
         self.discovery = Discovery({}, {})  # the server's, once it has one
         self.streams = Streams(registry, self.planner, self.executor, resilience, stats, balancer)
+        self.token_counts = TokenCounts(registry, self.planner, self.executor)
 
     @property
     def balancer(self) -> Balancer:
@@ -172,6 +174,12 @@ class Router:
             return response
 
         return await self.cached.answer(request, primary, ctx, record, run, answer_type)
+
+    async def count_tokens(
+        self, request: chat_pb2.ChatRequest, ctx: CallContext, record: CallRecord | None = None
+    ) -> count_tokens_pb2.CountTokensResponse:
+        """The request's input tokens (token_counts.py): never cached, never charged."""
+        return await self.token_counts.count(request, ctx, record or CallRecord())
 
     # --- streaming -------------------------------------------------------------------
 

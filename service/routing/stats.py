@@ -11,8 +11,8 @@ from llmgateway.v1 import models_pb2
 
 from service.providers.rate_limit_headers import KINDS
 from service.routing.breaker import CircuitBreaker, State
-from service.routing.headroom import Headroom
 from service.routing.fleet_stats import FleetStats, Outcome, RecentView
+from service.routing.headroom import Headroom
 
 __all__ = ["Outcome", "StatsBook"]
 

@@ -97,7 +97,8 @@ class Streams:
             prompt=request,
         )
         started = opened.started
-        route = record.route()
+        # The final chunk names the upstream request as the first one did.
+        route = record.route(opened.first.route.upstream_request_id)
         stream = opened.rest
         chunk: chat_pb2.StreamChatResponse | None = opened.first
         finished = False

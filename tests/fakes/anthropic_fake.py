@@ -10,6 +10,7 @@ reproduce the §10 edge cases that apply to Anthropic.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
@@ -29,6 +30,8 @@ from tests.fakes.rate_limits import FakeQuota
 
 API_KEY = "sk-ant-fake-0123456789"
 IMAGE_TOKENS = 85
+DOCUMENT_TOKENS = 1500  # a PDF, whatever its size
+MAX_CACHE_BREAKPOINTS = 4
 JSON_FRAGMENT = 7  # characters of tool input JSON per input_json_delta
 _WORDS = re.compile(r"\s*\S+")
 _ENDINGS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
@@ -125,20 +128,82 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-def input_tokens(body: dict[str, Any]) -> int:
-    system = body.get("system") or ""
-    total = count_words(system if isinstance(system, str) else json.dumps(system))
+def _block_tokens(block: dict[str, Any]) -> int:
+    kind = block["type"]
+    if kind == "text":
+        return count_words(block["text"])
+    if kind == "image":
+        return IMAGE_TOKENS
+    if kind == "document":
+        return DOCUMENT_TOKENS
+    if kind == "tool_result":
+        return count_words(str(block.get("content", "")))
+    if kind == "tool_use":
+        return count_words(json.dumps(block["input"])) + 1
+    return 0
+
+
+def prompt_elements(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prompt in the order Anthropic caches it: tools, system, then messages."""
+    system = body.get("system") or []
+    if isinstance(system, str):
+        system = [{"type": "text", "text": system}] if system else []
+    elements = [{"type": "tool", **tool} for tool in body.get("tools") or []]
+    elements.extend(system)
     for message in body["messages"]:
-        for block in _blocks(message["content"]):
-            if block["type"] == "text":
-                total += count_words(block["text"])
-            elif block["type"] == "image":
-                total += IMAGE_TOKENS
-            elif block["type"] == "tool_result":
-                total += count_words(str(block.get("content", "")))
-            elif block["type"] == "tool_use":
-                total += count_words(json.dumps(block["input"])) + 1
-    return total
+        elements.extend(_blocks(message["content"]))
+    return elements
+
+
+def _element_tokens(element: dict[str, Any]) -> int:
+    if element["type"] == "tool":
+        return count_words(json.dumps(element.get("input_schema", {}))) + 1
+    return _block_tokens(element)
+
+
+def input_tokens(body: dict[str, Any]) -> int:
+    return sum(_element_tokens(element) for element in prompt_elements(body))
+
+
+def cached_prefix(body: dict[str, Any]) -> tuple[str, int] | None:
+    """(digest, tokens) of the prompt up to its last cache breakpoint, or None."""
+    elements = prompt_elements(body)
+    marks = [i for i, element in enumerate(elements) if "cache_control" in element]
+    if not marks:
+        return None
+    prefix = elements[: marks[-1] + 1]
+    digest = hashlib.sha256(json.dumps(prefix, sort_keys=True).encode()).hexdigest()
+    return digest, sum(_element_tokens(element) for element in prefix)
+
+
+def prompt_problem(body: dict[str, Any]) -> str | None:
+    """What Anthropic would refuse in the prompt's cache breakpoints and documents."""
+    elements = prompt_elements(body)
+    found = sum(1 for element in elements if "cache_control" in element)
+    if found > MAX_CACHE_BREAKPOINTS:
+        return (
+            f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided."
+            f" Found {found}."
+        )
+    for element in elements:
+        control = element.get("cache_control")
+        if control is not None and (
+            control.get("type") != "ephemeral" or control.get("ttl", "5m") not in ("5m", "1h")
+        ):
+            return "cache_control: Input tag does not match the expected tags"
+        if element["type"] != "document":
+            continue
+        source = element["source"]
+        if source["type"] == "base64":
+            if source.get("media_type") != "application/pdf":
+                return "document.source.media_type: Input should be 'application/pdf'"
+            try:
+                base64.b64decode(source["data"], validate=True)
+            except ValueError:
+                return "document.source.data: The PDF specified was not valid."
+        elif source["type"] != "url" or not str(source.get("url", "")).startswith("https://"):
+            return "document.source: Input tag does not match the expected tags"
+    return None
 
 
 def error_body(error_type: str, message: str, request_id: str = "req_fake_error") -> bytes:
@@ -271,6 +336,8 @@ class AnthropicFake(FakeUpstream):
     # anthropic-ratelimit-* headers; without it, fixed headers of a past window.
     quota: FakeQuota | None = None
     server: FakeHttpServer = field(init=False)
+    # Prompt prefixes written to the cache (digests); a repeat reads them back.
+    cached: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.server = FakeHttpServer(self._handle)
@@ -279,6 +346,7 @@ class AnthropicFake(FakeUpstream):
         """Back to plain behaviour between tests that share one fake."""
         self.style = StreamStyle()
         self.cache_read = self.cache_creation = 0
+        self.cached.clear()
         self.stop_reason = None
         self.error_after = self.cut_after = self.reset_after = None
         self.raw_after = None
@@ -291,6 +359,8 @@ class AnthropicFake(FakeUpstream):
 
     def _handle(self, request: FakeRequest) -> FakeResponse:
         request_id = f"req_011Fake{len(self.server.requests):06d}"
+        if request.method == "POST" and request.path == "/v1/messages/count_tokens":
+            return self._count_tokens(request, request_id)
         if request.method != "POST" or request.path != "/v1/messages":
             return error_response(404, "not_found_error", "Not Found", request_id=request_id)
         if request.headers.get("x-api-key") != self.api_key:
@@ -318,6 +388,9 @@ class AnthropicFake(FakeUpstream):
                 return error_response(
                     400, "invalid_request_error", f"{name}: Field required", request_id=request_id
                 )
+        problem = prompt_problem(body)
+        if problem is not None:
+            return error_response(400, "invalid_request_error", problem, request_id=request_id)
         quota = self.quota
         if quota is not None and quota.over():
             return error_response(
@@ -357,6 +430,36 @@ class AnthropicFake(FakeUpstream):
             "anthropic-organization-id": "5f0e5b3a-0000-4000-8000-000000000001",
             **limits,
         }
+
+    def _count_tokens(self, request: FakeRequest, request_id: str) -> FakeResponse:
+        """POST /v1/messages/count_tokens: `{"input_tokens": N}` for a Messages body
+        without max_tokens (reference §4; cached prefixes count in full)."""
+        if request.headers.get("x-api-key") != self.api_key:
+            return error_response(
+                401, "authentication_error", "invalid x-api-key", request_id=request_id
+            )
+        body = request.json()
+        for name in ("model", "messages"):
+            if name not in body:
+                return error_response(
+                    400, "invalid_request_error", f"{name}: Field required", request_id=request_id
+                )
+        for name in ("max_tokens", "stream", "temperature", "stop_sequences"):
+            if name in body:
+                return error_response(
+                    400,
+                    "invalid_request_error",
+                    f"{name}: Extra inputs are not permitted",
+                    request_id=request_id,
+                )
+        problem = prompt_problem(body)
+        if problem is not None:
+            return error_response(400, "invalid_request_error", problem, request_id=request_id)
+        return FakeResponse(
+            200,
+            {"content-type": "application/json", **self._headers(request_id)},
+            [Write(json.dumps({"input_tokens": input_tokens(body)}).encode())],
+        )
 
     def reply(self, body: dict[str, Any]) -> Reply:
         text = last_user_text(body["messages"])
@@ -403,10 +506,24 @@ class AnthropicFake(FakeUpstream):
             )
             content.append({"type": "text", "text": answer})
             output += count_words(answer)
+        uncached, cache_creation, cache_read = (
+            input_tokens(body),
+            self.cache_creation,
+            self.cache_read,
+        )
+        prefix = cached_prefix(body)
+        if prefix is not None:
+            digest, tokens = prefix
+            uncached -= tokens
+            if digest in self.cached:
+                cache_read += tokens
+            else:
+                self.cached.add(digest)
+                cache_creation += tokens
         usage: dict[str, Any] = {
-            "input_tokens": input_tokens(body),
-            "cache_creation_input_tokens": self.cache_creation,
-            "cache_read_input_tokens": self.cache_read,
+            "input_tokens": uncached,
+            "cache_creation_input_tokens": cache_creation,
+            "cache_read_input_tokens": cache_read,
             "output_tokens": output + thinking_words,
         }
         if thinking_words:

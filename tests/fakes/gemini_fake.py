@@ -49,6 +49,10 @@ _WORDS = re.compile(r"\s*\S+")
 TYPE = "type.googleapis.com/google.rpc."
 
 
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 def words(text: str) -> list[str]:
     """Tokens with their leading white space, so that joining them gives the text back."""
     found: list[str] = _WORDS.findall(text)
@@ -261,8 +265,12 @@ def blocked_prompt(prompt: int, model: str, response_id: str) -> dict[str, Any]:
     }
 
 
-def usage_metadata(prompt: int, candidates: int = 0, thoughts: int = 0) -> dict[str, int]:
+def usage_metadata(
+    prompt: int, candidates: int = 0, thoughts: int = 0, cached: int = 0
+) -> dict[str, int]:
     meta = {"promptTokenCount": prompt}
+    if cached:
+        meta["cachedContentTokenCount"] = cached
     if candidates:
         meta["candidatesTokenCount"] = candidates
     if thoughts:
@@ -345,6 +353,7 @@ class Answer:
     blocked: bool = False
     candidates: int = 1
     logprobs: int | None = None  # None: not asked; else the alternatives per position
+    cached_tokens: int = 0  # of prompt_tokens, read from the implicit cache
 
     @property
     def candidate_tokens(self) -> int:
@@ -384,6 +393,9 @@ class GeminiFake(FakeHttpServer):
         self.next_shape: StreamShape | None = None
         self.answers = 0
         self.models: tuple[str, ...] = ("gemini-2.5-flash", "text-embedding-004")
+        # Implicit caching: prompts seen before (digests of system + contents); a later
+        # prompt that starts with one of them reads that prefix from the cache.
+        self.seen_prompts: set[str] = set()
 
     @property
     def base_url(self) -> str:
@@ -391,9 +403,8 @@ class GeminiFake(FakeHttpServer):
 
     # routing and auth
 
-    def _handle(self, request: FakeRequest) -> FakeResponse:
-        if request.method == "GET" and request.path == f"/{self.api_version}/models":
-            return self._list_models(request)
+    def route(self, request: FakeRequest) -> tuple[str, str] | FakeResponse:
+        """(model, method) of an authorized request, or the error to answer with."""
         match = _PATH.match(request.path)
         if request.method != "POST" or match is None:
             return html_error(404)
@@ -413,6 +424,16 @@ class GeminiFake(FakeHttpServer):
             )
         if version != self.api_version:
             return html_error(404)
+        return model, method
+
+    def _handle(self, request: FakeRequest) -> FakeResponse:
+        if request.method == "GET" and request.path == f"/{self.api_version}/models":
+            return self._list_models(request)
+        routed = self.route(request)
+        if isinstance(routed, FakeResponse):
+            return routed
+        model, method = routed
+        version = self.api_version
         try:
             body = json.loads(request.body)
         except ValueError:
@@ -433,7 +454,9 @@ class GeminiFake(FakeHttpServer):
                 return self._whole(answer, model, response_id)
             alt_sse = request.query.get("alt") == ["sse"]
             return self._stream(answer, model, response_id, alt_sse)
-        if method in ("embedContent", "batchEmbedContents"):
+        if method == "countTokens":
+            return self._count_tokens(body)
+        if method in ("embedContent", "batchEmbedContents", "predict"):
             if not embedding_model:
                 return not_found(model, method, version)
             return self._embed(body, model, method)
@@ -463,6 +486,56 @@ class GeminiFake(FakeHttpServer):
             for name in self.models
         ]
         return FakeResponse.json({"models": models})
+
+    def count_request(self, body: Any) -> Any:
+        """The GenerateContentRequest a countTokens body counts (Gemini API: `contents`
+        alone, or a whole `generateContentRequest`)."""
+        if isinstance(body, dict) and "generateContentRequest" in body:
+            return body["generateContentRequest"]
+        if isinstance(body, dict) and ("systemInstruction" in body or "tools" in body):
+            return None  # the Gemini API takes these only inside generateContentRequest
+        return body
+
+    def _count_tokens(self, body: Any) -> FakeResponse:
+        counted = self.count_request(body)
+        if counted is None:
+            return error_response(
+                400,
+                "INVALID_ARGUMENT",
+                'Invalid JSON payload received. Unknown name "systemInstruction": Cannot find field.',
+            )
+        problem = self._check_chat(counted)
+        if problem:
+            return error_response(400, "INVALID_ARGUMENT", problem)
+        return FakeResponse.json({"totalTokens": self.prompt_tokens(counted)})
+
+    @staticmethod
+    def prompt_tokens(body: dict[str, Any]) -> int:
+        contents = body["contents"]
+        texts = [
+            p["text"]
+            for c in [body.get("systemInstruction") or {"parts": []}, *contents]
+            for p in c["parts"]
+            if "text" in p
+        ]
+        inline = sum(
+            1 for c in contents for p in c["parts"] if "inlineData" in p or "fileData" in p
+        )
+        return sum(count(t) for t in texts) + inline
+
+    def _cached_tokens(self, body: dict[str, Any]) -> int:
+        """Implicit caching: the longest earlier prompt this one starts with is read
+        from the cache; this prompt is remembered for later ones."""
+        system = body.get("systemInstruction")
+        contents = body["contents"]
+        cached = 0
+        for end in range(len(contents) - 1, 0, -1):
+            prefix = {"systemInstruction": system, "contents": contents[:end]}
+            if _digest(prefix) in self.seen_prompts:
+                cached = self.prompt_tokens({**prefix, "systemInstruction": system})
+                break
+        self.seen_prompts.add(_digest({"systemInstruction": system, "contents": contents}))
+        return cached
 
     @staticmethod
     def _check_chat(body: Any) -> str:
@@ -498,7 +571,10 @@ class GeminiFake(FakeHttpServer):
         images = sum(
             1 for c in contents for p in c["parts"] if "inlineData" in p or "fileData" in p
         )
-        answer = Answer(prompt_tokens=sum(count(t) for t in texts) + images)
+        answer = Answer(
+            prompt_tokens=sum(count(t) for t in texts) + images,
+            cached_tokens=self._cached_tokens(body),
+        )
         config = body.get("generationConfig") or {}
         answer.candidates = int(config.get("candidateCount") or 1)
         if config.get("responseLogprobs"):
@@ -591,7 +667,12 @@ class GeminiFake(FakeHttpServer):
         body = chunk(
             self._parts(answer),
             answer.finish,
-            usage_metadata(answer.prompt_tokens, answer.candidate_tokens, count(answer.thought)),
+            usage_metadata(
+                answer.prompt_tokens,
+                answer.candidate_tokens,
+                count(answer.thought),
+                answer.cached_tokens,
+            ),
             response_id,
             model,
             **extra,
@@ -618,7 +699,7 @@ class GeminiFake(FakeHttpServer):
             out.append(
                 chunk(
                     [{"text": answer.thought, "thought": True}],
-                    usage=usage_metadata(prompt, 0, thoughts),
+                    usage=usage_metadata(prompt, 0, thoughts, answer.cached_tokens),
                     response_id=response_id,
                     model=model,
                 )
@@ -629,7 +710,7 @@ class GeminiFake(FakeHttpServer):
                 chunk(
                     parts,
                     "STOP",
-                    usage_metadata(prompt, answer.candidate_tokens, thoughts),
+                    usage_metadata(prompt, answer.candidate_tokens, thoughts, answer.cached_tokens),
                     response_id,
                     model,
                     finishMessage="Model generated function call(s).",
@@ -645,7 +726,7 @@ class GeminiFake(FakeHttpServer):
                 chunk(
                     [{"text": token}],
                     answer.finish if last else None,
-                    usage_metadata(prompt, produced, thoughts),
+                    usage_metadata(prompt, produced, thoughts, answer.cached_tokens),
                     response_id,
                     model,
                     **candidate_facts(token, answer.logprobs),
@@ -669,6 +750,8 @@ class GeminiFake(FakeHttpServer):
     # embeddings
 
     def _embed(self, body: Any, model: str, method: str) -> FakeResponse:
+        if method == "predict":
+            return html_error(404)  # Vertex AI only
         if method == "embedContent":
             return FakeResponse.json({"embedding": self._one(body)})
         requests = body.get("requests") or []

@@ -319,6 +319,23 @@ class OpenAIFake:
     def __init__(self, config: OpenAIFakeConfig | None = None) -> None:
         self.config = config or OpenAIFakeConfig()
         self.completions_served = 0
+        # Automatic prompt caching: prompts seen before; a later prompt that starts with
+        # one of them reports that prefix's tokens as `cached_tokens`.
+        self.seen_prompts: set[str] = set()
+
+    def _cache(self, body: dict[str, Any], payloads: list[dict[str, Any]]) -> None:
+        messages = body["messages"]
+        cached = 0
+        for end in range(len(messages) - 1, 0, -1):
+            prefix = json.dumps(messages[:end], sort_keys=True)
+            if prefix in self.seen_prompts:
+                cached = sum(words(_content_text(m.get("content"))) for m in messages[:end])
+                break
+        self.seen_prompts.add(json.dumps(messages, sort_keys=True))
+        for payload in payloads:
+            usage = payload.get("usage")
+            if usage:
+                usage["prompt_tokens_details"]["cached_tokens"] = cached
 
     def _shape(self, payloads: list[dict[str, Any]]) -> None:
         """Applies the configured server quirks to one response's completion or chunks."""
@@ -418,6 +435,7 @@ class OpenAIFake:
             quota.charge(usage_for(body, text, calls)["total_tokens"])
         if body.get("stream"):
             chunks = stream_chunks(body)
+            self._cache(body, chunks)
             if not self.config.reports_usage:
                 chunks = [c for c in chunks if "usage" not in c]
             self._shape(chunks)
@@ -428,6 +446,7 @@ class OpenAIFake:
             response.headers.update(self._headers())
             return response
         whole = completion(body)
+        self._cache(body, [whole])
         if not self.config.reports_usage:
             del whole["usage"]
         self._shape([whole])

@@ -577,14 +577,18 @@ async def test_json_schema_and_json_object_output(env: Setup) -> None:
     config = chat_pb2.GenerationConfig(
         response_format=chat_pb2.ResponseFormat(type=chat_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT)
     )
+    # No JSON-object mode at Anthropic (a schema-less object forces `{}`): refused
+    # before any upstream request, as no attempt.
     chunks, error = await collect(
         env.gateway, chat_request("anything", model="claude", generation_config=config)
     )
-    assert error is None
-    assert json.loads("".join(c.text_delta for c in chunks)) == {}
-    assert only_request(env.fake)["output_config"] == {
-        "format": {"type": "json_schema", "schema": {"type": "object"}}
-    }
+    assert chunks == [] and error is not None
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = details_of(error)
+    assert details.error_info.reason == "CAPABILITY_UNSUPPORTED"
+    assert details.error_info.metadata["attempts"] == "0"
+    assert "tried" not in details.error_info.metadata
+    assert env.fake.requests == []
 
 
 async def test_reasoning_unary_and_streamed(env: Setup) -> None:

@@ -74,6 +74,7 @@ def test_readme_lists_every_rpc() -> None:
         "/Embed",
         "/ListModels",
         "/GetProviderStats",
+        "/CountTokens",
     ):
         assert needle in commands
 
@@ -101,7 +102,7 @@ def test_readme_grpcurl_command(default_gateway: GatewayProcess, command: str) -
             "llmgateway.v1.ProviderService",
         ]
     elif command.endswith(" describe llmgateway.v1.ProviderService"):
-        for rpc in ("Chat", "StreamChat", "Embed", "ListModels", "GetProviderStats"):
+        for rpc in ("Chat", "StreamChat", "Embed", "ListModels", "GetProviderStats", "CountTokens"):
             assert f"rpc {rpc} (" in result.stdout
     elif command.endswith(" describe llmgateway.v1.ProviderService.Chat"):
         assert result.stdout.startswith("llmgateway.v1.ProviderService.Chat is a method:\n")
@@ -149,6 +150,11 @@ def test_readme_grpcurl_command(default_gateway: GatewayProcess, command: str) -
                 "text-embedding-3-small",
             )
         }
+    elif method.endswith("/CountTokens"):
+        [reply] = json_documents(result.stdout)
+        # The mock provider has no counting endpoint: the gateway's estimate.
+        assert reply["estimated"] is True and int(str(reply["input_tokens"])) > 0
+        assert reply["route"]["provider"] == "mock"  # type: ignore[index]
     elif method.endswith("/GetProviderStats"):
         [reply] = json_documents(result.stdout)
         providers = {p["provider"]: p for p in reply["providers"]}  # type: ignore[index, union-attr]

@@ -120,17 +120,24 @@ async def _workload(port: int) -> None:
         await stub.Embed(
             embed_pb2.EmbedRequest(model="mock-embed", inputs=[prompt]), metadata=good, timeout=5
         )
-        for metadata, request in (
-            (forged, chat_request(prompt)),
-            ((), chat_request(prompt)),
-            ((*good, ("x-mock-fail-status", "500")), chat_request(prompt)),
-            (good, chat_request(f"fail {prompt}", model="gpt")),
-            (good, chat_request(prompt, model="no-such-model")),
+        for metadata, request, explained in (
+            (forged, chat_request(prompt), False),
+            ((), chat_request(prompt), False),
+            ((*good, ("x-mock-fail-status", "500")), chat_request(prompt), False),
+            (good, chat_request(f"fail {prompt}", model="gpt"), True),
+            (good, chat_request(prompt, model="no-such-model"), False),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.Chat(request, metadata=metadata, timeout=5)
-            assert PROMPT_MARKER not in (caught.value.details() or "")
-            assert UPSTREAM_KEY not in (caught.value.details() or "")
+            details = caught.value.details() or ""
+            if explained:
+                # The provider's explanation of a refused request reaches the caller who
+                # sent it, its own prompt quoted back included, but never the key (and
+                # never a log or the audit, scanned below).
+                assert PROMPT_MARKER in details and "[redacted]" in details
+            else:
+                assert PROMPT_MARKER not in details
+            assert UPSTREAM_KEY not in details
     # A valid token followed by bytes that are not UTF-8, and another such header value.
     hostile = [
         (b"authorization", f"Bearer {token}".encode() + b"\xff\xfe"),

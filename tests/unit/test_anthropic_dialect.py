@@ -14,6 +14,7 @@ from llmgateway.v1 import chat_pb2, content_pb2, route_pb2
 from service.errors import GatewayError
 from service.providers import registry
 from service.providers.anthropic import AnthropicDialect, create_anthropic
+from service.providers.anthropic_response import AnthropicStreamParser
 from service.providers.base import Capabilities, Deployment
 from service.providers.framing import SseDecoder, SseEvent
 from service.providers.http import HttpResponse
@@ -272,7 +273,9 @@ def test_tool_choice(choice: content_pb2.ToolChoice, expected: dict[str, str] | 
     assert body_of(request).get("tool_choice") == expected
 
 
-def test_json_object_defaults_and_plain_text() -> None:
+def test_json_object_mode_is_refused_and_plain_text_has_no_format() -> None:
+    # Anthropic's structured outputs need `additionalProperties: false` on objects: the
+    # schema {"type": "object"} is refused or forces `{}`, so there is no JSON-object mode.
     request = chat_pb2.ChatRequest(
         model="claude",
         messages=[text(content_pb2.ROLE_USER, "hi")],
@@ -280,13 +283,13 @@ def test_json_object_defaults_and_plain_text() -> None:
             response_format=chat_pb2.ResponseFormat(type=chat_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT)
         ),
     )
-    spec = dialect(default_max_tokens=1000).chat_request(request, DEPLOYMENT, stream=False)
-    assert spec.json_body == {
-        "model": "claude-sonnet-4-5",
-        "max_tokens": 1000,
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-        "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
-    }
+    with pytest.raises(GatewayError) as caught:
+        dialect(default_max_tokens=1000).chat_request(request, DEPLOYMENT, stream=False)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.reason == "CAPABILITY_UNSUPPORTED"
+    assert [v.field for v in caught.value.field_violations] == [
+        "generation_config.response_format.type"
+    ]
     plain = chat_pb2.ChatRequest(model="claude", messages=[text(content_pb2.ROLE_USER, "hi")])
     assert body_of(plain) == {
         "model": "claude-sonnet-4-5",
@@ -428,6 +431,8 @@ def test_response_matches_the_reference_example() -> None:
         finish_reason=chat_pb2.FINISH_REASON_TOOL_CALLS,
         raw_finish_reason="tool_use",
         usage=route_pb2.Usage(input_tokens=412, output_tokens=61, total_tokens=473),
+        # The body's message id names the request when no header does.
+        route=route_pb2.RouteInfo(upstream_request_id="msg_01Ab"),
     )
 
 
@@ -1102,7 +1107,12 @@ async def test_factory_builds_the_provider_with_its_headers() -> None:
         assert isinstance(provider, HttpProvider)
         assert provider.kind == "anthropic"
         assert provider.default_capabilities == Capabilities(
-            streaming=True, tools=True, vision=True, json_output=True, embeddings=False
+            streaming=True,
+            tools=True,
+            vision=True,
+            json_output=True,
+            embeddings=False,
+            documents=True,
         )
         assert provider.client.settings.base_url == "https://api.anthropic.com/v1/"
         assert dict(provider.client.settings.headers) == {
@@ -1139,3 +1149,10 @@ async def test_factory_builds_the_provider_with_its_headers() -> None:
         assert plain.dialect.default_max_tokens == 4096
     finally:
         await plain.aclose()
+
+
+def test_stream_parser_keeps_the_message_id_for_the_route() -> None:
+    parser = AnthropicStreamParser("anthropic", "claude-sonnet-4-5")
+    start = {"type": "message_start", "message": {"id": "msg_01S", "usage": {"input_tokens": 3}}}
+    parser.feed(SseEvent(event="message_start", data=json.dumps(start)))
+    assert parser.response_id == "msg_01S"

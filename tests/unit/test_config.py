@@ -133,6 +133,13 @@ def test_skipping_everything_is_an_error() -> None:
             "providers[0].quota_cool_down",
             "must not be negative",
         ),
+        (
+            # base_url replaces the versioned default URL: api_version would be ignored.
+            "providers:\n  - {name: g, api_key_env: K, base_url: 'http://127.0.0.1:9/v1beta',"
+            " gemini: {api_version: v1}}",
+            "providers[0].gemini.api_version",
+            "is not used with base_url",
+        ),
     ],
 )
 def test_errors_name_the_field_path(text: str, path: str, problem: str) -> None:

@@ -763,6 +763,8 @@ def test_error_lines_before_and_after_content(
             "model": "llama3.2",
             "upstreamStatus": status,
             "upstreamType": "stream_error",
+            # Ollama's own words reach the caller for its mistakes (4xx), not for 5xx.
+            **({"upstreamMessage": message} if status != "500" else {}),
         }
         assert [c.text_delta for c in delivered] == (["Hel"] if data != error else [])
 

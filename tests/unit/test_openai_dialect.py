@@ -177,6 +177,8 @@ def test_parse_non_streaming_response() -> None:
             "reasoningTokens": "5",
         },
         "providerMetadata": {"system_fingerprint": "fp_x"},
+        # The completion's id names the request when no header does.
+        "route": {"upstreamRequestId": "chatcmpl-9x1"},
     }
 
 

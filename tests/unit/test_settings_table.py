@@ -29,6 +29,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "providers.md"
 NOT_SETTINGS = {"model", "messages", "labels"}
 
 # One request that sets every setting in the table.
+SCHEMA = struct_pb2.Struct()
+SCHEMA.update({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]})
 EVERYTHING = chat_pb2.ChatRequest(
     model="m",
     messages=[
@@ -45,7 +47,13 @@ EVERYTHING = chat_pb2.ChatRequest(
         stop_sequences=["END"],
         presence_penalty=0.1,
         frequency_penalty=0.2,
-        response_format=chat_pb2.ResponseFormat(type=chat_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT),
+        # JSON_SCHEMA: the form every kind that takes response_format takes (Anthropic
+        # refuses JSON_OBJECT, which its structured outputs cannot express).
+        response_format=chat_pb2.ResponseFormat(
+            type=chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+            schema_name="answer",
+            json_schema=SCHEMA,
+        ),
         reasoning_budget_tokens=1024,
         reasoning_effort=chat_pb2.REASONING_EFFORT_LOW,
         logprobs=True,

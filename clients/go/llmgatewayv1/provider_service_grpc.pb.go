@@ -28,6 +28,10 @@ type ProviderServiceClient interface {
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	// Reports per-provider statistics.
 	GetProviderStats(ctx context.Context, in *GetProviderStatsRequest, opts ...grpc.CallOption) (*GetProviderStatsResponse, error)
+	// Counts the input tokens a Chat call with this request would use: the
+	// provider's own count where it has an endpoint for it (Anthropic, Gemini,
+	// Vertex AI), else the gateway's estimate. Nothing is generated or charged.
+	CountTokens(ctx context.Context, in *ChatRequest, opts ...grpc.CallOption) (*CountTokensResponse, error)
 }
 
 type providerServiceClient struct {
@@ -106,6 +110,15 @@ func (c *providerServiceClient) GetProviderStats(ctx context.Context, in *GetPro
 	return out, nil
 }
 
+func (c *providerServiceClient) CountTokens(ctx context.Context, in *ChatRequest, opts ...grpc.CallOption) (*CountTokensResponse, error) {
+	out := new(CountTokensResponse)
+	err := c.cc.Invoke(ctx, "/llmgateway.v1.ProviderService/CountTokens", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ProviderServiceServer is the server API for ProviderService service.
 // All implementations must embed UnimplementedProviderServiceServer
 // for forward compatibility
@@ -121,6 +134,10 @@ type ProviderServiceServer interface {
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	// Reports per-provider statistics.
 	GetProviderStats(context.Context, *GetProviderStatsRequest) (*GetProviderStatsResponse, error)
+	// Counts the input tokens a Chat call with this request would use: the
+	// provider's own count where it has an endpoint for it (Anthropic, Gemini,
+	// Vertex AI), else the gateway's estimate. Nothing is generated or charged.
+	CountTokens(context.Context, *ChatRequest) (*CountTokensResponse, error)
 	mustEmbedUnimplementedProviderServiceServer()
 }
 
@@ -142,6 +159,9 @@ func (UnimplementedProviderServiceServer) ListModels(context.Context, *ListModel
 }
 func (UnimplementedProviderServiceServer) GetProviderStats(context.Context, *GetProviderStatsRequest) (*GetProviderStatsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetProviderStats not implemented")
+}
+func (UnimplementedProviderServiceServer) CountTokens(context.Context, *ChatRequest) (*CountTokensResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CountTokens not implemented")
 }
 func (UnimplementedProviderServiceServer) mustEmbedUnimplementedProviderServiceServer() {}
 
@@ -249,6 +269,24 @@ func _ProviderService_GetProviderStats_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ProviderService_CountTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChatRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ProviderServiceServer).CountTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/llmgateway.v1.ProviderService/CountTokens",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ProviderServiceServer).CountTokens(ctx, req.(*ChatRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ProviderService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "llmgateway.v1.ProviderService",
 	HandlerType: (*ProviderServiceServer)(nil),
@@ -268,6 +306,10 @@ var _ProviderService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetProviderStats",
 			Handler:    _ProviderService_GetProviderStats_Handler,
+		},
+		{
+			MethodName: "CountTokens",
+			Handler:    _ProviderService_CountTokens_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -25,31 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmgateway/v1/content.proto\x12\rllmgateway.v1\x1a\x1cgoogle/protobuf/struct.proto\"^\n\x07Message\x12!\n\x04role\x18\x01 \x01(\x0e\x32\x13.llmgateway.v1.Role\x12\"\n\x05parts\x18\x02 \x03(\x0b\x32\x13.llmgateway.v1.Part\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xd4\x01\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x14.llmgateway.v1.ImageH\x00\x12,\n\ttool_call\x18\x03 \x01(\x0b\x32\x17.llmgateway.v1.ToolCallH\x00\x12\x30\n\x0btool_result\x18\x04 \x01(\x0b\x32\x19.llmgateway.v1.ToolResultH\x00\x12-\n\treasoning\x18\x05 \x01(\x0b\x32\x18.llmgateway.v1.ReasoningH\x00\x42\x06\n\x04kind\"C\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\x11\n\tmime_type\x18\x03 \x01(\tB\x08\n\x06source\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"S\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x10\n\x08is_error\x18\x04 \x01(\x08\">\n\tReasoning\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x10\n\x08redacted\x18P \x01(\t\"V\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"Z\n\nToolChoice\x12-\n\x04mode\x18\x01 \x01(\x0e\x32\x1d.llmgateway.v1.ToolChoiceModeH\x00\x12\x13\n\ttool_name\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmgateway/v1/content.proto\x12\rllmgateway.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x92\x01\n\x07Message\x12!\n\x04role\x18\x01 \x01(\x0e\x32\x13.llmgateway.v1.Role\x12\"\n\x05parts\x18\x02 \x03(\x0b\x32\x13.llmgateway.v1.Part\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x32\n\rcache_control\x18Z \x01(\x0b\x32\x1b.llmgateway.v1.CacheControl\"\xb5\x02\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x14.llmgateway.v1.ImageH\x00\x12,\n\ttool_call\x18\x03 \x01(\x0b\x32\x17.llmgateway.v1.ToolCallH\x00\x12\x30\n\x0btool_result\x18\x04 \x01(\x0b\x32\x19.llmgateway.v1.ToolResultH\x00\x12-\n\treasoning\x18\x05 \x01(\x0b\x32\x18.llmgateway.v1.ReasoningH\x00\x12+\n\x08\x64ocument\x18Z \x01(\x0b\x32\x17.llmgateway.v1.DocumentH\x00\x12\x32\n\rcache_control\x18[ \x01(\x0b\x32\x1b.llmgateway.v1.CacheControlB\x06\n\x04kind\"U\n\x08\x44ocument\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\tB\x08\n\x06source\"4\n\x0c\x43\x61\x63heControl\x12$\n\x03ttl\x18\x01 \x01(\x0e\x32\x17.llmgateway.v1.CacheTtl\"C\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03url\x18\x02 \x01(\tH\x00\x12\x11\n\tmime_type\x18\x03 \x01(\tB\x08\n\x06source\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"S\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x10\n\x08is_error\x18\x04 \x01(\x08\">\n\tReasoning\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x10\n\x08redacted\x18P \x01(\t\"\x8a\x01\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\rcache_control\x18Z \x01(\x0b\x32\x1b.llmgateway.v1.CacheControl\"Z\n\nToolChoice\x12-\n\x04mode\x18\x01 \x01(\x0e\x32\x1d.llmgateway.v1.ToolChoiceModeH\x00\x12\x13\n\ttool_name\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*Y\n\x08\x43\x61\x63heTtl\x12\x19\n\x15\x43\x41\x43HE_TTL_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41\x43HE_TTL_FIVE_MINUTES\x10\x01\x12\x16\n\x12\x43\x41\x43HE_TTL_ONE_HOUR\x10\x02*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmgateway.v1.content_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=842
-  _globals['_ROLE']._serialized_end=937
-  _globals['_TOOLCHOICEMODE']._serialized_start=940
-  _globals['_TOOLCHOICEMODE']._serialized_end=1075
-  _globals['_MESSAGE']._serialized_start=76
-  _globals['_MESSAGE']._serialized_end=170
-  _globals['_PART']._serialized_start=173
-  _globals['_PART']._serialized_end=385
-  _globals['_IMAGE']._serialized_start=387
-  _globals['_IMAGE']._serialized_end=454
-  _globals['_TOOLCALL']._serialized_start=456
-  _globals['_TOOLCALL']._serialized_end=511
-  _globals['_TOOLRESULT']._serialized_start=513
-  _globals['_TOOLRESULT']._serialized_end=596
-  _globals['_REASONING']._serialized_start=598
-  _globals['_REASONING']._serialized_end=660
-  _globals['_TOOL']._serialized_start=662
-  _globals['_TOOL']._serialized_end=748
-  _globals['_TOOLCHOICE']._serialized_start=750
-  _globals['_TOOLCHOICE']._serialized_end=840
+  _globals['_ROLE']._serialized_start=1186
+  _globals['_ROLE']._serialized_end=1281
+  _globals['_CACHETTL']._serialized_start=1283
+  _globals['_CACHETTL']._serialized_end=1372
+  _globals['_TOOLCHOICEMODE']._serialized_start=1375
+  _globals['_TOOLCHOICEMODE']._serialized_end=1510
+  _globals['_MESSAGE']._serialized_start=77
+  _globals['_MESSAGE']._serialized_end=223
+  _globals['_PART']._serialized_start=226
+  _globals['_PART']._serialized_end=535
+  _globals['_DOCUMENT']._serialized_start=537
+  _globals['_DOCUMENT']._serialized_end=622
+  _globals['_CACHECONTROL']._serialized_start=624
+  _globals['_CACHECONTROL']._serialized_end=676
+  _globals['_IMAGE']._serialized_start=678
+  _globals['_IMAGE']._serialized_end=745
+  _globals['_TOOLCALL']._serialized_start=747
+  _globals['_TOOLCALL']._serialized_end=802
+  _globals['_TOOLRESULT']._serialized_start=804
+  _globals['_TOOLRESULT']._serialized_end=887
+  _globals['_REASONING']._serialized_start=889
+  _globals['_REASONING']._serialized_end=951
+  _globals['_TOOL']._serialized_start=954
+  _globals['_TOOL']._serialized_end=1092
+  _globals['_TOOLCHOICE']._serialized_start=1094
+  _globals['_TOOLCHOICE']._serialized_end=1184
 # @@protoc_insertion_point(module_scope)

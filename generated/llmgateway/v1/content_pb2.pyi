@@ -56,6 +56,30 @@ ROLE_TOOL: Role.ValueType  # 4
 """The result of a tool call; its parts are `tool_result` parts."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _CacheTtl:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheTtlEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheTtl.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_TTL_UNSPECIFIED: _CacheTtl.ValueType  # 0
+    """The provider's default: five minutes at Anthropic."""
+    CACHE_TTL_FIVE_MINUTES: _CacheTtl.ValueType  # 1
+    """Five minutes, refreshed each time the entry is read."""
+    CACHE_TTL_ONE_HOUR: _CacheTtl.ValueType  # 2
+    """One hour (Anthropic charges more for writing it)."""
+
+class CacheTtl(_CacheTtl, metaclass=_CacheTtlEnumTypeWrapper):
+    """How long a prompt-cache entry lives."""
+
+CACHE_TTL_UNSPECIFIED: CacheTtl.ValueType  # 0
+"""The provider's default: five minutes at Anthropic."""
+CACHE_TTL_FIVE_MINUTES: CacheTtl.ValueType  # 1
+"""Five minutes, refreshed each time the entry is read."""
+CACHE_TTL_ONE_HOUR: CacheTtl.ValueType  # 2
+"""One hour (Anthropic charges more for writing it)."""
+Global___CacheTtl: _TypeAlias = CacheTtl  # noqa: Y015
+
 class _ToolChoiceMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -93,6 +117,7 @@ class Message(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     PARTS_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     """REQUIRED. Who wrote this message."""
     name: _builtins.str
@@ -103,8 +128,15 @@ class Message(_message.Message):
     @_builtins.property
     def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Part]:
         """REQUIRED. At least one part. The parts allowed depend on the role:
-        text for every role; image for ROLE_USER; tool_call and reasoning for
+        text for every role; image and document for ROLE_USER; tool_call and reasoning for
         ROLE_ASSISTANT; tool_result for ROLE_TOOL.
+        """
+
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """OPTIONAL. A prompt-cache breakpoint after this message's last part: the
+        conversation up to here may be cached by providers that take breakpoints
+        (Anthropic). Other providers cache on their own or not at all and ignore it.
         """
 
     def __init__(
@@ -113,10 +145,11 @@ class Message(_message.Message):
         role: Global___Role.ValueType = ...,
         parts: _abc.Iterable[Global___Part] | None = ...,
         name: _builtins.str = ...,
+        cache_control: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parts", b"parts", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "name", b"name", "parts", b"parts", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -133,6 +166,8 @@ class Part(_message.Message):
     TOOL_CALL_FIELD_NUMBER: _builtins.int
     TOOL_RESULT_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Plain text."""
     @_builtins.property
@@ -153,6 +188,18 @@ class Part(_message.Message):
         unchanged in later turns where the provider requires it.
         """
 
+    @_builtins.property
+    def document(self) -> Global___Document:
+        """A document (PDF), inline or by URL. Only for models with the documents
+        capability; ROLE_USER only.
+        """
+
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """OPTIONAL. A prompt-cache breakpoint after this part (Anthropic); ignored
+        by providers that cache on their own or not at all.
+        """
+
     def __init__(
         self,
         *,
@@ -161,16 +208,86 @@ class Part(_message.Message):
         tool_call: Global___ToolCall | None = ...,
         tool_result: Global___ToolResult | None = ...,
         reasoning: Global___Reasoning | None = ...,
+        document: Global___Document | None = ...,
+        cache_control: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "kind", b"kind", "reasoning", b"reasoning", "text", b"text", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "document", b"document", "image", b"image", "kind", b"kind", "reasoning", b"reasoning", "text", b"text", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "kind", b"kind", "reasoning", b"reasoning", "text", b"text", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "document", b"document", "image", b"image", "kind", b"kind", "reasoning", b"reasoning", "text", b"text", "tool_call", b"tool_call", "tool_result", b"tool_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text", "image", "tool_call", "tool_result", "reasoning"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text", "image", "tool_call", "tool_result", "reasoning", "document"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Part: _TypeAlias = Part  # noqa: Y015
+
+@_typing.final
+class Document(_message.Message):
+    """A document given to the model to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The document's bytes; at most 32 MiB (20 MiB for Gemini models)."""
+    url: _builtins.str
+    """An https URL the provider fetches itself (Anthropic, Gemini), or a base64
+    data URL.
+    """
+    mime_type: _builtins.str
+    """OPTIONAL. IANA media type; "application/pdf" (the default when empty) is
+    the only one every provider with the documents capability reads.
+    """
+    title: _builtins.str
+    """OPTIONAL. A title or file name, given to providers that take one
+    (Anthropic `title`, OpenAI `filename`); at most 500 characters.
+    """
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        url: _builtins.str = ...,
+        mime_type: _builtins.str = ...,
+        title: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "mime_type", b"mime_type", "source", b"source", "title", b"title", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["data", "url"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___Document: _TypeAlias = Document  # noqa: Y015
+
+@_typing.final
+class CacheControl(_message.Message):
+    """A prompt-cache breakpoint: the prompt up to and including the element that
+    carries it may be written to the provider's cache and read by later calls.
+    Anthropic takes at most 4 breakpoints in one request (messages, parts and
+    tools together); more are INVALID_ARGUMENT.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    ttl: Global___CacheTtl.ValueType
+    """OPTIONAL. How long the entry lives; the provider's default when unset."""
+    def __init__(
+        self,
+        *,
+        ttl: Global___CacheTtl.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheControl: _TypeAlias = CacheControl  # noqa: Y015
 
 @_typing.final
 class Image(_message.Message):
@@ -318,6 +435,7 @@ class Tool(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """REQUIRED. Name of the function: letters, digits, '_' and '-', at most 64."""
     description: _builtins.str
@@ -329,16 +447,23 @@ class Tool(_message.Message):
         else 2020-12), or the call is INVALID_ARGUMENT.
         """
 
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """OPTIONAL. A prompt-cache breakpoint after this tool's definition
+        (Anthropic); ignored by providers that cache on their own or not at all.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
         parameters: _struct_pb2.Struct | None = ...,
+        cache_control: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "description", b"description", "name", b"name", "parameters", b"parameters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

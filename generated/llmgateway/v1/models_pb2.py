@@ -25,37 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmgateway/v1/models.proto\x12\rllmgateway.v1\x1a\x1egoogle/protobuf/duration.proto\"n\n\x11ModelCapabilities\x12\x11\n\tstreaming\x18\x01 \x01(\x08\x12\r\n\x05tools\x18\x02 \x01(\x08\x12\x0e\n\x06vision\x18\x03 \x01(\x08\x12\x13\n\x0bjson_output\x18\x04 \x01(\x08\x12\x12\n\nembeddings\x18\x05 \x01(\x08\"\xa6\x02\n\tModelInfo\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x15\n\rprovider_type\x18\x03 \x01(\t\x12\x16\n\x0eupstream_model\x18\x04 \x01(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32 .llmgateway.v1.ModelCapabilities\x12\x16\n\x0e\x63ontext_window\x18\x06 \x01(\x05\x12\x33\n\x0b\x64\x65ployments\x18\x07 \x03(\x0b\x32\x1e.llmgateway.v1.ModelDeployment\x12\x13\n\x0bunavailable\x18\x32 \x01(\x08\x12\x1b\n\x13unavailable_reasons\x18\x33 \x03(\t\x12\x12\n\ndiscovered\x18\x34 \x01(\x08\"b\n\x0fModelDeployment\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x15\n\rprovider_type\x18\x02 \x01(\t\x12\x16\n\x0eupstream_model\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\r\"%\n\x11ListModelsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.llmgateway.v1.ModelInfo\"+\n\x17GetProviderStatsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"\xcb\x02\n\rProviderStats\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x15\n\rprovider_type\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x11\n\tsuccesses\x18\x04 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x03\x12\x32\n\x0f\x61verage_latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tcancelled\x18\x07 \x01(\x03\x12\x0f\n\x07retries\x18\x08 \x01(\x03\x12\x16\n\x0eretries_denied\x18\t \x01(\x03\x12\x33\n\x0b\x64\x65ployments\x18\n \x03(\x0b\x32\x1e.llmgateway.v1.DeploymentStats\x12\x19\n\x11\x64iscovered_models\x18\x32 \x01(\x05\x12\x1a\n\x12\x64iscovery_failures\x18\x33 \x01(\x03\"\xa6\x05\n\x0f\x44\x65ploymentStats\x12\x16\n\x0eupstream_model\x18\x01 \x01(\t\x12\x32\n\rcircuit_state\x18\x02 \x01(\x0e\x32\x1b.llmgateway.v1.CircuitState\x12\x1c\n\x14\x63onsecutive_failures\x18\x03 \x01(\x05\x12\x31\n\x0eopen_remaining\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0ctimes_opened\x18\x05 \x01(\x03\x12\x13\n\x0btransitions\x18\x06 \x03(\t\x12<\n\x19quota_cool_down_remaining\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0crecent_calls\x18\x32 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x33 \x01(\x01\x12.\n\x0blatency_p50\x18\x34 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0blatency_p95\x18\x35 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0f\x66irst_chunk_p50\x18\x36 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0f\x66irst_chunk_p95\x18\x37 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cinput_tokens\x18\x38 \x01(\x03\x12\x15\n\routput_tokens\x18\x39 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18: \x01(\x01\x12\x13\n\x0bkey_missing\x18; \x01(\x08\x12\x45\n\x13rate_limit_headroom\x18( \x01(\x0b\x32(.llmgateway.v1.UpstreamRateLimitHeadroom\"\xbb\x02\n\x19UpstreamRateLimitHeadroom\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x04\x12\x1f\n\x12requests_remaining\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10tokens_remaining\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tavailable\x18\x05 \x01(\x08\x12/\n\x0c\x61vailable_in\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x08reported\x18\x07 \x03(\x0b\x32$.llmgateway.v1.UpstreamReportedLimitB\x15\n\x13_requests_remainingB\x13\n\x11_tokens_remaining\"e\n\x15UpstreamReportedLimit\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tremaining\x18\x02 \x01(\x01\x12+\n\x08reset_in\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x93\x01\n\x18GetProviderStatsResponse\x12/\n\tproviders\x18\x01 \x03(\x0b\x32\x1c.llmgateway.v1.ProviderStats\x12\x12\n\nreplica_id\x18\x14 \x01(\t\x12\x32\n\x07workers\x18\x15 \x03(\x0b\x32!.llmgateway.v1.GatewayWorkerStats\"\x87\x01\n\x12GatewayWorkerStats\x12\x0e\n\x06worker\x18\x01 \x01(\r\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x08\x12\x11\n\tanswering\x18\x04 \x01(\x08\x12/\n\tproviders\x18\x05 \x03(\x0b\x32\x1c.llmgateway.v1.ProviderStats*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmgateway/v1/models.proto\x12\rllmgateway.v1\x1a\x1egoogle/protobuf/duration.proto\"\x81\x01\n\x11ModelCapabilities\x12\x11\n\tstreaming\x18\x01 \x01(\x08\x12\r\n\x05tools\x18\x02 \x01(\x08\x12\x0e\n\x06vision\x18\x03 \x01(\x08\x12\x13\n\x0bjson_output\x18\x04 \x01(\x08\x12\x12\n\nembeddings\x18\x05 \x01(\x08\x12\x11\n\tdocuments\x18Z \x01(\x08\"\xa6\x02\n\tModelInfo\x12\r\n\x05\x61lias\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x15\n\rprovider_type\x18\x03 \x01(\t\x12\x16\n\x0eupstream_model\x18\x04 \x01(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32 .llmgateway.v1.ModelCapabilities\x12\x16\n\x0e\x63ontext_window\x18\x06 \x01(\x05\x12\x33\n\x0b\x64\x65ployments\x18\x07 \x03(\x0b\x32\x1e.llmgateway.v1.ModelDeployment\x12\x13\n\x0bunavailable\x18\x32 \x01(\x08\x12\x1b\n\x13unavailable_reasons\x18\x33 \x03(\t\x12\x12\n\ndiscovered\x18\x34 \x01(\x08\"b\n\x0fModelDeployment\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x15\n\rprovider_type\x18\x02 \x01(\t\x12\x16\n\x0eupstream_model\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\r\"%\n\x11ListModelsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.llmgateway.v1.ModelInfo\"+\n\x17GetProviderStatsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"\xcb\x02\n\rProviderStats\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x15\n\rprovider_type\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x11\n\tsuccesses\x18\x04 \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x05 \x01(\x03\x12\x32\n\x0f\x61verage_latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tcancelled\x18\x07 \x01(\x03\x12\x0f\n\x07retries\x18\x08 \x01(\x03\x12\x16\n\x0eretries_denied\x18\t \x01(\x03\x12\x33\n\x0b\x64\x65ployments\x18\n \x03(\x0b\x32\x1e.llmgateway.v1.DeploymentStats\x12\x19\n\x11\x64iscovered_models\x18\x32 \x01(\x05\x12\x1a\n\x12\x64iscovery_failures\x18\x33 \x01(\x03\"\xa6\x05\n\x0f\x44\x65ploymentStats\x12\x16\n\x0eupstream_model\x18\x01 \x01(\t\x12\x32\n\rcircuit_state\x18\x02 \x01(\x0e\x32\x1b.llmgateway.v1.CircuitState\x12\x1c\n\x14\x63onsecutive_failures\x18\x03 \x01(\x05\x12\x31\n\x0eopen_remaining\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0ctimes_opened\x18\x05 \x01(\x03\x12\x13\n\x0btransitions\x18\x06 \x03(\t\x12<\n\x19quota_cool_down_remaining\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0crecent_calls\x18\x32 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x33 \x01(\x01\x12.\n\x0blatency_p50\x18\x34 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0blatency_p95\x18\x35 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0f\x66irst_chunk_p50\x18\x36 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0f\x66irst_chunk_p95\x18\x37 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cinput_tokens\x18\x38 \x01(\x03\x12\x15\n\routput_tokens\x18\x39 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18: \x01(\x01\x12\x13\n\x0bkey_missing\x18; \x01(\x08\x12\x45\n\x13rate_limit_headroom\x18( \x01(\x0b\x32(.llmgateway.v1.UpstreamRateLimitHeadroom\"\xbb\x02\n\x19UpstreamRateLimitHeadroom\x12\x1b\n\x13requests_per_minute\x18\x01 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x02 \x01(\x04\x12\x1f\n\x12requests_remaining\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1d\n\x10tokens_remaining\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tavailable\x18\x05 \x01(\x08\x12/\n\x0c\x61vailable_in\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x08reported\x18\x07 \x03(\x0b\x32$.llmgateway.v1.UpstreamReportedLimitB\x15\n\x13_requests_remainingB\x13\n\x11_tokens_remaining\"e\n\x15UpstreamReportedLimit\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tremaining\x18\x02 \x01(\x01\x12+\n\x08reset_in\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x93\x01\n\x18GetProviderStatsResponse\x12/\n\tproviders\x18\x01 \x03(\x0b\x32\x1c.llmgateway.v1.ProviderStats\x12\x12\n\nreplica_id\x18\x14 \x01(\t\x12\x32\n\x07workers\x18\x15 \x03(\x0b\x32!.llmgateway.v1.GatewayWorkerStats\"\x87\x01\n\x12GatewayWorkerStats\x12\x0e\n\x06worker\x18\x01 \x01(\r\x12\x0b\n\x03pid\x18\x02 \x01(\x03\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x08\x12\x11\n\tanswering\x18\x04 \x01(\x08\x12/\n\tproviders\x18\x05 \x03(\x0b\x32\x1c.llmgateway.v1.ProviderStats*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmgateway.v1.models_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CIRCUITSTATE']._serialized_start=2458
-  _globals['_CIRCUITSTATE']._serialized_end=2582
-  _globals['_MODELCAPABILITIES']._serialized_start=77
-  _globals['_MODELCAPABILITIES']._serialized_end=187
-  _globals['_MODELINFO']._serialized_start=190
-  _globals['_MODELINFO']._serialized_end=484
-  _globals['_MODELDEPLOYMENT']._serialized_start=486
-  _globals['_MODELDEPLOYMENT']._serialized_end=584
-  _globals['_LISTMODELSREQUEST']._serialized_start=586
-  _globals['_LISTMODELSREQUEST']._serialized_end=623
-  _globals['_LISTMODELSRESPONSE']._serialized_start=625
-  _globals['_LISTMODELSRESPONSE']._serialized_end=687
-  _globals['_GETPROVIDERSTATSREQUEST']._serialized_start=689
-  _globals['_GETPROVIDERSTATSREQUEST']._serialized_end=732
-  _globals['_PROVIDERSTATS']._serialized_start=735
-  _globals['_PROVIDERSTATS']._serialized_end=1066
-  _globals['_DEPLOYMENTSTATS']._serialized_start=1069
-  _globals['_DEPLOYMENTSTATS']._serialized_end=1747
-  _globals['_UPSTREAMRATELIMITHEADROOM']._serialized_start=1750
-  _globals['_UPSTREAMRATELIMITHEADROOM']._serialized_end=2065
-  _globals['_UPSTREAMREPORTEDLIMIT']._serialized_start=2067
-  _globals['_UPSTREAMREPORTEDLIMIT']._serialized_end=2168
-  _globals['_GETPROVIDERSTATSRESPONSE']._serialized_start=2171
-  _globals['_GETPROVIDERSTATSRESPONSE']._serialized_end=2318
-  _globals['_GATEWAYWORKERSTATS']._serialized_start=2321
-  _globals['_GATEWAYWORKERSTATS']._serialized_end=2456
+  _globals['_CIRCUITSTATE']._serialized_start=2478
+  _globals['_CIRCUITSTATE']._serialized_end=2602
+  _globals['_MODELCAPABILITIES']._serialized_start=78
+  _globals['_MODELCAPABILITIES']._serialized_end=207
+  _globals['_MODELINFO']._serialized_start=210
+  _globals['_MODELINFO']._serialized_end=504
+  _globals['_MODELDEPLOYMENT']._serialized_start=506
+  _globals['_MODELDEPLOYMENT']._serialized_end=604
+  _globals['_LISTMODELSREQUEST']._serialized_start=606
+  _globals['_LISTMODELSREQUEST']._serialized_end=643
+  _globals['_LISTMODELSRESPONSE']._serialized_start=645
+  _globals['_LISTMODELSRESPONSE']._serialized_end=707
+  _globals['_GETPROVIDERSTATSREQUEST']._serialized_start=709
+  _globals['_GETPROVIDERSTATSREQUEST']._serialized_end=752
+  _globals['_PROVIDERSTATS']._serialized_start=755
+  _globals['_PROVIDERSTATS']._serialized_end=1086
+  _globals['_DEPLOYMENTSTATS']._serialized_start=1089
+  _globals['_DEPLOYMENTSTATS']._serialized_end=1767
+  _globals['_UPSTREAMRATELIMITHEADROOM']._serialized_start=1770
+  _globals['_UPSTREAMRATELIMITHEADROOM']._serialized_end=2085
+  _globals['_UPSTREAMREPORTEDLIMIT']._serialized_start=2087
+  _globals['_UPSTREAMREPORTEDLIMIT']._serialized_end=2188
+  _globals['_GETPROVIDERSTATSRESPONSE']._serialized_start=2191
+  _globals['_GETPROVIDERSTATSRESPONSE']._serialized_end=2338
+  _globals['_GATEWAYWORKERSTATS']._serialized_start=2341
+  _globals['_GATEWAYWORKERSTATS']._serialized_end=2476
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,7 @@ class ModelCapabilities(_message.Message):
     VISION_FIELD_NUMBER: _builtins.int
     JSON_OUTPUT_FIELD_NUMBER: _builtins.int
     EMBEDDINGS_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
     streaming: _builtins.bool
     """OUTPUT_ONLY. StreamChat is allowed."""
     tools: _builtins.bool
@@ -71,6 +72,8 @@ class ModelCapabilities(_message.Message):
     """OUTPUT_ONLY. JSON object and JSON schema response formats are allowed."""
     embeddings: _builtins.bool
     """OUTPUT_ONLY. Embed is allowed (and Chat is not)."""
+    documents: _builtins.bool
+    """OUTPUT_ONLY. Document (PDF) parts may be given."""
     def __init__(
         self,
         *,
@@ -79,10 +82,11 @@ class ModelCapabilities(_message.Message):
         vision: _builtins.bool = ...,
         json_output: _builtins.bool = ...,
         embeddings: _builtins.bool = ...,
+        documents: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings", "json_output", b"json_output", "streaming", b"streaming", "tools", b"tools", "vision", b"vision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "embeddings", b"embeddings", "json_output", b"json_output", "streaming", b"streaming", "tools", b"tools", "vision", b"vision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

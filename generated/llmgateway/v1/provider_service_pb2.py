@@ -23,17 +23,18 @@ _sym_db = _symbol_database.Default()
 
 
 from llmgateway.v1 import chat_pb2 as llmgateway_dot_v1_dot_chat__pb2
+from llmgateway.v1 import count_tokens_pb2 as llmgateway_dot_v1_dot_count__tokens__pb2
 from llmgateway.v1 import embed_pb2 as llmgateway_dot_v1_dot_embed__pb2
 from llmgateway.v1 import models_pb2 as llmgateway_dot_v1_dot_models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$llmgateway/v1/provider_service.proto\x12\rllmgateway.v1\x1a\x18llmgateway/v1/chat.proto\x1a\x19llmgateway/v1/embed.proto\x1a\x1allmgateway/v1/models.proto2\x9d\x03\n\x0fProviderService\x12?\n\x04\x43hat\x12\x1a.llmgateway.v1.ChatRequest\x1a\x1b.llmgateway.v1.ChatResponse\x12M\n\nStreamChat\x12\x1a.llmgateway.v1.ChatRequest\x1a!.llmgateway.v1.StreamChatResponse0\x01\x12\x42\n\x05\x45mbed\x12\x1b.llmgateway.v1.EmbedRequest\x1a\x1c.llmgateway.v1.EmbedResponse\x12Q\n\nListModels\x12 .llmgateway.v1.ListModelsRequest\x1a!.llmgateway.v1.ListModelsResponse\x12\x63\n\x10GetProviderStats\x12&.llmgateway.v1.GetProviderStatsRequest\x1a\'.llmgateway.v1.GetProviderStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$llmgateway/v1/provider_service.proto\x12\rllmgateway.v1\x1a\x18llmgateway/v1/chat.proto\x1a llmgateway/v1/count_tokens.proto\x1a\x19llmgateway/v1/embed.proto\x1a\x1allmgateway/v1/models.proto2\xec\x03\n\x0fProviderService\x12?\n\x04\x43hat\x12\x1a.llmgateway.v1.ChatRequest\x1a\x1b.llmgateway.v1.ChatResponse\x12M\n\nStreamChat\x12\x1a.llmgateway.v1.ChatRequest\x1a!.llmgateway.v1.StreamChatResponse0\x01\x12\x42\n\x05\x45mbed\x12\x1b.llmgateway.v1.EmbedRequest\x1a\x1c.llmgateway.v1.EmbedResponse\x12Q\n\nListModels\x12 .llmgateway.v1.ListModelsRequest\x1a!.llmgateway.v1.ListModelsResponse\x12\x63\n\x10GetProviderStats\x12&.llmgateway.v1.GetProviderStatsRequest\x1a\'.llmgateway.v1.GetProviderStatsResponse\x12M\n\x0b\x43ountTokens\x12\x1a.llmgateway.v1.ChatRequest\x1a\".llmgateway.v1.CountTokensResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmgateway.v1.provider_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROVIDERSERVICE']._serialized_start=137
-  _globals['_PROVIDERSERVICE']._serialized_end=550
+  _globals['_PROVIDERSERVICE']._serialized_start=171
+  _globals['_PROVIDERSERVICE']._serialized_end=663
 # @@protoc_insertion_point(module_scope)

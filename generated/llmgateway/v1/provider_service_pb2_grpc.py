@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from llmgateway.v1 import chat_pb2 as llmgateway_dot_v1_dot_chat__pb2
+from llmgateway.v1 import count_tokens_pb2 as llmgateway_dot_v1_dot_count__tokens__pb2
 from llmgateway.v1 import embed_pb2 as llmgateway_dot_v1_dot_embed__pb2
 from llmgateway.v1 import models_pb2 as llmgateway_dot_v1_dot_models__pb2
 
@@ -67,6 +68,11 @@ class ProviderServiceStub:
                 request_serializer=llmgateway_dot_v1_dot_models__pb2.GetProviderStatsRequest.SerializeToString,
                 response_deserializer=llmgateway_dot_v1_dot_models__pb2.GetProviderStatsResponse.FromString,
                 _registered_method=True)
+        self.CountTokens = channel.unary_unary(
+                '/llmgateway.v1.ProviderService/CountTokens',
+                request_serializer=llmgateway_dot_v1_dot_chat__pb2.ChatRequest.SerializeToString,
+                response_deserializer=llmgateway_dot_v1_dot_count__tokens__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
 
 
 class ProviderServiceServicer:
@@ -114,6 +120,15 @@ class ProviderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountTokens(self, request, context):
+        """Counts the input tokens a Chat call with this request would use: the
+        provider's own count where it has an endpoint for it (Anthropic, Gemini,
+        Vertex AI), else the gateway's estimate. Nothing is generated or charged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +156,11 @@ def add_ProviderServiceServicer_to_server(servicer, server):
                     servicer.GetProviderStats,
                     request_deserializer=llmgateway_dot_v1_dot_models__pb2.GetProviderStatsRequest.FromString,
                     response_serializer=llmgateway_dot_v1_dot_models__pb2.GetProviderStatsResponse.SerializeToString,
+            ),
+            'CountTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTokens,
+                    request_deserializer=llmgateway_dot_v1_dot_chat__pb2.ChatRequest.FromString,
+                    response_serializer=llmgateway_dot_v1_dot_count__tokens__pb2.CountTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -284,6 +304,33 @@ class ProviderService:
             '/llmgateway.v1.ProviderService/GetProviderStats',
             llmgateway_dot_v1_dot_models__pb2.GetProviderStatsRequest.SerializeToString,
             llmgateway_dot_v1_dot_models__pb2.GetProviderStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmgateway.v1.ProviderService/CountTokens',
+            llmgateway_dot_v1_dot_chat__pb2.ChatRequest.SerializeToString,
+            llmgateway_dot_v1_dot_count__tokens__pb2.CountTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from llmgateway.v1 import chat_pb2 as _chat_pb2
+from llmgateway.v1 import count_tokens_pb2 as _count_tokens_pb2
 from llmgateway.v1 import embed_pb2 as _embed_pb2
 from llmgateway.v1 import models_pb2 as _models_pb2
 import abc as _abc_1
@@ -53,6 +54,11 @@ class ProviderServiceStub:
     """Lists the model aliases callers can use."""
     GetProviderStats: _grpc.UnaryUnaryMultiCallable[_models_pb2.GetProviderStatsRequest, _models_pb2.GetProviderStatsResponse]
     """Reports per-provider statistics."""
+    CountTokens: _grpc.UnaryUnaryMultiCallable[_chat_pb2.ChatRequest, _count_tokens_pb2.CountTokensResponse]
+    """Counts the input tokens a Chat call with this request would use: the
+    provider's own count where it has an endpoint for it (Anthropic, Gemini,
+    Vertex AI), else the gateway's estimate. Nothing is generated or charged.
+    """
 
 @_typing.type_check_only
 class ProviderServiceAsyncStub(ProviderServiceStub):
@@ -77,6 +83,11 @@ class ProviderServiceAsyncStub(ProviderServiceStub):
     """Lists the model aliases callers can use."""
     GetProviderStats: _aio.UnaryUnaryMultiCallable[_models_pb2.GetProviderStatsRequest, _models_pb2.GetProviderStatsResponse]  # type: ignore[assignment]
     """Reports per-provider statistics."""
+    CountTokens: _aio.UnaryUnaryMultiCallable[_chat_pb2.ChatRequest, _count_tokens_pb2.CountTokensResponse]  # type: ignore[assignment]
+    """Counts the input tokens a Chat call with this request would use: the
+    provider's own count where it has an endpoint for it (Anthropic, Gemini,
+    Vertex AI), else the gateway's estimate. Nothing is generated or charged.
+    """
 
 class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
     """One typed contract for many LLM providers.
@@ -128,5 +139,16 @@ class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_models_pb2.GetProviderStatsResponse, _abc.Awaitable[_models_pb2.GetProviderStatsResponse]]:
         """Reports per-provider statistics."""
+
+    @_abc_1.abstractmethod
+    def CountTokens(
+        self,
+        request: _chat_pb2.ChatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_count_tokens_pb2.CountTokensResponse, _abc.Awaitable[_count_tokens_pb2.CountTokensResponse]]:
+        """Counts the input tokens a Chat call with this request would use: the
+        provider's own count where it has an endpoint for it (Anthropic, Gemini,
+        Vertex AI), else the gateway's estimate. Nothing is generated or charged.
+        """
 
 def add_ProviderServiceServicer_to_server(servicer: ProviderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1685,6 +1685,7 @@ class ProviderConfig(_message.Message):
     OLLAMA_FIELD_NUMBER: _builtins.int
     OPENAI_COMPATIBLE_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELD_NUMBER: _builtins.int
+    VERTEX_AI_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """REQUIRED. Unique name that models refer to: letters, digits, '-', '_'."""
     api_key_env: _builtins.str
@@ -1777,6 +1778,10 @@ class ProviderConfig(_message.Message):
     def custom(self) -> Global___CustomProviderConfig:
         """A provider class of the user's own, loaded by import path."""
 
+    @_builtins.property
+    def vertex_ai(self) -> Global___VertexAIProviderConfig:
+        """Gemini models served by Google Cloud Vertex AI."""
+
     def __init__(
         self,
         *,
@@ -1801,14 +1806,15 @@ class ProviderConfig(_message.Message):
         ollama: Global___OllamaProviderConfig | None = ...,
         openai_compatible: Global___OpenAICompatibleProviderConfig | None = ...,
         custom: Global___CustomProviderConfig | None = ...,
+        vertex_ai: Global___VertexAIProviderConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "breaker", b"breaker", "custom", b"custom", "discovery", b"discovery", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "rate_limit", b"rate_limit", "retry", b"retry", "timeouts", b"timeouts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "azure_openai", b"azure_openai", "breaker", b"breaker", "custom", b"custom", "discovery", b"discovery", "gemini", b"gemini", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "rate_limit", b"rate_limit", "retry", b"retry", "timeouts", b"timeouts", "vertex_ai", b"vertex_ai"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "breaker", b"breaker", "custom", b"custom", "discovery", b"discovery", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "rate_limit", b"rate_limit", "retry", b"retry", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes", "anthropic", b"anthropic", "api_key_env", b"api_key_env", "azure_openai", b"azure_openai", "base_url", b"base_url", "breaker", b"breaker", "custom", b"custom", "discovery", b"discovery", "gemini", b"gemini", "headers", b"headers", "kind", b"kind", "max_response_bytes", b"max_response_bytes", "mock", b"mock", "name", b"name", "ollama", b"ollama", "openai", b"openai", "openai_compatible", b"openai_compatible", "pool", b"pool", "quota_cool_down", b"quota_cool_down", "rate_limit", b"rate_limit", "retry", b"retry", "skip_if_key_missing", b"skip_if_key_missing", "timeouts", b"timeouts", "vertex_ai", b"vertex_ai"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_response_bytes: _TypeAlias = _typing.Literal["max_response_bytes"]  # noqa: Y015
     _WhichOneofArgType__max_response_bytes: _TypeAlias = _typing.Literal["_max_response_bytes", b"_max_response_bytes"]  # noqa: Y015
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["mock", "openai", "azure_openai", "anthropic", "gemini", "ollama", "openai_compatible", "custom"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["mock", "openai", "azure_openai", "anthropic", "gemini", "ollama", "openai_compatible", "custom", "vertex_ai"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_response_bytes) -> _WhichOneofReturnType__max_response_bytes | None: ...
@@ -2044,7 +2050,9 @@ class GeminiProviderConfig(_message.Message):
 
     API_VERSION_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
-    """OPTIONAL. API version path segment; default "v1beta"."""
+    """OPTIONAL. API version path segment; default "v1beta". Not allowed together
+    with `base_url`, which must then name the version itself.
+    """
     def __init__(
         self,
         *,
@@ -2057,6 +2065,48 @@ class GeminiProviderConfig(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GeminiProviderConfig: _TypeAlias = GeminiProviderConfig  # noqa: Y015
+
+@_typing.final
+class VertexAIProviderConfig(_message.Message):
+    """Gemini on Google Cloud Vertex AI: the Gemini request and response format,
+    Vertex AI URLs, and OAuth 2.0 access tokens from a service account (the JWT
+    bearer grant), renewed before they expire. `api_key_env` is not used.
+    `base_url`, when set, replaces the scheme and host (tests, private endpoints).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    CREDENTIALS_FILE_ENV_FIELD_NUMBER: _builtins.int
+    API_VERSION_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """REQUIRED. The Google Cloud project id."""
+    location: _builtins.str
+    """REQUIRED. A region such as "us-central1" (served by
+    {location}-aiplatform.googleapis.com), or "global" (aiplatform.googleapis.com).
+    """
+    credentials_file_env: _builtins.str
+    """REQUIRED. Name of the environment variable that holds the path of the
+    service account's JSON key file.
+    """
+    api_version: _builtins.str
+    """OPTIONAL. API version path segment; default "v1"."""
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        location: _builtins.str = ...,
+        credentials_file_env: _builtins.str = ...,
+        api_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "credentials_file_env", b"credentials_file_env", "location", b"location", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VertexAIProviderConfig: _TypeAlias = VertexAIProviderConfig  # noqa: Y015
 
 @_typing.final
 class OllamaProviderConfig(_message.Message):
@@ -2349,6 +2399,7 @@ class CapabilitiesConfig(_message.Message):
     VISION_FIELD_NUMBER: _builtins.int
     JSON_OUTPUT_FIELD_NUMBER: _builtins.int
     EMBEDDINGS_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
     streaming: _builtins.bool
     """OPTIONAL. StreamChat is allowed."""
     tools: _builtins.bool
@@ -2359,6 +2410,10 @@ class CapabilitiesConfig(_message.Message):
     """OPTIONAL. JSON object and JSON schema output."""
     embeddings: _builtins.bool
     """OPTIONAL. An embedding model (Embed only, no Chat)."""
+    documents: _builtins.bool
+    """OPTIONAL. Document (PDF) parts may be given. Default: true for anthropic,
+    gemini, vertex_ai and openai providers, false for the others.
+    """
     def __init__(
         self,
         *,
@@ -2367,11 +2422,14 @@ class CapabilitiesConfig(_message.Message):
         vision: _builtins.bool | None = ...,
         json_output: _builtins.bool | None = ...,
         embeddings: _builtins.bool | None = ...,
+        documents: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_embeddings", b"_embeddings", "_json_output", b"_json_output", "_streaming", b"_streaming", "_tools", b"_tools", "_vision", b"_vision", "embeddings", b"embeddings", "json_output", b"json_output", "streaming", b"streaming", "tools", b"tools", "vision", b"vision"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_documents", b"_documents", "_embeddings", b"_embeddings", "_json_output", b"_json_output", "_streaming", b"_streaming", "_tools", b"_tools", "_vision", b"_vision", "documents", b"documents", "embeddings", b"embeddings", "json_output", b"json_output", "streaming", b"streaming", "tools", b"tools", "vision", b"vision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_embeddings", b"_embeddings", "_json_output", b"_json_output", "_streaming", b"_streaming", "_tools", b"_tools", "_vision", b"_vision", "embeddings", b"embeddings", "json_output", b"json_output", "streaming", b"streaming", "tools", b"tools", "vision", b"vision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_documents", b"_documents", "_embeddings", b"_embeddings", "_json_output", b"_json_output", "_streaming", b"_streaming", "_tools", b"_tools", "_vision", b"_vision", "documents", b"documents", "embeddings", b"embeddings", "json_output", b"json_output", "streaming", b"streaming", "tools", b"tools", "vision", b"vision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__documents: _TypeAlias = _typing.Literal["documents"]  # noqa: Y015
+    _WhichOneofArgType__documents: _TypeAlias = _typing.Literal["_documents", b"_documents"]  # noqa: Y015
     _WhichOneofReturnType__embeddings: _TypeAlias = _typing.Literal["embeddings"]  # noqa: Y015
     _WhichOneofArgType__embeddings: _TypeAlias = _typing.Literal["_embeddings", b"_embeddings"]  # noqa: Y015
     _WhichOneofReturnType__json_output: _TypeAlias = _typing.Literal["json_output"]  # noqa: Y015
@@ -2382,6 +2440,8 @@ class CapabilitiesConfig(_message.Message):
     _WhichOneofArgType__tools: _TypeAlias = _typing.Literal["_tools", b"_tools"]  # noqa: Y015
     _WhichOneofReturnType__vision: _TypeAlias = _typing.Literal["vision"]  # noqa: Y015
     _WhichOneofArgType__vision: _TypeAlias = _typing.Literal["_vision", b"_vision"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__documents) -> _WhichOneofReturnType__documents | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__embeddings) -> _WhichOneofReturnType__embeddings | None: ...
     @_typing.overload
