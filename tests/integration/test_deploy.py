@@ -23,6 +23,8 @@ from tests.support import ROOT
 
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.33.0"
+# The oldest Kubernetes the manifests need (the preStop `sleep` action): README says so.
+MINIMUM_KUBERNETES_VERSION = "1.30.0"
 
 
 KUSTOMIZATION = MANIFESTS / "kustomization.yaml"
@@ -53,6 +55,43 @@ def test_every_manifest_is_valid_for_the_kubernetes_api(name: str) -> None:
         kubernetes_validate.validate(documents()[name], KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as error:
         pytest.fail(f"{name}: {error.message} at {list(error.path)}")
+
+
+@pytest.mark.parametrize("name", sorted(documents()))
+def test_every_manifest_is_valid_for_the_oldest_kubernetes_readme_names(name: str) -> None:
+    readme = (ROOT / "README.md").read_text()
+    oldest = MINIMUM_KUBERNETES_VERSION.rsplit(".", 1)[0]
+    assert f"Kubernetes {oldest} or later" in readme, "README states the minimum version"
+    try:
+        kubernetes_validate.validate(documents()[name], MINIMUM_KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        pytest.fail(f"{name}: {error.message} at {list(error.path)}")
+
+
+def test_the_shipped_durations_agree_with_each_other() -> None:
+    """A rollout or a connection's end never cuts a call the gateway allows: the
+    connection grace and the shutdown grace each cover the longest call
+    (max_call_duration, which also caps callers' longer deadlines), and Kubernetes
+    waits for the preStop pause plus the shutdown grace before it kills the pod."""
+    server = parse_config(
+        gateway_config_text(), {"LLM_GATEWAY_REDIS_URL": "redis://redis:6379/0"}
+    ).config.server
+    longest_call = seconds_or(server, "max_call_duration", 300.0)
+    keepalive = server.keepalive
+    assert keepalive.HasField("max_connection_age"), "clients rebalance across replicas"
+    age = seconds_or(keepalive, "max_connection_age", 0.0)
+    age_grace = seconds_or(keepalive, "max_connection_age_grace", 300.0)
+    # A call may start an instant before the connection reaches its age.
+    assert age_grace > longest_call, "max_connection_age_grace covers the longest call"
+    assert age + age_grace > longest_call
+    drain = seconds_or(server, "shutdown_grace", 10.0)
+    assert drain >= longest_call, "shutdown_grace drains every call the gateway allows"
+    gateway = container()
+    pause = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
+    pod = documents()["Deployment/llm-gateway"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > pause + drain, "Kubernetes waits for the drain"
+    readme = (ROOT / "README.md").read_text()
+    assert f"({drain:g} s)" in readme, "README names the drain the manifests promise"
 
 
 def test_the_kustomization_assembles_every_manifest_but_the_secret_example() -> None:

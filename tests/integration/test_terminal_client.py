@@ -24,6 +24,7 @@ limits:
 providers:
   - {{name: mock, mock: {{}}}}
   - {{name: claude, api_key_env: ANTHROPIC_TEST_KEY, base_url: "{claude}/v1", anthropic: {{}}}}
+  - {{name: nokey, api_key_env: TERMINAL_UNSET_KEY, skip_if_key_missing: true, openai: {{}}}}
 models:
   - alias: mock
     provider: mock
@@ -32,6 +33,7 @@ models:
     pricing: {{input_per_million: 1000, output_per_million: 2000}}
   - {{alias: mock-embed, provider: mock, upstream_model: mock-embed-1, capabilities: {{embeddings: true}}}}
   - {{alias: claude, provider: claude, upstream_model: claude-sonnet-4-5}}
+  - {{alias: keyless, provider: nokey, upstream_model: gpt-4o-mini}}
 """
 ENVIRON = {"GW_SECRET": HS_SECRET, "ANTHROPIC_TEST_KEY": API_KEY}
 DIM, RESET = "\x1b[2m", "\x1b[0m"
@@ -191,12 +193,15 @@ async def test_models_lists_the_aliases() -> None:
         )
     assert code == 0, err
     header, *rows = out.splitlines()
-    assert header.split() == ["ALIAS", "PROVIDER", "UPSTREAM", "MODEL", "CAPABILITIES", "CONTEXT"]
+    assert header.split() == [
+        "ALIAS", "PROVIDER", "UPSTREAM", "MODEL", "CAPABILITIES", "CONTEXT", "AVAILABLE"
+    ]  # fmt: skip
     table = {row.split()[0]: row.split() for row in rows}
-    assert set(table) == {"mock", "mock-embed", "claude"}
+    assert set(table) == {"mock", "mock-embed", "claude", "keyless"}
     assert table["mock"][1:3] == ["mock", "mock-echo-1"]
-    assert table["mock"][4] == "32768"
+    assert table["mock"][4:] == ["32768", "yes"]
     assert table["mock-embed"][3] == "embeddings"
+    assert table["keyless"][-2:] == ["no:", "PROVIDER_KEY_MISSING"]
     assert json_code == 0
     assert {json.loads(line)["alias"] for line in json_out.splitlines()} == set(table)
 

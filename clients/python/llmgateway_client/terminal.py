@@ -79,9 +79,16 @@ def capability_names(model: models_pb2.ModelInfo) -> str:
     return ",".join(names) or "-"
 
 
+def availability(model: models_pb2.ModelInfo) -> str:
+    if not model.unavailable:
+        return "yes"
+    return "no: " + ",".join(model.unavailable_reasons) if model.unavailable_reasons else "no"
+
+
 def model_rows(models: list[models_pb2.ModelInfo]) -> list[str]:
-    """ListModels as an aligned table: alias, where it goes, capabilities, context."""
-    rows = [("ALIAS", "PROVIDER", "UPSTREAM MODEL", "CAPABILITIES", "CONTEXT")]
+    """ListModels as an aligned table: alias, where it goes, capabilities, context, and
+    whether it can take a call now (and if not, why)."""
+    rows = [("ALIAS", "PROVIDER", "UPSTREAM MODEL", "CAPABILITIES", "CONTEXT", "AVAILABLE")]
     for model in models:
         providers = sorted({d.provider for d in model.deployments}) or [model.provider]
         rows.append(
@@ -91,6 +98,7 @@ def model_rows(models: list[models_pb2.ModelInfo]) -> list[str]:
                 model.upstream_model or "-",
                 capability_names(model),
                 str(model.context_window) if model.context_window else "-",
+                availability(model),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
